@@ -1,0 +1,69 @@
+"""Wires the commands into one Typer application."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from radvault import __version__
+from radvault.cli import _imaging_cmds
+from radvault.cli._common import configure_logging, handle_errors
+from radvault.config import load_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="radvault",
+    help="RadVault: de-identify, encrypt, verify, audit and analyse medical images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"radvault {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option(envvar="RADVAULT_HOME", help="Vault folder (default ~/.radvault)."),
+    ] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Settings come from RADVAULT_* variables and RADVAULT_HOME/radvault.toml."""
+    configure_logging(verbose)
+    ctx.obj = handle_errors(load_settings)(home=home)
+
+
+app.command()(_imaging_cmds.deid)
+app.command()(_imaging_cmds.preprocess)
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``args`` and return its exit status (for tests and embedding)."""
+    try:
+        app(args=list(args) if args is not None else None, standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:  # click's usage errors
+        return int(exc.code or 0)
+    except Exception as exc:  # click.ClickException and friends
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0

@@ -1,0 +1,121 @@
+"""Shared helpers of the command-line face: console, error mapping, input walking."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from functools import wraps
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from radvault.config import Settings, load_settings
+from radvault.errors import (
+    AccessDenied,
+    ConfigurationError,
+    ImageInputError,
+    IntegrityError,
+    ObjectNotFound,
+    RadVaultError,
+    VaultLocked,
+)
+
+__all__ = [
+    "EXIT_CODES",
+    "console",
+    "err_console",
+    "handle_errors",
+    "iter_input_files",
+    "progress_bar",
+    "settings_from_context",
+]
+
+console = Console()
+err_console = Console(stderr=True)
+
+#: Exit status per error class (first match wins); 1 is the generic failure.
+EXIT_CODES: tuple[tuple[type[RadVaultError], int], ...] = (
+    (ConfigurationError, 2),
+    (VaultLocked, 3),
+    (AccessDenied, 4),
+    (IntegrityError, 5),
+    (ObjectNotFound, 6),
+    (ImageInputError, 7),
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn RadVault errors into one clear line on stderr and an exit status, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except RadVaultError as exc:
+            code = next((c for cls, c in EXIT_CODES if isinstance(exc, cls)), 1)
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def settings_from_context(ctx: typer.Context) -> Settings:
+    """Return the settings built by the root callback (or build them now)."""
+    obj = ctx.find_root().obj
+    if isinstance(obj, Settings):
+        return obj
+    return load_settings()
+
+
+def iter_input_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Yield files named directly and, recursively and sorted, the files inside folders.
+
+    Hidden files and folders (names starting with a dot) inside folders are skipped.
+    """
+    for path in paths:
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield Path(root) / name
+        else:
+            yield path
+
+
+def progress_bar(*, transient: bool = False) -> Progress:
+    """A progress bar on stderr that stays quiet when stderr is not a terminal."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+def configure_logging(verbose: int) -> None:
+    """Configure the root logger for the CLI (library code only creates loggers)."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

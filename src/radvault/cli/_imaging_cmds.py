@@ -1,0 +1,151 @@
+"""`radvault deid` and `radvault preprocess`: file-to-folder commands without a vault."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from radvault.cli._common import (
+    console,
+    err_console,
+    handle_errors,
+    iter_input_files,
+    progress_bar,
+    settings_from_context,
+)
+from radvault.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from radvault.pipeline.batch_files import BatchSummary
+
+__all__ = ["deid", "preprocess"]
+
+
+def _secret(secret_file: Path | None) -> bytes:
+    if secret_file is not None:
+        try:
+            data = secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read secret file {secret_file}: {exc.strerror}") from None
+    else:
+        data = os.environ.get("RADVAULT_DEID_SECRET", "").encode()
+    if not data:
+        raise ConfigurationError(
+            "no pseudonymisation secret: set RADVAULT_DEID_SECRET (at least 32 characters) "
+            "or pass --secret-file; the same secret always gives the same pseudonyms and UIDs"
+        )
+    if len(data) < 32:
+        raise ConfigurationError("the pseudonymisation secret must be at least 32 bytes long")
+    return data
+
+
+def _print_summary(summary: BatchSummary, out: Path, what: str) -> None:
+    if summary.failed:
+        table = Table(title="skipped inputs", title_justify="left")
+        table.add_column("file")
+        table.add_column("error")
+        table.add_column("reason")
+        for failure in summary.failed:
+            table.add_row(failure.path, failure.error, failure.reason)
+        err_console.print(table)
+    console.print(
+        f"{what} {len(summary.written)} file(s) into {out}; "
+        f"{len(summary.failed)} skipped; summary in {out / 'summary.json'}"
+    )
+
+
+def deid(
+    ctx: typer.Context,
+    inputs: Annotated[list[Path], typer.Argument(help="DICOM files or folders (recursive).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for de-identified files.")],
+    retain_dates: Annotated[
+        bool, typer.Option(help="Retain Longitudinal Temporal Information with Modified Dates.")
+    ] = False,
+    retain_patient_characteristics: Annotated[
+        bool, typer.Option(help="Retain Patient Characteristics (sex, age, size, weight).")
+    ] = False,
+    retain_device_identity: Annotated[
+        bool, typer.Option(help="Retain Device Identity (station, serial numbers).")
+    ] = False,
+    clean_descriptors: Annotated[
+        bool, typer.Option(help="Clean Descriptors option (off removes them instead).")
+    ] = True,
+    keep_private_tags: Annotated[bool, typer.Option(help="Keep private tags.")] = False,
+    accept_burned_in: Annotated[
+        bool, typer.Option(help="Accept images that may carry burned-in text (flagged).")
+    ] = False,
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the pseudonymisation secret (else RADVAULT_DEID_SECRET)."),
+    ] = None,
+) -> None:
+    """De-identify DICOM files (PS3.15 Basic Profile) into OUT as <new SOP Instance UID>.dcm."""
+    from radvault.imaging.deid import DeidOptions, Deidentifier
+    from radvault.pipeline.batch_files import deidentify_to_folder
+
+    @handle_errors
+    def run() -> int:
+        settings = settings_from_context(ctx)
+        options = DeidOptions(
+            retain_dates_shifted=retain_dates,
+            retain_patient_characteristics=retain_patient_characteristics,
+            retain_device_identity=retain_device_identity,
+            clean_descriptors=clean_descriptors,
+            keep_private_tags=keep_private_tags,
+            accept_burned_in=accept_burned_in,
+        )
+        deidentifier = Deidentifier(_secret(secret_file), options)
+        files = list(iter_input_files(inputs))
+        with progress_bar() as bar:
+            task = bar.add_task("de-identifying", total=len(files))
+            summary = deidentify_to_folder(
+                files, out, deidentifier, limits=settings.limits,
+                on_file=lambda _p, _ok: bar.advance(task),
+            )
+        (out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2))
+        _print_summary(summary, out, "de-identified")
+        return 0 if summary.ok else 1
+
+    raise typer.Exit(run())
+
+
+def preprocess(
+    ctx: typer.Context,
+    inputs: Annotated[list[Path], typer.Argument(help="DICOM/PNG/JPEG files or folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")],
+    size: Annotated[int | None, typer.Option(help="Square output size in pixels.")] = None,
+    window: Annotated[bool, typer.Option(help="Apply the DICOM VOI window first.")] = True,
+    normalize: Annotated[bool, typer.Option(help="Min-max normalisation.")] = True,
+    enhance: Annotated[bool, typer.Option(help="CLAHE contrast enhancement.")] = True,
+    denoise: Annotated[bool, typer.Option(help="Bilateral, edge-preserving denoise.")] = True,
+) -> None:
+    """Preprocess images as the model sees them and write PNGs for inspection."""
+    from dataclasses import replace
+
+    from radvault.pipeline.batch_files import preprocess_to_folder
+
+    @handle_errors
+    def run() -> int:
+        settings = settings_from_context(ctx)
+        pre = replace(
+            settings.preprocess,
+            size=size or settings.preprocess.size,
+            window=window, normalize=normalize, enhance=enhance, denoise=denoise,
+        )
+        files = list(iter_input_files(inputs))
+        with progress_bar() as bar:
+            task = bar.add_task("preprocessing", total=len(files))
+            summary = preprocess_to_folder(
+                files, out, pre, limits=settings.limits,
+                on_file=lambda _p, _ok: bar.advance(task),
+            )
+        (out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2))
+        _print_summary(summary, out, "preprocessed")
+        return 0 if summary.ok else 1
+
+    raise typer.Exit(run())

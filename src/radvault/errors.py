@@ -1,0 +1,162 @@
+"""The one exception tree of RadVault.
+
+Every error the package raises on purpose is a :class:`RadVaultError`, and each
+also subclasses the builtin it resembles, so callers may catch either::
+
+    RadVaultError(Exception)
+    ├── ConfigurationError(ValueError)        settings missing or invalid
+    ├── ImageInputError(ValueError)           a file that cannot become an image
+    │   ├── NotAnImage                        not DICOM, PNG or JPEG (whatever the extension says)
+    │   ├── CorruptImage                      truncated or malformed DICOM/PNG/JPEG
+    │   ├── UnsupportedTransferSyntax         no decoder for the pixel encoding
+    │   ├── MissingPixelData                  a DICOM object without pixels
+    │   ├── ImageTooLarge                     file-size cap or decompression-bomb cap hit
+    │   └── BurnedInAnnotationRefused         pixels may carry burned-in PHI
+    ├── DeidentificationError(ValueError)     the profile could not be applied safely
+    ├── VaultError                            the vault cannot do what was asked
+    │   ├── VaultLocked(PermissionError)      wrong passphrase, missing or corrupt key file
+    │   ├── KeyProviderError                  a key could not be wrapped, unwrapped or found
+    │   ├── ObjectNotFound(LookupError)       no such study/instance/object
+    │   └── ObjectShredded                    the object's data key was destroyed
+    ├── IntegrityError                        tampering detected (digest, signature, AEAD tag)
+    │   ├── AuditChainError                   the audit trail was altered
+    │   └── ModelIntegrityError               a model file or card does not match its signature
+    ├── AccessDenied(PermissionError)         the caller may not do this
+    │   └── AuthenticationFailed              the caller could not be identified
+    ├── DatasetError(ValueError)              a manifest or dataset is unusable (missing file,
+    │                                         sha-256 mismatch, train/test leakage)
+    └── ModelError                            a model cannot be trained, loaded or run
+
+Messages never carry PHI: they name files by the path the user gave and objects by
+pseudonymous ids. Faces (CLI, API, DICOM) map these classes to exit codes and statuses.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+__all__ = [
+    "AccessDenied",
+    "AuditChainError",
+    "AuthenticationFailed",
+    "BurnedInAnnotationRefused",
+    "ConfigurationError",
+    "CorruptImage",
+    "DatasetError",
+    "DeidentificationError",
+    "ImageInputError",
+    "ImageTooLarge",
+    "IntegrityError",
+    "KeyProviderError",
+    "MissingPixelData",
+    "ModelError",
+    "ModelIntegrityError",
+    "NotAnImage",
+    "ObjectNotFound",
+    "ObjectShredded",
+    "RadVaultError",
+    "UnsupportedTransferSyntax",
+    "VaultError",
+    "VaultLocked",
+]
+
+
+class RadVaultError(Exception):
+    """Base class of every error RadVault raises on purpose."""
+
+
+class ConfigurationError(RadVaultError, ValueError):
+    """A setting is missing or invalid."""
+
+
+class ImageInputError(RadVaultError, ValueError):
+    """A file could not be turned into an image record.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file, as the user named it.
+    reason : str
+        What is wrong with it, in words a user can act on.
+    """
+
+    def __init__(self, path: str | PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class NotAnImage(ImageInputError):
+    """The file is not DICOM, PNG or JPEG, whatever its name says."""
+
+
+class CorruptImage(ImageInputError):
+    """The file is truncated or malformed."""
+
+
+class UnsupportedTransferSyntax(ImageInputError):
+    """No installed decoder handles the file's pixel encoding."""
+
+
+class MissingPixelData(ImageInputError):
+    """A DICOM object that carries no pixel data."""
+
+
+class ImageTooLarge(ImageInputError):
+    """The file exceeds the size cap or its pixel count exceeds the bomb cap."""
+
+
+class BurnedInAnnotationRefused(ImageInputError):
+    """The pixels may carry burned-in identifying text and the policy refuses them."""
+
+
+class DeidentificationError(RadVaultError, ValueError):
+    """The de-identification profile could not be applied safely."""
+
+
+class VaultError(RadVaultError):
+    """The vault cannot do what was asked."""
+
+
+class VaultLocked(VaultError, PermissionError):
+    """The vault could not be unlocked: wrong passphrase, missing or corrupt key file."""
+
+
+class KeyProviderError(VaultError):
+    """A key could not be wrapped, unwrapped or found."""
+
+
+class ObjectNotFound(VaultError, LookupError):
+    """No study, instance or object has the given id."""
+
+
+class ObjectShredded(VaultError):
+    """The object's data key was destroyed; its blob can never be opened again."""
+
+
+class IntegrityError(RadVaultError):
+    """Stored data does not match its digest, signature or authentication tag."""
+
+
+class AuditChainError(IntegrityError):
+    """The audit trail was altered, truncated, extended or reordered."""
+
+
+class ModelIntegrityError(IntegrityError):
+    """A model's ONNX file or model card does not match its signature."""
+
+
+class AccessDenied(RadVaultError, PermissionError):
+    """The caller is not allowed to do this."""
+
+
+class AuthenticationFailed(AccessDenied):
+    """The caller could not be identified."""
+
+
+class DatasetError(RadVaultError, ValueError):
+    """A dataset or manifest is unusable (missing file, digest mismatch, leakage)."""
+
+
+class ModelError(RadVaultError):
+    """A model cannot be trained, loaded or run."""

@@ -1,0 +1,1 @@
+"""RadVault pipeline layer."""

@@ -1,0 +1,1 @@
+"""RadVault vault layer."""
