@@ -119,3 +119,5 @@ def configure_logging(verbose: int) -> None:
     """Configure the root logger for the CLI (library code only creates loggers)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # pydicom's own warnings can quote element values (possible PHI): keep them out of logs.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)

@@ -31,7 +31,9 @@ def _secret(secret_file: Path | None) -> bytes:
         try:
             data = secret_file.read_bytes().strip()
         except OSError as exc:
-            raise ConfigurationError(f"cannot read secret file {secret_file}: {exc.strerror}") from None
+            raise ConfigurationError(
+                f"cannot read secret file {secret_file}: {exc.strerror}"
+            ) from None
     else:
         data = os.environ.get("RADVAULT_DEID_SECRET", "").encode()
     if not data:
@@ -85,7 +87,7 @@ def deid(
     ] = None,
 ) -> None:
     """De-identify DICOM files (PS3.15 Basic Profile) into OUT as <new SOP Instance UID>.dcm."""
-    from radvault.imaging.deid import DeidOptions, Deidentifier
+    from radvault.imaging.deid import Deidentifier, DeidOptions
     from radvault.pipeline.batch_files import deidentify_to_folder
 
     @handle_errors

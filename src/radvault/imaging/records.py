@@ -9,7 +9,7 @@ source is DICOM), which de-identification rewrites.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["ImageRecord", "SourceFormat"]
 
 
-class SourceFormat(str, Enum):
+class SourceFormat(StrEnum):
     """The container an image came in."""
 
     DICOM = "dicom"
