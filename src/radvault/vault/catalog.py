@@ -1,0 +1,831 @@
+"""The catalog: what the vault holds, where, under which keys, and with which digests.
+
+A :class:`Catalog` is a small repository over SQLAlchemy 2. It runs on SQLite
+(the embedded default: WAL journal, foreign keys on, a busy timeout, secure
+delete) and on PostgreSQL by changing the URL only. Callers receive frozen
+dataclass records, never live ORM objects, so no session ever leaks out.
+
+Tables (see :mod:`radvault.vault._catalog_models`): ``patients`` (pseudonym and
+a sealed identity record), ``studies``, ``series``, ``instances`` (one image,
+unique by the sha-256 of the original file, which makes ingest idempotent),
+``objects`` (one sealed blob each, with its wrapped data key and a signature
+over the fields that must never change), ``results``, and the audit trail's
+``audit_entries`` and ``audit_checkpoints`` (written by
+:class:`radvault.vault.audit.AuditLog`).
+
+Nothing here holds PHI: ids are pseudonyms or de-identified UIDs, and the only
+identifying values are inside the sealed ``identity_blob``, which this module
+stores but cannot open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from radvault.errors import (
+    ConfigurationError,
+    ObjectNotFound,
+    VaultError,
+)
+from radvault.vault._catalog_models import (
+    Base,
+    InstanceRow,
+    ObjectRow,
+    PatientRow,
+    ResultRow,
+    SeriesRow,
+    StudyRow,
+    utcnow,
+)
+from radvault.vault._catalog_records import (
+    ID,
+    KEY_ID,
+    OBJECT_RECORD_TYPE,
+    STUDY_ACTIVE,
+    STUDY_SHREDDED,
+    AddInstanceResult,
+    InstanceRecord,
+    NewInstance,
+    NewObject,
+    ObjectRecord,
+    PatientRecord,
+    ResultRecord,
+    Signer,
+    StudyRecord,
+    Verifier,
+    canonical_json,
+    check,
+    check_size,
+    object_record_message,
+    record_message,
+    verify_object_record,
+)
+
+__all__ = [
+    "OBJECT_RECORD_TYPE",
+    "STUDY_ACTIVE",
+    "STUDY_SHREDDED",
+    "AddInstanceResult",
+    "Catalog",
+    "InstanceRecord",
+    "NewInstance",
+    "NewObject",
+    "ObjectRecord",
+    "PatientRecord",
+    "ResultRecord",
+    "Signer",
+    "StudyRecord",
+    "Verifier",
+    "canonical_json",
+    "object_record_message",
+    "record_message",
+    "verify_object_record",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- the repository
+
+
+def _to_patient(row: PatientRow) -> PatientRecord:
+    return PatientRecord(row.pseudonym, row.created_at, row.identity_blob, row.identity_kek_id)
+
+
+def _to_instance(row: InstanceRow) -> InstanceRecord:
+    return InstanceRecord(
+        instance_id=row.instance_id,
+        series_id=row.series_id,
+        study_id=row.study_id,
+        source_sha256=row.source_sha256,
+        source_format=row.source_format,
+        rows=row.rows,
+        cols=row.cols,
+        frames=row.frames,
+        pixel_sha256=row.pixel_sha256,
+        created_at=row.created_at,
+    )
+
+
+def _to_object(row: ObjectRow, pixel_sha256: str) -> ObjectRecord:
+    return ObjectRecord(
+        object_id=row.object_id,
+        instance_id=row.instance_id,
+        kind=row.kind,
+        blob_key=row.blob_key,
+        plain_size=row.plain_size,
+        sealed_size=row.sealed_size,
+        sealed_sha256=row.sealed_sha256,
+        kek_id=row.kek_id,
+        wrapped_key=row.wrapped_key,
+        record_signature=row.record_signature,
+        signer_key_id=row.signer_key_id,
+        created_at=row.created_at,
+        pixel_sha256=pixel_sha256,
+    )
+
+
+def _to_result(row: ResultRow) -> ResultRecord:
+    return ResultRecord(row.result_id, row.instance_id, row.model_id, row.payload, row.created_at)
+
+
+_OBJECT_WITH_PIXELS = select(ObjectRow, InstanceRow.pixel_sha256).join(
+    InstanceRow, ObjectRow.instance_id == InstanceRow.instance_id
+)
+
+
+def _normalise_url(url: str | URL) -> URL:
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        raise ConfigurationError("catalog URL is not a valid database URL") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigurationError(f"unsupported catalog database {backend!r} (sqlite, postgresql)")
+    return parsed
+
+
+def _make_engine(url: URL, busy_timeout_s: float) -> Engine:
+    if url.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True)
+    in_memory = url.database in (None, "", ":memory:")
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_s}}
+    if in_memory:
+        # One shared connection: tests and throwaway catalogs only (no concurrency).
+        kwargs["poolclass"] = StaticPool
+        kwargs["connect_args"]["check_same_thread"] = False
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # SQLAlchemy, not the sqlite3 module, decides when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA secure_delete = ON")  # shredded keys are zeroed on disk
+            cursor.execute("PRAGMA synchronous = FULL")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers take the write lock up front, so a read-then-write transaction
+        # never fails half-way on a lock upgrade and two writers never interleave.
+        immediate = conn.get_execution_options().get("radvault_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Catalog:
+    """Repository over the vault's catalog database.
+
+    Parameters
+    ----------
+    url : str or sqlalchemy.engine.URL
+        ``sqlite:///path/catalog.sqlite3`` (embedded default) or
+        ``postgresql://user@host/db`` (psycopg 3 is used for a bare
+        ``postgresql://``). Credentials in the URL are never logged.
+    busy_timeout_s : float
+        How long a SQLite writer waits for another writer before failing.
+
+    Raises
+    ------
+    ConfigurationError
+        When the URL is malformed or names an unsupported database.
+
+    Notes
+    -----
+    ``Catalog(url)`` opens an existing catalog; :meth:`create` also creates the
+    tables. Every method runs in its own short transaction; writes on SQLite
+    use ``BEGIN IMMEDIATE``.
+    """
+
+    def __init__(self, url: str | URL, *, busy_timeout_s: float = 30.0) -> None:
+        self._url = _normalise_url(url)
+        try:
+            self._engine = _make_engine(self._url, busy_timeout_s)
+        except (sa_exc.NoSuchModuleError, ImportError):
+            raise ConfigurationError(
+                f"no database driver for {self._url.drivername!r} "
+                "(PostgreSQL needs the psycopg[binary] package)"
+            ) from None
+        self._read = sessionmaker(self._engine, expire_on_commit=False)
+        self._write_engine = self._engine.execution_options(radvault_write=True)
+        self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(cls, url: str | URL, *, busy_timeout_s: float = 30.0) -> Catalog:
+        """Open the catalog at ``url``, creating any missing tables.
+
+        Raises
+        ------
+        ConfigurationError
+            When the URL is malformed or names an unsupported database.
+        VaultError
+            When the database cannot be reached or the tables cannot be created.
+        """
+        catalog = cls(url, busy_timeout_s=busy_timeout_s)
+        catalog.create_tables()
+        return catalog
+
+    def create_tables(self) -> None:
+        """Create any missing catalog and audit tables (idempotent).
+
+        Raises
+        ------
+        VaultError
+            When the database cannot be reached or the tables cannot be created.
+        """
+        try:
+            Base.metadata.create_all(self._write_engine)
+        except sa_exc.OperationalError as exc:
+            raise VaultError(
+                f"catalog database cannot be opened ({type(exc.orig).__name__})"
+            ) from None
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (shared with the audit log)."""
+        return self._engine
+
+    @property
+    def dialect_name(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._engine.dialect.name
+
+    def write_engine(self) -> Engine:
+        """An engine view whose transactions take the write lock at BEGIN (SQLite)."""
+        return self._write_engine
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.dialect_name})"
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        with self._write.begin() as session:
+            yield session
+
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        with self._read.begin() as session:
+            yield session
+
+    def _insert_ignore(self, session: Session, model: type[Any], values: Mapping[str, Any],
+                       key: str) -> None:
+        dialect = pg_dialect if self.dialect_name == "postgresql" else sqlite_dialect
+        stmt = dialect.insert(model).values(**values).on_conflict_do_nothing(index_elements=[key])
+        session.execute(stmt)
+
+    # ------------------------------------------------------------------ patients
+
+    def add_patient(self, pseudonym: str) -> PatientRecord:
+        """Create the patient if new and return it (idempotent, race-safe).
+
+        Raises
+        ------
+        ValueError
+            When the pseudonym is malformed.
+        """
+        check(ID, "pseudonym", pseudonym)
+        with self._writing() as session:
+            self._insert_ignore(
+                session, PatientRow, {"pseudonym": pseudonym, "created_at": utcnow()}, "pseudonym"
+            )
+            row = session.get(PatientRow, pseudonym)
+            assert row is not None
+            return _to_patient(row)
+
+    def get_patient(self, pseudonym: str) -> PatientRecord:
+        """Return the patient.
+
+        Raises
+        ------
+        ObjectNotFound
+            When no patient has this pseudonym.
+        """
+        with self._reading() as session:
+            row = session.get(PatientRow, pseudonym)
+            if row is None:
+                raise ObjectNotFound(f"no patient {pseudonym!r}")
+            return _to_patient(row)
+
+    def set_identity(self, pseudonym: str, identity_blob: bytes, identity_kek_id: str) -> None:
+        """Store (or replace) the sealed identity record of a patient.
+
+        The blob must already be sealed under the identity key: this module
+        never sees identifying values in the clear.
+
+        Raises
+        ------
+        ObjectNotFound
+            When no patient has this pseudonym.
+        ValueError
+            When the blob is empty or the key id malformed.
+        """
+        if not isinstance(identity_blob, bytes) or not identity_blob:
+            raise ValueError("identity_blob must be non-empty bytes")
+        check(KEY_ID, "identity_kek_id", identity_kek_id)
+        with self._writing() as session:
+            done = session.execute(
+                update(PatientRow)
+                .where(PatientRow.pseudonym == pseudonym)
+                .values(identity_blob=identity_blob, identity_kek_id=identity_kek_id)
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise ObjectNotFound(f"no patient {pseudonym!r}")
+
+    def patients_with_identity_kek_other_than(
+        self, kek_id: str, limit: int = 1000
+    ) -> list[PatientRecord]:
+        """Patients whose identity record is sealed under another key (for rotation)."""
+        with self._reading() as session:
+            rows = session.scalars(
+                select(PatientRow)
+                .where(PatientRow.identity_blob.is_not(None), PatientRow.identity_kek_id != kek_id)
+                .order_by(PatientRow.pseudonym)
+                .limit(limit)
+            )
+            return [_to_patient(r) for r in rows]
+
+    # ------------------------------------------------------------------ ingest
+
+    def add_instance_with_objects(
+        self,
+        instance: NewInstance,
+        objects: Sequence[NewObject],
+        *,
+        signer: Signer | None = None,
+    ) -> AddInstanceResult:
+        """Catalog one image and its sealed objects in a single transaction.
+
+        The patient, study and series are created if new. If the same input
+        file (``source_sha256``) or the same de-identified instance is already
+        cataloged, nothing is written and the existing records are returned
+        with ``created=False``; a concurrent duplicate that loses the race gets
+        the same clean answer instead of a unique-constraint error.
+
+        Parameters
+        ----------
+        instance : NewInstance
+            The image.
+        objects : sequence of NewObject
+            Its sealed blobs (at most one per kind).
+        signer : Signer, optional
+            When given, signs each object's :func:`record_message`, replacing
+            any signature already set; without it every object must carry one.
+
+        Raises
+        ------
+        ValueError
+            When an object carries no signature and no signer is given, or two
+            objects share a kind or id.
+        VaultError
+            When the study or series already belongs to another patient or
+            study, or an object id or blob key is already used elsewhere.
+        """
+        objs = [self._signed(o, instance, signer) for o in objects]
+        if len({o.kind for o in objs}) != len(objs) or len({o.object_id for o in objs}) != len(
+            objs
+        ):
+            raise ValueError("objects of one instance need distinct kinds and ids")
+        try:
+            with self._writing() as session:
+                found = self._existing(session, instance)
+                if found is not None:
+                    return found
+                self._upsert_parents(session, instance)
+                now = utcnow()
+                inst_row = InstanceRow(
+                    instance_id=instance.instance_id,
+                    series_id=instance.series_id,
+                    study_id=instance.study_id,
+                    source_sha256=instance.source_sha256,
+                    source_format=instance.source_format,
+                    rows=instance.rows,
+                    cols=instance.cols,
+                    frames=instance.frames,
+                    pixel_sha256=instance.pixel_sha256,
+                    created_at=now,
+                )
+                obj_rows = [
+                    ObjectRow(
+                        object_id=o.object_id,
+                        instance_id=instance.instance_id,
+                        kind=o.kind,
+                        blob_key=o.blob_key,
+                        plain_size=o.plain_size,
+                        sealed_size=o.sealed_size,
+                        sealed_sha256=o.sealed_sha256,
+                        kek_id=o.kek_id,
+                        wrapped_key=o.wrapped_key,
+                        record_signature=o.record_signature,
+                        signer_key_id=o.signer_key_id,
+                        created_at=now,
+                    )
+                    for o in objs
+                ]
+                session.add(inst_row)
+                session.flush()
+                session.add_all(obj_rows)
+                session.flush()
+                return AddInstanceResult(
+                    instance=_to_instance(inst_row),
+                    objects=tuple(_to_object(r, instance.pixel_sha256) for r in obj_rows),
+                    created=True,
+                )
+        except sa_exc.IntegrityError as exc:
+            # A concurrent ingest of the same file won the race, or an id clashed.
+            logger.debug("catalog insert refused: %s", type(exc.orig).__name__)
+            with self._reading() as session:
+                found = self._existing(session, instance)
+            if found is not None:
+                return found
+            raise VaultError(
+                f"instance {instance.instance_id}: an object id or blob key is already cataloged"
+            ) from None
+
+    @staticmethod
+    def _signed(obj: NewObject, instance: NewInstance, signer: Signer | None) -> NewObject:
+        if signer is not None:
+            return replace(
+                obj, record_signature=signer.sign(obj.message(instance)),
+                signer_key_id=signer.key_id,
+            )
+        if not obj.record_signature or not obj.signer_key_id:
+            raise ValueError(f"object {obj.object_id} carries no record signature")
+        return obj
+
+    def _existing(self, session: Session, instance: NewInstance) -> AddInstanceResult | None:
+        row = session.scalar(
+            select(InstanceRow).where(InstanceRow.source_sha256 == instance.source_sha256)
+        )
+        how = "source_sha256"
+        if row is None:
+            row = session.get(InstanceRow, instance.instance_id)
+            how = "instance_id"
+        if row is None:
+            return None
+        objs = self._objects_where(session, ObjectRow.instance_id == row.instance_id)
+        return AddInstanceResult(_to_instance(row), tuple(objs), created=False, duplicate_of=how)
+
+    def _upsert_parents(self, session: Session, inst: NewInstance) -> None:
+        now = utcnow()
+        self._insert_ignore(
+            session, PatientRow, {"pseudonym": inst.patient_pseudonym, "created_at": now},
+            "pseudonym",
+        )
+        self._insert_ignore(
+            session,
+            StudyRow,
+            {
+                "study_id": inst.study_id,
+                "patient_pseudonym": inst.patient_pseudonym,
+                "site": inst.site,
+                "modality": inst.modality,
+                "body_part": inst.body_part,
+                "created_at": now,
+                "status": STUDY_ACTIVE,
+            },
+            "study_id",
+        )
+        study = session.get(StudyRow, inst.study_id)
+        assert study is not None
+        if study.patient_pseudonym != inst.patient_pseudonym:
+            raise VaultError(f"study {inst.study_id} belongs to another patient")
+        if study.status == STUDY_SHREDDED:
+            raise VaultError(f"study {inst.study_id} was shredded; it takes no new images")
+        self._insert_ignore(
+            session,
+            SeriesRow,
+            {
+                "series_id": inst.series_id,
+                "study_id": inst.study_id,
+                "modality": inst.modality,
+                "body_part": inst.body_part,
+                "created_at": now,
+            },
+            "series_id",
+        )
+        series = session.get(SeriesRow, inst.series_id)
+        assert series is not None
+        if series.study_id != inst.study_id:
+            raise VaultError(f"series {inst.series_id} belongs to another study")
+
+    # ------------------------------------------------------------------ look-ups
+
+    def find_instance_by_source_sha256(self, source_sha256: str) -> InstanceRecord | None:
+        """Return the instance ingested from the file with this sha-256, if any."""
+        with self._reading() as session:
+            row = session.scalar(
+                select(InstanceRow).where(InstanceRow.source_sha256 == source_sha256)
+            )
+            return None if row is None else _to_instance(row)
+
+    def _study_query(self) -> Any:
+        n = (
+            select(func.count(InstanceRow.instance_id))
+            .where(InstanceRow.study_id == StudyRow.study_id)
+            .correlate(StudyRow)
+            .scalar_subquery()
+        )
+        return select(StudyRow, n)
+
+    @staticmethod
+    def _to_study(row: StudyRow, n: int) -> StudyRecord:
+        return StudyRecord(
+            study_id=row.study_id,
+            patient_pseudonym=row.patient_pseudonym,
+            site=row.site,
+            modality=row.modality,
+            body_part=row.body_part,
+            created_at=row.created_at,
+            status=row.status,
+            shredded_at=row.shredded_at,
+            n_instances=int(n),
+        )
+
+    def get_study(self, study_id: str) -> StudyRecord:
+        """Return the study.
+
+        Raises
+        ------
+        ObjectNotFound
+            When no study has this id.
+        """
+        with self._reading() as session:
+            hit = session.execute(
+                self._study_query().where(StudyRow.study_id == study_id)
+            ).first()
+            if hit is None:
+                raise ObjectNotFound(f"no study {study_id!r}")
+            return self._to_study(hit[0], hit[1])
+
+    def list_studies(
+        self, limit: int = 100, offset: int = 0, site: str | None = None
+    ) -> list[StudyRecord]:
+        """Return studies, newest first, a page at a time (optionally of one site)."""
+        check_size("limit", limit)
+        check_size("offset", offset)
+        query = self._study_query()
+        if site is not None:
+            query = query.where(StudyRow.site == site)
+        query = query.order_by(StudyRow.created_at.desc(), StudyRow.study_id).limit(limit)
+        with self._reading() as session:
+            return [self._to_study(r, n) for r, n in session.execute(query.offset(offset))]
+
+    def get_instance(self, instance_id: str) -> InstanceRecord:
+        """Return the instance.
+
+        Raises
+        ------
+        ObjectNotFound
+            When no instance has this id.
+        """
+        with self._reading() as session:
+            row = session.get(InstanceRow, instance_id)
+            if row is None:
+                raise ObjectNotFound(f"no instance {instance_id!r}")
+            return _to_instance(row)
+
+    def instances_of_study(self, study_id: str) -> list[InstanceRecord]:
+        """Return the study's instances, in creation order (empty if none)."""
+        with self._reading() as session:
+            rows = session.scalars(
+                select(InstanceRow)
+                .where(InstanceRow.study_id == study_id)
+                .order_by(InstanceRow.created_at, InstanceRow.instance_id)
+            )
+            return [_to_instance(r) for r in rows]
+
+    @staticmethod
+    def _objects_where(session: Session, *criteria: Any, limit: int | None = None
+                       ) -> list[ObjectRecord]:
+        query = _OBJECT_WITH_PIXELS.where(*criteria).order_by(ObjectRow.object_id)
+        if limit is not None:
+            query = query.limit(limit)
+        return [_to_object(row, pixels) for row, pixels in session.execute(query)]
+
+    def objects_of_instance(self, instance_id: str) -> list[ObjectRecord]:
+        """Return the instance's sealed objects (empty if none)."""
+        with self._reading() as session:
+            return self._objects_where(session, ObjectRow.instance_id == instance_id)
+
+    def get_object(self, object_id: str) -> ObjectRecord:
+        """Return the object.
+
+        Raises
+        ------
+        ObjectNotFound
+            When no object has this id.
+        """
+        with self._reading() as session:
+            found = self._objects_where(session, ObjectRow.object_id == object_id)
+            if not found:
+                raise ObjectNotFound(f"no object {object_id!r}")
+            return found[0]
+
+    def iter_objects(self, batch_size: int = 500) -> Iterator[ObjectRecord]:
+        """Yield every object by id, a batch per short transaction (for verify scans)."""
+        check_size("batch_size", batch_size, minimum=1)
+        after = ""
+        while True:
+            with self._reading() as session:
+                batch = self._objects_where(session, ObjectRow.object_id > after, limit=batch_size)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after = batch[-1].object_id
+
+    # ------------------------------------------------------------------ keys
+
+    def objects_with_kek_other_than(self, kek_id: str, limit: int = 1000) -> list[ObjectRecord]:
+        """Objects still wrapped under another key-encryption key (shredded ones excluded).
+
+        Rotation calls this until it returns nothing, rewrapping each batch, so
+        an interrupted rotation resumes where it stopped.
+        """
+        check_size("limit", limit, minimum=1)
+        with self._reading() as session:
+            return self._objects_where(
+                session, ObjectRow.kek_id != kek_id, ObjectRow.wrapped_key.is_not(None),
+                limit=limit,
+            )
+
+    def update_wrapped_key(
+        self,
+        object_id: str,
+        wrapped: bytes,
+        kek_id: str,
+        *,
+        expected_kek_id: str | None = None,
+    ) -> bool:
+        """Replace an object's wrapped data key (rotation).
+
+        Never brings a shredded key back: the update applies only while the
+        stored key is not ``NULL`` (and, if ``expected_kek_id`` is given, still
+        wrapped under that key), so a shred that races a rotation wins.
+
+        Returns
+        -------
+        bool
+            ``True`` if the key was replaced, ``False`` if the object was
+            shredded or rewrapped by someone else meanwhile.
+
+        Raises
+        ------
+        ObjectNotFound
+            When no object has this id.
+        ValueError
+            When ``wrapped`` is empty or ``kek_id`` malformed.
+        """
+        if not isinstance(wrapped, bytes) or not wrapped:
+            raise ValueError("wrapped key must be non-empty bytes")
+        check(KEY_ID, "kek_id", kek_id)
+        criteria = [ObjectRow.object_id == object_id, ObjectRow.wrapped_key.is_not(None)]
+        if expected_kek_id is not None:
+            criteria.append(ObjectRow.kek_id == expected_kek_id)
+        with self._writing() as session:
+            done = session.execute(
+                update(ObjectRow).where(*criteria).values(wrapped_key=wrapped, kek_id=kek_id)
+            )
+            if done.rowcount == 1:  # type: ignore[attr-defined]
+                return True
+            if session.get(ObjectRow, object_id) is None:
+                raise ObjectNotFound(f"no object {object_id!r}")
+            return False
+
+    def shred_study(self, study_id: str) -> int:
+        """Destroy the wrapped data keys of every object of a study (crypto-shredding).
+
+        The study is marked ``shredded`` (the first shredding time is kept).
+        On SQLite, ``secure_delete`` zeroes the old key bytes and the WAL is
+        checkpointed and truncated afterwards so no copy stays in the journal.
+
+        Returns
+        -------
+        int
+            How many keys were destroyed now (0 when already shredded).
+
+        Raises
+        ------
+        ObjectNotFound
+            When no study has this id.
+
+        Notes
+        -----
+        Copies outside the live database are out of reach: PostgreSQL keeps the
+        old row version until VACUUM reuses its space (and in WAL archives), and
+        backups of either database keep the wrapped keys. A key rotation after
+        shredding, retiring the old KEK, makes every such copy useless.
+        """
+        with self._writing() as session:
+            study = session.get(StudyRow, study_id)
+            if study is None:
+                raise ObjectNotFound(f"no study {study_id!r}")
+            ids = select(InstanceRow.instance_id).where(InstanceRow.study_id == study_id)
+            done = session.execute(
+                update(ObjectRow)
+                .where(ObjectRow.instance_id.in_(ids), ObjectRow.wrapped_key.is_not(None))
+                .values(wrapped_key=None)
+                .execution_options(synchronize_session=False)
+            )
+            count = int(done.rowcount)  # type: ignore[attr-defined]
+            study.status = STUDY_SHREDDED
+            if study.shredded_at is None:
+                study.shredded_at = utcnow()
+        self._flush_journal()
+        logger.info("shredded %d data keys of one study", count)
+        return count
+
+    def _flush_journal(self) -> None:
+        if self.dialect_name != "sqlite":
+            return
+        raw = self._engine.raw_connection()
+        try:
+            busy = raw.driver_connection.execute(  # type: ignore[union-attr]
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            ).fetchone()
+            if busy and busy[0]:
+                logger.warning("WAL checkpoint blocked by readers; retried at next shred")
+        finally:
+            raw.close()
+
+    # ------------------------------------------------------------------ results
+
+    def add_result(
+        self,
+        instance_id: str,
+        model_id: str,
+        payload: Mapping[str, Any],
+        *,
+        result_id: str | None = None,
+    ) -> ResultRecord:
+        """Store an analysis result for an instance.
+
+        Raises
+        ------
+        ObjectNotFound
+            When no instance has this id.
+        ValueError
+            When the payload is not JSON data or an id is malformed.
+        """
+        result_id = result_id or uuid.uuid4().hex
+        check(ID, "result_id", result_id)
+        check(ID, "model_id", model_id)
+        body = json.loads(canonical_json(dict(payload)))
+        try:
+            with self._writing() as session:
+                if session.get(InstanceRow, instance_id) is None:
+                    raise ObjectNotFound(f"no instance {instance_id!r}")
+                row = ResultRow(
+                    result_id=result_id, instance_id=instance_id, model_id=model_id,
+                    payload=body, created_at=utcnow(),
+                )
+                session.add(row)
+                session.flush()
+                return _to_result(row)
+        except sa_exc.IntegrityError:
+            raise VaultError(f"result {result_id} already exists") from None
+
+    def results_of_instance(self, instance_id: str) -> list[ResultRecord]:
+        """Return the instance's results, oldest first."""
+        with self._reading() as session:
+            rows = session.scalars(
+                select(ResultRow)
+                .where(ResultRow.instance_id == instance_id)
+                .order_by(ResultRow.created_at, ResultRow.result_id)
+            )
+            return [_to_result(r) for r in rows]
