@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from radvault import __version__
-from radvault.cli import _imaging_cmds
+from radvault.cli import _imaging_cmds, _vault_cmds
 from radvault.cli._common import configure_logging, handle_errors
 from radvault.config import load_settings
 
@@ -49,6 +49,7 @@ def root(
 
 app.command()(_imaging_cmds.deid)
 app.command()(_imaging_cmds.preprocess)
+_vault_cmds.register(app)
 
 
 def main(args: Sequence[str] | None = None) -> int:

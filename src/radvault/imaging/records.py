@@ -8,6 +8,7 @@ source is DICOM), which de-identification rewrites.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -103,6 +104,17 @@ class ImageRecord:
     def columns(self) -> int:
         """Columns per frame."""
         return int(self.pixels.shape[2])
+
+    def pixel_sha256(self) -> str:
+        """sha-256 of the decoded pixels, with dtype and shape, as hex.
+
+        The digest the vault records at ingest and recomputes on every read: it
+        depends on the decoded values only, not on the file's encoding.
+        """
+        pixels = np.ascontiguousarray(self.pixels)
+        digest = hashlib.sha256(f"{pixels.dtype.str}{pixels.shape}".encode("ascii"))
+        digest.update(memoryview(pixels).cast("B"))
+        return digest.hexdigest()
 
     def frame(self, index: int = 0) -> np.ndarray:
         """Return one frame, ``(rows, cols)`` or ``(rows, cols, 3)``."""

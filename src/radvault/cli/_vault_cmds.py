@@ -1,0 +1,336 @@
+"""Vault commands: init, ingest, ls, show, export, verify, audit, keys, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from radvault.cli._common import (
+    console,
+    err_console,
+    handle_errors,
+    iter_input_files,
+    progress_bar,
+    settings_from_context,
+)
+from radvault.config import Settings
+from radvault.errors import ConfigurationError, ObjectNotFound
+
+__all__ = ["audit_app", "keys_app", "register"]
+
+audit_app = typer.Typer(help="Inspect and verify the audit trail.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage the vault's keys.", no_args_is_help=True)
+
+ACTOR = "cli:" + (os.environ.get("USER") or "operator")
+
+
+def read_passphrase(*, confirm: bool = False) -> str:
+    """The vault passphrase from RADVAULT_PASSPHRASE or, on a terminal, a hidden prompt."""
+    value = os.environ.get("RADVAULT_PASSPHRASE")
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise ConfigurationError(
+            "no passphrase: set RADVAULT_PASSPHRASE or run in a terminal to be asked"
+        )
+    return typer.prompt("Vault passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+@contextmanager
+def opened_vault(settings: Settings) -> Iterator[object]:
+    """Unlock the vault for one command and close it (with an audit checkpoint) after."""
+    from radvault.vault.vault import Vault
+
+    vault = Vault.open(settings, read_passphrase())
+    try:
+        yield vault
+    finally:
+        vault.close()
+
+
+def init(ctx: typer.Context) -> None:
+    """Create a vault in RADVAULT_HOME: key file, catalog, blob folder, audit trail."""
+
+    @handle_errors
+    def run() -> None:
+        from radvault.vault.vault import Vault
+
+        settings = settings_from_context(ctx)
+        vault = Vault.init(settings, read_passphrase(confirm=True))
+        vault.close()
+        console.print(f"vault created in {settings.home}")
+
+    run()
+
+
+def ingest(
+    ctx: typer.Context,
+    inputs: Annotated[list[Path], typer.Argument(help="Files or folders (recursive).")],
+    modality: Annotated[
+        str | None, typer.Option(help="Modality for PNG/JPEG (e.g. DX, MR, CT, US).")
+    ] = None,
+    body_part: Annotated[str | None, typer.Option(help="Body part for PNG/JPEG.")] = None,
+    site: Annotated[str, typer.Option(help="Site the new studies belong to.")] = "default",
+) -> None:
+    """De-identify, preprocess, seal and store images; a bad file is reported and skipped."""
+
+    @handle_errors
+    def run() -> int:
+        from radvault.pipeline.ingest import Ingestor
+
+        settings = settings_from_context(ctx)
+        files = list(iter_input_files(inputs))
+        with opened_vault(settings) as vault, progress_bar() as bar:
+            ingestor = Ingestor(vault, actor=ACTOR, site=site)
+            task = bar.add_task("ingesting", total=len(files))
+            outcomes = ingestor.ingest_paths(
+                files, modality=modality, body_part=body_part,
+                on_file=lambda _o: bar.advance(task),
+            )
+        table = Table(title="ingest")
+        for col in ("input", "status", "study", "instance", "note"):
+            table.add_column(col, overflow="fold")
+        for o in outcomes:
+            note = f"{o.error}: {o.reason}" if o.error else (o.modality or "")
+            style = {"stored": "green", "duplicate": "yellow", "refused": "red"}[o.status]
+            table.add_row(o.name, f"[{style}]{o.status}[/]", o.study_id or "",
+                          o.instance_id or "", note)
+        console.print(table)
+        counts = {s: sum(o.status == s for o in outcomes)
+                  for s in ("stored", "duplicate", "refused")}
+        console.print(", ".join(f"{n} {s}" for s, n in counts.items()))
+        return 0 if counts["refused"] == 0 else 1
+
+    raise typer.Exit(run())
+
+
+def ls(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="At most this many studies.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List studies (pseudonymous ids only)."""
+
+    @handle_errors
+    def run() -> None:
+        with opened_vault(settings_from_context(ctx)) as vault:
+            studies = vault.catalog.list_studies(limit=limit)
+        if as_json:
+            typer.echo(json.dumps([{
+                "study_id": s.study_id, "patient": s.patient_pseudonym, "site": s.site,
+                "modality": s.modality, "body_part": s.body_part, "instances": s.n_instances,
+                "status": s.status, "created": s.created_at.isoformat(),
+                "shredded": s.shredded_at is not None} for s in studies], indent=2))
+            return
+        table = Table(title=f"{len(studies)} studies")
+        for col in ("study", "patient", "site", "modality", "body part", "images", "status"):
+            table.add_column(col, overflow="fold")
+        for s in studies:
+            status = "shredded" if s.shredded_at else s.status
+            table.add_row(s.study_id, s.patient_pseudonym, s.site, s.modality or "",
+                          s.body_part or "", str(s.n_instances), status)
+        console.print(table)
+
+    run()
+
+
+def show(
+    ctx: typer.Context,
+    study_or_instance: Annotated[str, typer.Argument(help="A study or instance id.")],
+) -> None:
+    """Show a study (or the study of an instance): its images, objects and results."""
+
+    @handle_errors
+    def run() -> None:
+        with opened_vault(settings_from_context(ctx)) as vault:
+            catalog = vault.catalog
+            try:
+                study = catalog.get_study(study_or_instance)
+            except ObjectNotFound:
+                study = catalog.get_study(catalog.get_instance(study_or_instance).study_id)
+            console.print(f"[bold]study[/] {study.study_id}  patient {study.patient_pseudonym}"
+                          f"  site {study.site}  {study.modality or ''} {study.body_part or ''}"
+                          f"  status {'shredded' if study.shredded_at else study.status}")
+            for inst in catalog.instances_of_study(study.study_id):
+                console.print(f"  [bold]instance[/] {inst.instance_id}  {inst.source_format}"
+                              f"  {inst.rows}x{inst.cols}x{inst.frames}"
+                              f"  pixels sha256 {inst.pixel_sha256[:16]}…")
+                for obj in catalog.objects_of_instance(inst.instance_id):
+                    console.print(f"    object {obj.object_id}  {obj.kind}  {obj.plain_size} B"
+                                  f" -> {obj.sealed_size} B sealed  kek {obj.kek_id}"
+                                  f"{'  SHREDDED' if obj.shredded else ''}")
+                for res in catalog.results_of_instance(inst.instance_id):
+                    console.print(f"    result {res.result_id}  model {res.model_id}  "
+                                  f"{json.dumps(res.payload.get('summary', res.payload))}")
+            vault.audit.append(ACTOR, "show", object_ids=[study.study_id])
+
+    run()
+
+
+def export(
+    ctx: typer.Context,
+    study_id: Annotated[str, typer.Argument(help="The study to export.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the decrypted files.")],
+) -> None:
+    """Decrypt a study's de-identified files into OUT (audited; back-verified first)."""
+
+    @handle_errors
+    def run() -> None:
+        from radvault.pipeline.retrieve import export_study
+
+        with opened_vault(settings_from_context(ctx)) as vault:
+            files = export_study(vault, study_id, out, actor=ACTOR)
+        console.print(f"exported {len(files)} file(s) to {out}")
+
+    run()
+
+
+def _print_report(report: object, as_json: bool, render: Callable[[], None]) -> None:
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        render()
+
+
+def verify(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check every object, blob, signature and the audit chain; exit 1 on any problem."""
+
+    @handle_errors
+    def run() -> int:
+        from radvault.pipeline.maintenance import verify_vault
+
+        with opened_vault(settings_from_context(ctx)) as vault:
+            report = verify_vault(vault, actor=ACTOR)
+
+        def render() -> None:
+            for p in report.problems:
+                err_console.print(f"[red]PROBLEM[/] {p}")
+            for n in report.notes:
+                console.print(f"[dim]note[/] {n}")
+            n_problems = len(report.problems)
+            verdict = "[green]clean[/]" if report.ok else f"[red]{n_problems} problem(s)[/]"
+            console.print(f"verify: {report.objects_checked} objects "
+                          f"({report.objects_shredded} shredded), {report.blobs_seen} blobs, "
+                          f"{report.audit.get('entries_checked', 0)} audit entries: {verdict}")
+
+        _print_report(report.as_dict(), as_json, render)
+        return 0 if report.ok else 1
+
+    raise typer.Exit(run())
+
+
+@audit_app.command("verify")
+def audit_verify(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Prove the audit trail was not altered, inserted into, truncated or reordered."""
+
+    @handle_errors
+    def run() -> int:
+        with opened_vault(settings_from_context(ctx)) as vault:
+            report = vault.audit.verify()
+            vault.audit.append(ACTOR, "audit_verify",
+                               "ok" if report.ok else "error")
+
+        def render() -> None:
+            for p in report.problems:
+                err_console.print(f"[red]PROBLEM[/] {p}")
+            for n in report.notes:
+                console.print(f"[dim]note[/] {n}")
+            console.print(f"audit: {report.entries_checked} entries, "
+                          f"{report.checkpoints_checked} checkpoints: "
+                          + ("[green]intact[/]" if report.ok else "[red]TAMPERED[/]"))
+
+        _print_report(report.to_dict(), as_json, render)
+        return 0 if report.ok else 1
+
+    raise typer.Exit(run())
+
+
+@audit_app.command("tail")
+def audit_tail(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("-n", help="How many entries.")] = 20,
+) -> None:
+    """Show the most recent audit entries."""
+
+    @handle_errors
+    def run() -> None:
+        with opened_vault(settings_from_context(ctx)) as vault:
+            entries = vault.audit.tail(n)
+        table = Table(title="audit trail (oldest first)")
+        for col in ("seq", "time", "actor", "action", "outcome", "objects"):
+            table.add_column(col, overflow="fold")
+        for e in entries:
+            table.add_row(str(e.seq), str(e.ts), e.actor, str(e.action), str(e.outcome),
+                          ", ".join(e.object_ids[:3]) + (" …" if len(e.object_ids) > 3 else ""))
+        console.print(table)
+
+    run()
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    ctx: typer.Context,
+    retire_old: Annotated[
+        bool, typer.Option(help="Destroy older key-encryption keys once all data keys moved.")
+    ] = False,
+) -> None:
+    """New key-encryption key; rewrap every data key (blobs untouched; resumable)."""
+
+    @handle_errors
+    def run() -> None:
+        from radvault.pipeline.maintenance import rotate_keys
+
+        with opened_vault(settings_from_context(ctx)) as vault:
+            report = rotate_keys(vault, actor=ACTOR, retire_old=retire_old)
+        console.print(f"new key-encryption key {report.new_kek_id}; "
+                      f"{report.rewrapped} data key(s) rewrapped; "
+                      f"{len(report.retired)} old key(s) retired")
+
+    run()
+
+
+def delete(
+    ctx: typer.Context,
+    study_id: Annotated[str, typer.Argument(help="The study to delete.")],
+    shred: Annotated[
+        bool, typer.Option("--shred", help="Destroy the data keys (required: irreversible).")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Crypto-shred a study: its blobs can never be opened again (audited)."""
+
+    @handle_errors
+    def run() -> None:
+        from radvault.pipeline.maintenance import shred_study
+
+        if not shred:
+            raise ConfigurationError("deletion is crypto-shredding: pass --shred to confirm")
+        if not yes and sys.stdin.isatty():
+            typer.confirm(f"Irreversibly shred study {study_id}?", abort=True)
+        with opened_vault(settings_from_context(ctx)) as vault:
+            count = shred_study(vault, study_id, actor=ACTOR)
+        console.print(f"study {study_id}: {count} data key(s) destroyed; blobs deleted")
+
+    run()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the vault commands to the root application."""
+    for command in (init, ingest, ls, show, export, verify, delete):
+        app.command()(command)
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,133 @@
+"""Retrieve and export use cases: back-verified reads, decrypted only in memory.
+
+Every read checks the object's signed catalog row, the blob digest and the AEAD
+tags (:meth:`Vault.open_object`), then decodes the image and recomputes the
+de-identified pixels' sha-256 against the digest recorded at ingest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from radvault.errors import IntegrityError, ObjectNotFound, RadVaultError
+from radvault.imaging.reading import read_image_bytes
+from radvault.imaging.records import ImageRecord
+from radvault.pipeline.ingest import DICOM_KIND, MODEL_INPUT_KIND, SOURCE_KIND
+from radvault.vault.audit import Action, Outcome
+from radvault.vault.catalog import InstanceRecord, ObjectRecord
+from radvault.vault.secure_memory import zeroize
+from radvault.vault.vault import Vault
+
+__all__ = ["ExportedFile", "ModelInput", "export_study", "open_image", "open_model_input"]
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A preprocessed model input with the preprocessing settings it was made with."""
+
+    array: np.ndarray
+    settings: dict[str, object]
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    """One exported file."""
+
+    instance_id: str
+    path: Path
+
+
+def _object(vault: Vault, instance_id: str, kinds: tuple[str, ...]) -> ObjectRecord:
+    for obj in vault.catalog.objects_of_instance(instance_id):
+        if obj.kind in kinds:
+            return obj
+    raise ObjectNotFound(f"instance {instance_id} has no {'/'.join(kinds)} object")
+
+
+def _decode_verified(vault: Vault, instance: InstanceRecord, *, actor: str) -> ImageRecord:
+    obj = _object(vault, instance.instance_id, (DICOM_KIND, SOURCE_KIND))
+    plain = vault.open_object(obj, actor=actor)
+    try:
+        record = read_image_bytes(bytes(plain), f"object {obj.object_id}",
+                                  limits=vault.settings.limits)
+    finally:
+        zeroize(plain)
+    if record.pixel_sha256() != instance.pixel_sha256:
+        vault.audit.append(actor, Action.INTEGRITY_FAILURE, Outcome.REFUSED,
+                           object_ids=[instance.instance_id, obj.object_id],
+                           details={"error": "pixel digest mismatch"})
+        raise IntegrityError(
+            f"instance {instance.instance_id}: pixels do not match the digest recorded at ingest"
+        )
+    return record
+
+
+def open_image(vault: Vault, instance_id: str, *, actor: str) -> ImageRecord:
+    """Back-verify and decode one stored image (in memory), and audit the read."""
+    instance = vault.catalog.get_instance(instance_id)
+    record = _decode_verified(vault, instance, actor=actor)
+    vault.audit.append(actor, Action.READ, Outcome.OK, object_ids=[instance_id])
+    return record
+
+
+def open_model_input(vault: Vault, instance_id: str, *, actor: str) -> ModelInput:
+    """Back-verify and load the sealed preprocessed model input of an instance."""
+    obj = _object(vault, instance_id, (MODEL_INPUT_KIND,))
+    plain = vault.open_object(obj, actor=actor)
+    try:
+        with np.load(io.BytesIO(bytes(plain)), allow_pickle=False) as npz:
+            array = np.array(npz["input"], dtype=np.float32)
+            settings = json.loads(npz["settings"].tobytes().decode())
+    except (ValueError, KeyError, OSError) as exc:
+        raise IntegrityError(f"object {obj.object_id}: model input is unreadable") from exc
+    finally:
+        zeroize(plain)
+    return ModelInput(array, settings)
+
+
+def export_study(vault: Vault, study_id: str, out_dir: Path, *, actor: str) -> list[ExportedFile]:
+    """Decrypt a study's stored files into ``out_dir`` on explicit request (audited).
+
+    Each instance is back-verified first; files are named by their pseudonymous
+    instance id. Nothing is written for an instance that fails verification.
+    """
+    study = vault.catalog.get_study(study_id)
+    if study.shredded_at is not None:
+        raise ObjectNotFound(f"study {study_id} was crypto-shredded")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exported: list[ExportedFile] = []
+    for instance in vault.catalog.instances_of_study(study_id):
+        obj = _object(vault, instance.instance_id, (DICOM_KIND, SOURCE_KIND))
+        _decode_verified(vault, instance, actor=actor)
+        plain = vault.open_object(obj, actor=actor)
+        try:
+            suffix = ".dcm" if obj.kind == DICOM_KIND else _raster_suffix(plain)
+            target = out_dir / f"{instance.instance_id}{suffix}"
+            tmp = target.with_name(f".{target.name}.partial")
+            with open(tmp, "wb") as fh:
+                fh.write(plain)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        finally:
+            zeroize(plain)
+        exported.append(ExportedFile(instance.instance_id, target))
+    vault.audit.append(actor, Action.EXPORT, Outcome.OK,
+                       object_ids=[study_id, *(e.instance_id for e in exported)],
+                       details={"files": len(exported)})
+    return exported
+
+
+def _raster_suffix(data: bytearray) -> str:
+    return ".png" if bytes(data[:8]) == b"\x89PNG\r\n\x1a\n" else ".jpg"
+
+
+def safe_error(exc: RadVaultError) -> str:
+    """A one-line description of an error for reports (no PHI: ids and reasons only)."""
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,286 @@
+"""The vault as one object: key file, catalog, blob store and audit trail in RADVAULT_HOME.
+
+:class:`Vault` composes the parts (each behind its own small interface) and
+offers the two primitives every use case needs: :meth:`Vault.seal_object`
+(seal and store a blob, returning its catalog row) and :meth:`Vault.open_object`
+(back-verify and open one). Layout of ``home``::
+
+    keys.json       key file (KEKs, identity key, signing key, pseudonym secret),
+                    encrypted under the passphrase (argon2id)
+    vault.pub       the Ed25519 public key, readable without the passphrase
+    catalog.sqlite3 catalog and audit chain (SQLite WAL; or a PostgreSQL URL)
+    blobs/          sealed objects (AES-256-GCM), one file each, fan-out folders
+    audit.log       the audit chain's append-only JSON-lines copy
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from radvault.config import Settings
+from radvault.errors import (
+    IntegrityError,
+    KeyProviderError,
+    ObjectNotFound,
+    ObjectShredded,
+    VaultError,
+    VaultLocked,
+)
+from radvault.vault.audit import Action, AuditLog, Outcome
+from radvault.vault.blobstore import BlobStore, LocalFolderBlobStore
+from radvault.vault.catalog import (
+    Catalog,
+    NewObject,
+    ObjectRecord,
+    verify_object_record,
+)
+from radvault.vault.keys import KdfParams, LocalKeyFile, WrappedKey
+from radvault.vault.sealing import open_sealed, seal
+from radvault.vault.signing import Signer, Verifier
+
+__all__ = ["Vault", "VaultPaths", "new_object_id"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VaultPaths:
+    """Where a vault keeps its files."""
+
+    home: Path
+
+    @property
+    def key_file(self) -> Path:
+        """The passphrase-protected key file."""
+        return self.home / "keys.json"
+
+    @property
+    def public_key(self) -> Path:
+        """The vault's Ed25519 public key (raw 32 bytes, hex)."""
+        return self.home / "vault.pub"
+
+    @property
+    def blobs(self) -> Path:
+        """The local blob folder."""
+        return self.home / "blobs"
+
+    @property
+    def audit_file(self) -> Path:
+        """The audit chain's JSON-lines copy."""
+        return self.home / "audit.log"
+
+
+def new_object_id() -> str:
+    """A random, meaningless object id (never derived from content or PHI)."""
+    return "o" + secrets.token_hex(16)
+
+
+class _LockedSigner:
+    """Stands in for the signing key while the vault is locked: it only refuses."""
+
+    key_id = "locked"
+
+    def sign(self, message: bytes) -> bytes:
+        raise VaultLocked("the vault is locked: cannot sign")
+
+
+class Vault:
+    """An unlocked vault: keys, catalog, blob store and audit log.
+
+    Build it with :meth:`init` or :meth:`open`; close it (or use ``with``) so
+    the audit chain gets its closing checkpoint.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        keys: LocalKeyFile,
+        catalog: Catalog,
+        blobs: BlobStore,
+        audit: AuditLog,
+        signer: Signer,
+    ) -> None:
+        self.settings = settings
+        self.paths = VaultPaths(settings.home)
+        self.keys = keys
+        self.catalog = catalog
+        self.blobs = blobs
+        self.audit = audit
+        self.signer = signer
+        self.verifier: Verifier = signer.verifier()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def init(
+        cls, settings: Settings, passphrase: str | bytes, *, kdf: KdfParams | None = None
+    ) -> Vault:
+        """Create a new vault in ``settings.home`` and return it unlocked.
+
+        Raises
+        ------
+        VaultError
+            If a vault already exists there.
+        """
+        paths = VaultPaths(settings.home)
+        if paths.key_file.exists():
+            raise VaultError(f"a vault already exists in {paths.home}")
+        if isinstance(passphrase, str) and len(passphrase) < 12:
+            raise VaultLocked("the passphrase must be at least 12 characters long")
+        paths.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(paths.home, 0o700)
+        paths.blobs.mkdir(exist_ok=True, mode=0o700)
+        keys = LocalKeyFile.create(paths.key_file, passphrase, kdf=kdf)
+        signer = keys.signer()
+        paths.public_key.write_text(signer.public_key_bytes.hex() + "\n", encoding="ascii")
+        catalog = Catalog.create(settings.resolved_catalog_url)
+        vault = cls._assemble(settings, keys, catalog, signer)
+        vault.audit.append("system", Action.INIT, details={"kek_id": keys.current_kek_id})
+        return vault
+
+    @classmethod
+    def open(cls, settings: Settings, passphrase: str | bytes) -> Vault:
+        """Unlock the vault in ``settings.home``.
+
+        A failed unlock is audited (without any secret) before the error is raised.
+
+        Raises
+        ------
+        VaultLocked
+            No vault there, wrong passphrase, missing or corrupt key file.
+        """
+        paths = VaultPaths(settings.home)
+        if not paths.home.is_dir() or not (
+            paths.key_file.exists() or paths.public_key.exists()
+        ):
+            raise VaultLocked(f"no vault in {paths.home}: run `radvault init` first")
+        try:
+            keys = LocalKeyFile.open(paths.key_file, passphrase)
+        except VaultLocked as exc:
+            cls._audit_failed_unlock(settings, str(exc))
+            raise
+        signer = keys.signer()
+        if paths.public_key.exists():
+            recorded = paths.public_key.read_text(encoding="ascii").strip()
+            if recorded != signer.public_key_bytes.hex():
+                keys.close()
+                raise IntegrityError("vault.pub does not match the key file's signing key")
+        catalog = Catalog.create(settings.resolved_catalog_url)
+        vault = cls._assemble(settings, keys, catalog, signer)
+        vault.audit.append("system", Action.UNLOCK)
+        return vault
+
+    @classmethod
+    def _assemble(
+        cls, settings: Settings, keys: LocalKeyFile, catalog: Catalog, signer: Signer
+    ) -> Vault:
+        paths = VaultPaths(settings.home)
+        audit = AuditLog(
+            catalog, signer, signer.verifier(), settings.audit_checkpoint_every,
+            file_path=paths.audit_file,
+        )
+        return cls(settings, keys, catalog, LocalFolderBlobStore(paths.blobs), audit, signer)
+
+    @staticmethod
+    def _audit_failed_unlock(settings: Settings, reason: str) -> None:
+        paths = VaultPaths(settings.home)
+        if not paths.public_key.exists():
+            return
+        try:
+            verifier = Verifier(bytes.fromhex(paths.public_key.read_text("ascii").strip()))
+            with Catalog(settings.resolved_catalog_url) as catalog:
+                audit = AuditLog(catalog, _LockedSigner(), verifier, 10**9,
+                                 file_path=paths.audit_file)
+                short = "wrong passphrase" if "passphrase" in reason else "key file unusable"
+                audit.append("system", Action.UNLOCK_FAILED, Outcome.REFUSED,
+                             details={"reason": short})
+                audit.close(checkpoint=False)
+        except Exception:  # auditing must never mask the unlock error itself
+            log.warning("could not audit a failed unlock", exc_info=False)
+
+    def close(self) -> None:
+        """Checkpoint the audit chain and release keys and connections."""
+        try:
+            self.audit.close(checkpoint=True)
+        finally:
+            self.catalog.close()
+            self.keys.close()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ objects
+
+    def seal_object(self, plaintext: bytes | bytearray | memoryview, *, kind: str) -> NewObject:
+        """Seal ``plaintext`` under a fresh data key, store the blob, return its catalog row.
+
+        The row is not yet in the catalog: the caller adds it with its instance
+        (one transaction), and the catalog signs it.
+        """
+        object_id = new_object_id()
+        sealed = seal(plaintext, object_id=object_id, provider=self.keys,
+                      chunk_size=self.settings.chunk_size)
+        self.blobs.put(object_id, sealed.blob)
+        return NewObject(
+            object_id=object_id,
+            kind=kind,
+            blob_key=object_id,
+            plain_size=sealed.plain_size,
+            sealed_size=len(sealed.blob),
+            sealed_sha256=sealed.sealed_sha256,
+            kek_id=sealed.wrapped_key.kek_id,
+            wrapped_key=sealed.wrapped_key.to_bytes(),
+        )
+
+    def open_object(self, obj: ObjectRecord, *, actor: str) -> bytearray:
+        """Back-verify one object and return its plaintext (the caller zeroises it).
+
+        Checks, before anything is returned: the catalog row's signature, the
+        blob's size and sha-256 against the row, and every chunk's AEAD tag.
+        Any mismatch is audited and refused.
+
+        Raises
+        ------
+        ObjectShredded
+            The data key was destroyed.
+        IntegrityError
+            The row, the blob or a chunk was altered, swapped or replayed.
+        """
+        try:
+            if obj.wrapped_key is None:
+                raise ObjectShredded(f"object {obj.object_id} was crypto-shredded")
+            verify_object_record(obj, self.verifier)
+            try:
+                blob = self.blobs.get(obj.blob_key)
+            except ObjectNotFound:
+                raise IntegrityError(f"object {obj.object_id}: sealed blob is missing") from None
+            if len(blob) != obj.sealed_size or (
+                hashlib.sha256(blob).hexdigest() != obj.sealed_sha256
+            ):
+                raise IntegrityError(
+                    f"object {obj.object_id}: sealed blob does not match its catalog digest"
+                )
+            plain = open_sealed(blob, object_id=obj.object_id,
+                                wrapped_key=WrappedKey.from_bytes(obj.wrapped_key),
+                                provider=self.keys)
+            if len(plain) != obj.plain_size:
+                raise IntegrityError(f"object {obj.object_id}: plaintext size mismatch")
+            return plain
+        except (IntegrityError, KeyProviderError, VaultError) as exc:
+            outcome = Outcome.REFUSED
+            action = Action.INTEGRITY_FAILURE if isinstance(exc, IntegrityError) else Action.READ
+            self.audit.append(actor, action, outcome, object_ids=[obj.object_id],
+                              details={"error": type(exc).__name__})
+            if isinstance(exc, KeyProviderError):
+                raise IntegrityError(
+                    f"object {obj.object_id}: its data key cannot be unwrapped"
+                ) from None
+            raise
