@@ -13,16 +13,18 @@ also subclasses the builtin it resembles, so callers may catch either::
     │   ├── ImageTooLarge                     file-size cap or decompression-bomb cap hit
     │   └── BurnedInAnnotationRefused         pixels may carry burned-in PHI
     ├── DeidentificationError(ValueError)     the profile could not be applied safely
+    ├── ObjectNotFound(LookupError)           no such study/instance/object/user
     ├── VaultError                            the vault cannot do what was asked
     │   ├── VaultLocked(PermissionError)      wrong passphrase, missing or corrupt key file
     │   ├── KeyProviderError                  a key could not be wrapped, unwrapped or found
-    │   ├── ObjectNotFound(LookupError)       no such study/instance/object
     │   └── ObjectShredded                    the object's data key was destroyed
     ├── IntegrityError                        tampering detected (digest, signature, AEAD tag)
     │   ├── AuditChainError                   the audit trail was altered
     │   └── ModelIntegrityError               a model file or card does not match its signature
     ├── AccessDenied(PermissionError)         the caller may not do this
     │   └── AuthenticationFailed              the caller could not be identified
+    ├── AccountError(ValueError)              a user, site or grant change is invalid
+    │   └── PasswordPolicyError               a password fails the password policy
     ├── DatasetError(ValueError)              a manifest or dataset is unusable (missing file,
     │                                         sha-256 mismatch, train/test leakage)
     └── ModelError                            a model cannot be trained, loaded or run
@@ -37,6 +39,7 @@ from os import PathLike
 
 __all__ = [
     "AccessDenied",
+    "AccountError",
     "AuditChainError",
     "AuthenticationFailed",
     "BurnedInAnnotationRefused",
@@ -54,6 +57,7 @@ __all__ = [
     "NotAnImage",
     "ObjectNotFound",
     "ObjectShredded",
+    "PasswordPolicyError",
     "RadVaultError",
     "UnsupportedTransferSyntax",
     "VaultError",
@@ -126,8 +130,8 @@ class KeyProviderError(VaultError):
     """A key could not be wrapped, unwrapped or found."""
 
 
-class ObjectNotFound(VaultError, LookupError):
-    """No study, instance or object has the given id."""
+class ObjectNotFound(RadVaultError, LookupError):
+    """No study, instance, object or user has the given id."""
 
 
 class ObjectShredded(VaultError):
@@ -152,6 +156,24 @@ class AccessDenied(RadVaultError, PermissionError):
 
 class AuthenticationFailed(AccessDenied):
     """The caller could not be identified."""
+
+
+class AccountError(RadVaultError, ValueError):
+    """A user, site or grant change is invalid (duplicate name, unknown site...)."""
+
+
+class PasswordPolicyError(AccountError):
+    """A password fails the password policy.
+
+    Parameters
+    ----------
+    problems : sequence of str
+        Every rule the password breaks, in words a user can act on.
+    """
+
+    def __init__(self, problems: list[str] | tuple[str, ...]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("password refused: " + "; ".join(self.problems))
 
 
 class DatasetError(RadVaultError, ValueError):
