@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from radvault import __version__
-from radvault.cli import _imaging_cmds, _vault_cmds
+from radvault.cli import _demo, _imaging_cmds, _vault_cmds
 from radvault.cli._common import configure_logging, handle_errors
 from radvault.config import load_settings
 
@@ -50,6 +50,7 @@ def root(
 app.command()(_imaging_cmds.deid)
 app.command()(_imaging_cmds.preprocess)
 _vault_cmds.register(app)
+app.command()(_demo.demo)
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -16,14 +16,14 @@ import pydicom
 
 __all__ = ["SAMPLE_DICOM_FILES", "Sample", "export_samples", "list_samples"]
 
-#: pydicom wheel files used as DICOM samples: CT, MR, deflate, JPEG 2000, JPEG-LS, and an
-#: RGB secondary capture (refused by default: secondary captures may carry burned-in text).
+#: pydicom wheel files used as DICOM samples: CT (uncompressed and JPEG 2000), MR (small and
+#: one with overlays), and an RGB secondary capture that the default policy refuses
+#: (secondary captures may carry burned-in text).
 SAMPLE_DICOM_FILES: tuple[str, ...] = (
     "CT_small.dcm",
+    "693_J2KI.dcm",
     "MR_small.dcm",
-    "image_dfl.dcm",
-    "JPEG2000.dcm",
-    "MR_small_jpeg_ls_lossless.dcm",
+    "examples_overlay.dcm",
     "SC_rgb_jpeg_dcmtk.dcm",
 )
 
