@@ -56,7 +56,9 @@ app.command()(_demo.demo)
 def main(args: Sequence[str] | None = None) -> int:
     """Run the CLI with ``args`` and return its exit status (for tests and embedding)."""
     try:
-        app(args=list(args) if args is not None else None, standalone_mode=False)
+        result = app(args=list(args) if args is not None else None, standalone_mode=False)
+        # without standalone mode, click returns the exit code of a typer.Exit
+        return result if isinstance(result, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:  # click's usage errors
@@ -68,4 +70,3 @@ def main(args: Sequence[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0

@@ -57,7 +57,10 @@ def _print_summary(summary: BatchSummary, out: Path, what: str) -> None:
         err_console.print(table)
     console.print(
         f"{what} {len(summary.written)} file(s) into {out}; "
-        f"{len(summary.failed)} skipped; summary in {out / 'summary.json'}"
+        f"{len(summary.failed)} skipped"
+        + (f", {len(summary.duplicates)} duplicate instance(s) written once"
+           if summary.duplicates else "")
+        + f"; summary in {out / 'summary.json'}"
     )
 
 

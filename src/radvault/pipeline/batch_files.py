@@ -44,6 +44,8 @@ class BatchSummary:
 
     written: list[dict[str, Any]] = field(default_factory=list)
     failed: list[FileFailure] = field(default_factory=list)
+    #: inputs skipped because an earlier input had the same SOP Instance UID
+    duplicates: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -55,7 +57,9 @@ class BatchSummary:
         return {
             "written": self.written,
             "failed": [vars(f) for f in self.failed],
-            "counts": {"written": len(self.written), "failed": len(self.failed)},
+            "duplicates": self.duplicates,
+            "counts": {"written": len(self.written), "failed": len(self.failed),
+                       "duplicates": len(self.duplicates)},
         }
 
 
@@ -92,6 +96,7 @@ def deidentify_to_folder(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = BatchSummary()
+    written: set[str] = set()
     for path in paths:
         try:
             ds = read_dicom_dataset(path, limits=limits)
@@ -100,6 +105,12 @@ def deidentify_to_folder(
             buffer = io.BytesIO()
             result.dataset.save_as(buffer, enforce_file_format=True)
             name = f"{result.dataset.SOPInstanceUID}.dcm"
+            if name in written:
+                summary.duplicates.append(str(path))
+                if on_file:
+                    on_file(path, True)
+                continue
+            written.add(name)
             _write_atomic(out_dir / name, buffer.getvalue())
             summary.written.append(
                 {
