@@ -11,6 +11,7 @@ PACKAGES = [
     "radvault.imaging",
     "radvault.vault",
     "radvault.access",
+    "radvault.reports",
 ]
 
 

@@ -25,6 +25,7 @@ also subclasses the builtin it resembles, so callers may catch either::
     │   └── AuthenticationFailed              the caller could not be identified
     ├── AccountError(ValueError)              a user, site or grant change is invalid
     │   └── PasswordPolicyError               a password fails the password policy
+    ├── ReportInputError(ValueError)          data handed to a report renderer is malformed
     ├── DatasetError(ValueError)              a manifest or dataset is unusable (missing file,
     │                                         sha-256 mismatch, train/test leakage)
     └── ModelError                            a model cannot be trained, loaded or run
@@ -59,6 +60,7 @@ __all__ = [
     "ObjectShredded",
     "PasswordPolicyError",
     "RadVaultError",
+    "ReportInputError",
     "UnsupportedTransferSyntax",
     "VaultError",
     "VaultLocked",
@@ -174,6 +176,10 @@ class PasswordPolicyError(AccountError):
     def __init__(self, problems: list[str] | tuple[str, ...]) -> None:
         self.problems = tuple(problems)
         super().__init__("password refused: " + "; ".join(self.problems))
+
+
+class ReportInputError(RadVaultError, ValueError):
+    """The data handed to a report renderer is inconsistent or malformed (fields, not values)."""
 
 
 class DatasetError(RadVaultError, ValueError):

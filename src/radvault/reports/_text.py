@@ -1,0 +1,144 @@
+"""The words every report format shares, so HTML, PDF, FHIR and SR say the same thing."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from radvault.reports._model import (
+    HEADLINE_METRICS,
+    ReportInput,
+    SignOffDecision,
+)
+
+REASON_LOW_CONFIDENCE = "low_confidence"
+REASON_MODALITY = "modality_not_trained"
+REASON_BODY_PART = "body_part_not_trained"
+
+AWAITING_SIGN_OFF = "Awaiting radiologist sign-off"
+
+
+def prob(p: float) -> str:
+    """A probability as the reports print it in sentences (two decimals)."""
+    return f"{p:.2f}"
+
+
+def percent(p: float) -> str:
+    """A probability as a percentage with one decimal."""
+    return f"{100.0 * p:.1f}%"
+
+
+def reason_text(report: ReportInput, reason: str) -> str:
+    """One referral reason in words."""
+    a = report.analysis
+    if reason == REASON_LOW_CONFIDENCE:
+        if a.refer_threshold is not None:
+            return f"confidence {prob(a.probability)} under {prob(a.refer_threshold)}"
+        return f"confidence {prob(a.probability)} under the referral threshold"
+    if reason == REASON_MODALITY:
+        modality = report.modality or "unknown"
+        return f"the model was not trained on {modality} images"
+    if reason == REASON_BODY_PART:
+        part = report.body_part or "unknown"
+        modality = report.modality or "this modality"
+        return f"the model was not trained on body part {part} for {modality}"
+    return reason.replace("_", " ")
+
+
+def reason_texts(report: ReportInput) -> list[str]:
+    """Every referral reason in words (empty when the flag is not set)."""
+    return [reason_text(report, r) for r in report.analysis.reasons]
+
+
+def flag_sentence(report: ReportInput) -> str:
+    """The decision-support flag and its reasons, as one sentence."""
+    a = report.analysis
+    if a.refer:
+        return "Refer to a radiologist: " + "; ".join(reason_texts(report))
+    if a.refer_threshold is not None:
+        return (f"No referral flag: confidence {prob(a.probability)} at or above "
+                f"{prob(a.refer_threshold)}")
+    return f"No referral flag: confidence {prob(a.probability)}"
+
+
+def prediction_sentence(report: ReportInput) -> str:
+    """The model's prediction as one sentence."""
+    a = report.analysis
+    return f"Model prediction: {a.predicted_class} (probability {prob(a.probability)})"
+
+
+def timestamp(value: datetime) -> str:
+    """A time as reports print it: ISO 8601 to the second, with its offset."""
+    return value.isoformat(timespec="seconds")
+
+
+def date_text(value: date | None) -> str:
+    """A date as reports print it ("not recorded" when absent)."""
+    return value.isoformat() if value is not None else "not recorded"
+
+
+def sign_off_sentence(report: ReportInput) -> str:
+    """The sign-off in words, or that it is awaited."""
+    s = report.sign_off
+    if s is None:
+        return AWAITING_SIGN_OFF
+    when = timestamp(s.signed_at)
+    if s.decision is SignOffDecision.ACCEPTED:
+        return f"Signed off by {s.radiologist} at {when}: prediction accepted"
+    return (f"Signed off by {s.radiologist} at {when}: prediction overridden, "
+            f"radiologist's finding {s.radiologist_class}")
+
+
+def conclusion(report: ReportInput) -> str:
+    """The report's conclusion: prediction, flag, sign-off and comment."""
+    parts = [prediction_sentence(report), flag_sentence(report), sign_off_sentence(report)]
+    if report.sign_off is not None and report.sign_off.comment.strip():
+        parts.append(f"Radiologist comment: {report.sign_off.comment.strip()}")
+    return ". ".join(p.rstrip(".") for p in parts) + "."
+
+
+def metric_rows(report: ReportInput) -> list[tuple[str, str]]:
+    """The model card's headline metrics as (label, value) rows, in a fixed order."""
+    rows = []
+    for key, label in HEADLINE_METRICS:
+        if key in report.model.metrics:
+            value = report.model.metrics[key]
+            rows.append((label, str(int(value)) if key == "n" else f"{value:.3f}"))
+    return rows
+
+
+def trained_on_text(report: ReportInput) -> str:
+    """The modality/body-part pairs the model was trained on, in words."""
+    pairs = [f"{m} {b}".strip() for m, b in report.model.trained_on]
+    return ", ".join(pairs) if pairs else "not recorded"
+
+
+def model_rows(report: ReportInput) -> list[tuple[str, str]]:
+    """The model card summary as (label, value) rows."""
+    m = report.model
+    rows = [("Model id", m.model_id), ("Task", m.task), ("Classes", ", ".join(m.classes)),
+            ("Input size", f"{m.input_size} x {m.input_size} pixels"),
+            ("Trained on", trained_on_text(report))]
+    if m.created:
+        rows.append(("Created", m.created))
+    if m.metrics_split:
+        split = "test split" if m.metrics_split == "test" else f"{m.metrics_split} split"
+        rows.append(("Metrics measured on", split))
+    return rows
+
+
+def study_rows(report: ReportInput) -> list[tuple[str, str]]:
+    """The study details as (label, value) rows: pseudonymous unless re-identified."""
+    rows: list[tuple[str, str]] = []
+    if report.identity is not None:
+        ident = report.identity
+        rows += [("Patient name", ident.display_name), ("Patient id", ident.patient_id),
+                 ("Birth date", date_text(ident.birth_date))]
+    rows += [("Patient pseudonym", report.patient_pseudonym), ("Study", report.study_id),
+             ("Instances", ", ".join(report.instance_ids)), ("Site", report.site),
+             ("Modality", report.modality or "unknown"),
+             ("Body part", report.body_part or "unknown"),
+             ("Study date (shifted)", date_text(report.study_date))]
+    if report.analysis.result_id:
+        rows.append(("Analysis result", report.analysis.result_id))
+    rows.append(("Report generated", timestamp(report.generated_at)))
+    return rows
