@@ -12,6 +12,7 @@ PACKAGES = [
     "radvault.vault",
     "radvault.access",
     "radvault.reports",
+    "radvault.jobs",
 ]
 
 

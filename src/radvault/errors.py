@@ -25,6 +25,11 @@ also subclasses the builtin it resembles, so callers may catch either::
     │   └── AuthenticationFailed              the caller could not be identified
     ├── AccountError(ValueError)              a user, site or grant change is invalid
     │   └── PasswordPolicyError               a password fails the password policy
+    ├── JobError                              the job runner cannot do what was asked
+    │   ├── TransientError                    a task failed for a reason that may pass: retry
+    │   ├── JobRejected(ValueError)           a submission is malformed
+    │   │   └── IdempotencyConflict           an idempotency key reused for another request
+    │   └── JobTimeout(TimeoutError)          a job did not finish within the wait
     ├── ReportInputError(ValueError)          data handed to a report renderer is malformed
     ├── DatasetError(ValueError)              a manifest or dataset is unusable (missing file,
     │                                         sha-256 mismatch, train/test leakage)
@@ -48,9 +53,13 @@ __all__ = [
     "CorruptImage",
     "DatasetError",
     "DeidentificationError",
+    "IdempotencyConflict",
     "ImageInputError",
     "ImageTooLarge",
     "IntegrityError",
+    "JobError",
+    "JobRejected",
+    "JobTimeout",
     "KeyProviderError",
     "MissingPixelData",
     "ModelError",
@@ -61,6 +70,7 @@ __all__ = [
     "PasswordPolicyError",
     "RadVaultError",
     "ReportInputError",
+    "TransientError",
     "UnsupportedTransferSyntax",
     "VaultError",
     "VaultLocked",
@@ -176,6 +186,30 @@ class PasswordPolicyError(AccountError):
     def __init__(self, problems: list[str] | tuple[str, ...]) -> None:
         self.problems = tuple(problems)
         super().__init__("password refused: " + "; ".join(self.problems))
+
+
+class JobError(RadVaultError):
+    """The job runner cannot do what was asked."""
+
+
+class TransientError(JobError):
+    """A task failed for a reason that may pass (a busy service, a lost connection).
+
+    Raise it from a task function to ask for another attempt after a back-off;
+    any other :class:`RadVaultError` is a final answer.
+    """
+
+
+class JobRejected(JobError, ValueError):
+    """A submission is malformed: payload not a JSON object or too large, bad key or actor."""
+
+
+class IdempotencyConflict(JobRejected):
+    """An idempotency key was reused with another task or payload."""
+
+
+class JobTimeout(JobError, TimeoutError):
+    """A job did not reach a final state within the time waited."""
 
 
 class ReportInputError(RadVaultError, ValueError):
