@@ -1,9 +1,9 @@
 """Diagnostic performance of the shipped models, in the layout of the paper's Table 3.
 
-For every model folder under ``models/`` (verified against ``models/keys``),
-evaluate on the test split of its data with ONNX Runtime: radbench tasks on
-``../shared/data/radbench``, MedMNIST models (28 x 28) on
-``../shared/data/medmnist``. Prints MCC, JI %, BA %, CK, AUC %, DRI % beside
+For every model folder under ``models/`` and ``models/medmnist/`` (verified
+against ``models/keys``), evaluate on the test split of its data with ONNX
+Runtime: radbench tasks on ``../shared/data/radbench``, MedMNIST models
+(28 x 28) on ``../shared/data/medmnist``. Prints MCC, JI %, BA %, CK, AUC %, DRI % beside
 the paper's figures, the plain baseline of ``radbench/BASELINE.md`` and the
 MedMNIST v2 published baselines, and writes ``benchmarks/results/diagnostic.json``.
 
@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(DATA / "radbench" / "manifest.csv")  # sha-256 + leakage checked
     registry = ModelRegistry(args.models)
     keyring = ModelKeyring.from_dir(args.models / "keys")
-    shipped = [evaluate_dir(e.path, manifest, keyring, args.cache_dir)
-               for e in registry.entries()]
+    folders = [e.path for e in registry.entries()]
+    folders += sorted(p.parent for p in (args.models / "medmnist").glob("*/model_card.json"))
+    shipped = [evaluate_dir(d, manifest, keyring, args.cache_dir) for d in folders]
     seeds: dict[str, Any] = {}
     if args.runs and args.runs.is_dir():
         for task_dir in sorted(p for p in args.runs.iterdir()

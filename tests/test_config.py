@@ -54,7 +54,7 @@ def test_bad_values_raise_configuration_error(tmp_path: Path, env: dict, message
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "radvault.toml").write_text("this is = = not toml")
-    with pytest.raises(ConfigurationError, match="radvault.toml"):
+    with pytest.raises(ConfigurationError, match=r"radvault\.toml"):
         load_settings(env={}, home=tmp_path)
 
 

@@ -13,6 +13,9 @@ PACKAGES = [
     "radvault.access",
     "radvault.reports",
     "radvault.jobs",
+    "radvault.dicom",
+    "radvault.api",
+    "radvault.pipeline",
 ]
 
 

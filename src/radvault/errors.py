@@ -30,6 +30,8 @@ also subclasses the builtin it resembles, so callers may catch either::
     │   ├── JobRejected(ValueError)           a submission is malformed
     │   │   └── IdempotencyConflict           an idempotency key reused for another request
     │   └── JobTimeout(TimeoutError)          a job did not finish within the wait
+    ├── InvalidRequest(ValueError)            a request's parameters are malformed
+    ├── PullError(ConnectionError)            a PACS could not be reached or failed a retrieve
     ├── ReportInputError(ValueError)          data handed to a report renderer is malformed
     ├── DatasetError(ValueError)              a manifest or dataset is unusable (missing file,
     │                                         sha-256 mismatch, train/test leakage)
@@ -57,6 +59,7 @@ __all__ = [
     "ImageInputError",
     "ImageTooLarge",
     "IntegrityError",
+    "InvalidRequest",
     "JobError",
     "JobRejected",
     "JobTimeout",
@@ -68,6 +71,7 @@ __all__ = [
     "ObjectNotFound",
     "ObjectShredded",
     "PasswordPolicyError",
+    "PullError",
     "RadVaultError",
     "ReportInputError",
     "TransientError",
@@ -210,6 +214,17 @@ class IdempotencyConflict(JobRejected):
 
 class JobTimeout(JobError, TimeoutError):
     """A job did not reach a final state within the time waited."""
+
+
+class InvalidRequest(RadVaultError, ValueError):
+    """A request's parameters are malformed or inconsistent (a bad id, window, decision...).
+
+    Messages name the parameter, never its value when the value could be PHI.
+    """
+
+
+class PullError(RadVaultError, ConnectionError):
+    """The PACS could not be reached, refused the association, or failed the retrieve."""
 
 
 class ReportInputError(RadVaultError, ValueError):

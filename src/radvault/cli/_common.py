@@ -68,7 +68,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except RadVaultError as exc:
             code = next((c for cls, c in EXIT_CODES if isinstance(exc, cls)), 1)
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")

@@ -59,6 +59,7 @@ __all__ = [
     "assess_burned_in",
     "patient_key",
     "pseudonym_for",
+    "replacement_uid",
 ]
 
 logger = logging.getLogger(__name__)

@@ -57,6 +57,18 @@ class AnalysisResult:
         }
 
 
+def _from_record(record: Any, study_id: str) -> AnalysisResult:
+    """Rebuild an :class:`AnalysisResult` from a stored result row."""
+    p = record.payload
+    return AnalysisResult(
+        result_id=record.result_id, instance_id=record.instance_id, study_id=study_id,
+        model_id=record.model_id, task=p.get("task", ""), predicted_class=p["predicted_class"],
+        probability=float(p["probability"]), probabilities=dict(p["probabilities"]),
+        refer=bool(p["refer"]), reasons=tuple(p.get("reasons", ())),
+        extra={k: v for k, v in p.items() if k in ("input", "refer_threshold")},
+    )
+
+
 class Analyser:
     """Runs models from a registry on vault instances.
 
@@ -112,9 +124,12 @@ class Analyser:
             if record.pixels.flags.writeable:
                 record.pixels.fill(0)
 
-    def analyse_instance(self, instance_id: str, *, model_name: str | None = None
-                         ) -> AnalysisResult:
+    def analyse_instance(self, instance_id: str, *, model_name: str | None = None,
+                         result_id: str | None = None) -> AnalysisResult:
         """Classify one instance, store the result and audit it.
+
+        ``result_id`` (e.g. the job id) makes a re-run of the same request find
+        its earlier result instead of storing a second one.
 
         Raises
         ------
@@ -123,6 +138,10 @@ class Analyser:
         """
         instance = self.vault.catalog.get_instance(instance_id)
         study = self.vault.catalog.get_study(instance.study_id)
+        if result_id is not None:
+            for earlier in self.vault.catalog.results_of_instance(instance_id):
+                if earlier.result_id == result_id:
+                    return _from_record(earlier, study.study_id)
         try:
             model = self.model_for(study.modality, study.body_part, model_name)
             array, source = self._model_input(model, instance_id)
@@ -144,7 +163,8 @@ class Analyser:
             reasons=tuple(prediction.reasons),
             extra={"input": source, "refer_threshold": model.refer_threshold},
         )
-        stored = self.vault.catalog.add_result(instance_id, result.model_id, result.as_payload())
+        stored = self.vault.catalog.add_result(instance_id, result.model_id, result.as_payload(),
+                                               result_id=result_id)
         self.vault.audit.append(
             self.actor, Action.ANALYSE, Outcome.OK,
             object_ids=[instance.study_id, instance_id, stored.result_id],

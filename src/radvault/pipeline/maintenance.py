@@ -2,7 +2,10 @@
 
 ``verify_vault`` only reads: it checks every catalog object row (signature),
 its blob (present, size, sha-256, header naming the same object), that its
-data key still unwraps, and the audit chain; it reports each problem precisely.
+data key still unwraps, that every object the audit trail records as ingested
+still has its catalog row (rows are never deleted, only their keys shredded)
+and every instance is still in the study it was ingested into, and the audit
+chain; it reports each problem precisely.
 """
 
 from __future__ import annotations
@@ -80,22 +83,74 @@ def _check_object(vault: Vault, obj: ObjectRecord) -> list[str]:
     return problems
 
 
+@dataclass
+class _Audited:
+    """What the audit trail's ingest entries say was stored (ids only)."""
+
+    objects: dict[str, tuple[int, str]] = field(default_factory=dict)  # -> (seq, instance)
+    studies: dict[str, tuple[int, str]] = field(default_factory=dict)  # instance -> (seq, study)
+
+
+def _audited_ingests(vault: Vault) -> _Audited:
+    """Every object and instance the audit trail says was stored, and the study it went to.
+
+    The catalog never deletes object rows (shredding only erases the wrapped
+    key), and an instance never changes study, so each must still be there as
+    recorded: anything else was changed behind the vault's back. Ingest entries
+    list ``[study, instance, *objects]``.
+    """
+    out = _Audited()
+    for entry in vault.audit:
+        if (entry.action == Action.INGEST and entry.outcome == Outcome.OK
+                and not entry.details.get("duplicate") and len(entry.object_ids) > 2):
+            study_id, instance_id = entry.object_ids[0], entry.object_ids[1]
+            out.studies[instance_id] = (entry.seq, study_id)
+            for object_id in entry.object_ids[2:]:
+                out.objects[object_id] = (entry.seq, instance_id)
+    return out
+
+
+def _check_audited(vault: Vault, audited: _Audited, cataloged: set[str]) -> list[str]:
+    problems: list[str] = []
+    for object_id, (seq, instance_id) in audited.objects.items():
+        if object_id not in cataloged:
+            problems.append(
+                f"object {object_id} (instance {instance_id}): recorded as ingested by audit "
+                f"entry {seq} but missing from the catalog (row deleted)"
+            )
+    for instance_id, (seq, study_id) in audited.studies.items():
+        try:
+            actual = vault.catalog.get_instance(instance_id).study_id
+        except ObjectNotFound:
+            continue  # its objects are reported missing above
+        if actual != study_id:
+            problems.append(
+                f"instance {instance_id}: in study {actual} but ingested into study "
+                f"{study_id} (audit entry {seq}; row edited)"
+            )
+    return problems
+
+
 def verify_vault(vault: Vault, *, actor: str = "system",
                  on_object: Callable[[], None] | None = None) -> VerifyReport:
     """Check every object, blob and the audit chain; never modifies data (but audits the run)."""
     report = VerifyReport()
     referenced: set[str] = set()
+    cataloged: set[str] = set()  # objects whose instance row exists too (reads reach them)
     for obj in vault.catalog.iter_objects():
         report.objects_checked += 1
         referenced.add(obj.blob_key)
+        cataloged.add(obj.object_id)
         if obj.wrapped_key is None:
             report.objects_shredded += 1
         report.problems.extend(_check_object(vault, obj))
         if on_object:
             on_object()
+    audited = _audited_ingests(vault)
+    report.problems.extend(_check_audited(vault, audited, cataloged))
     for key in vault.blobs.keys():  # noqa: SIM118 (a BlobStore is not a mapping)
         report.blobs_seen += 1
-        if key not in referenced:
+        if key not in referenced and key not in audited.objects:  # (blob keys are object ids)
             report.notes.append(
                 f"blob {key} is not in the catalog (left by an interrupted ingest; harmless)"
             )

@@ -43,15 +43,33 @@ class ExportedFile:
     path: Path
 
 
-def _object(vault: Vault, instance_id: str, kinds: tuple[str, ...]) -> ObjectRecord:
+def _object(vault: Vault, instance_id: str, kinds: tuple[str, ...], *, actor: str
+            ) -> ObjectRecord:
+    """The instance's object of one of ``kinds``.
+
+    Every cataloged instance gets its stored file and its model input in one
+    transaction, so an instance without one of them lost a catalog row: that
+    is tampering, and it is audited and refused like any other.
+
+    Raises
+    ------
+    ObjectNotFound
+        No such instance.
+    IntegrityError
+        The instance exists but its object row is gone.
+    """
     for obj in vault.catalog.objects_of_instance(instance_id):
         if obj.kind in kinds:
             return obj
-    raise ObjectNotFound(f"instance {instance_id} has no {'/'.join(kinds)} object")
+    vault.catalog.get_instance(instance_id)  # ObjectNotFound for an unknown instance
+    wanted = "/".join(kinds)
+    vault.audit.append(actor, Action.INTEGRITY_FAILURE, Outcome.REFUSED, object_ids=[instance_id],
+                       details={"error": "object row missing", "kind": wanted})
+    raise IntegrityError(f"instance {instance_id}: its {wanted} object is missing from the catalog")
 
 
 def _decode_verified(vault: Vault, instance: InstanceRecord, *, actor: str) -> ImageRecord:
-    obj = _object(vault, instance.instance_id, (DICOM_KIND, SOURCE_KIND))
+    obj = _object(vault, instance.instance_id, (DICOM_KIND, SOURCE_KIND), actor=actor)
     plain = vault.open_object(obj, actor=actor)
     try:
         record = read_image_bytes(bytes(plain), f"object {obj.object_id}",
@@ -78,7 +96,7 @@ def open_image(vault: Vault, instance_id: str, *, actor: str) -> ImageRecord:
 
 def open_model_input(vault: Vault, instance_id: str, *, actor: str) -> ModelInput:
     """Back-verify and load the sealed preprocessed model input of an instance."""
-    obj = _object(vault, instance_id, (MODEL_INPUT_KIND,))
+    obj = _object(vault, instance_id, (MODEL_INPUT_KIND,), actor=actor)
     plain = vault.open_object(obj, actor=actor)
     try:
         with np.load(io.BytesIO(bytes(plain)), allow_pickle=False) as npz:
@@ -103,7 +121,7 @@ def export_study(vault: Vault, study_id: str, out_dir: Path, *, actor: str) -> l
     out_dir.mkdir(parents=True, exist_ok=True)
     exported: list[ExportedFile] = []
     for instance in vault.catalog.instances_of_study(study_id):
-        obj = _object(vault, instance.instance_id, (DICOM_KIND, SOURCE_KIND))
+        obj = _object(vault, instance.instance_id, (DICOM_KIND, SOURCE_KIND), actor=actor)
         _decode_verified(vault, instance, actor=actor)
         plain = vault.open_object(obj, actor=actor)
         try:

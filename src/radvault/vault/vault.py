@@ -172,7 +172,11 @@ class Vault:
                 raise IntegrityError("vault.pub does not match the key file's signing key")
         catalog = Catalog.create(settings.resolved_catalog_url)
         vault = cls._assemble(settings, keys, catalog, signer)
-        vault.audit.append("system", Action.UNLOCK)
+        try:
+            vault.audit.append("system", Action.UNLOCK)
+        except BaseException:  # e.g. AuditChainError: a trail cut below its checkpoint
+            vault._release(checkpoint=False)
+            raise
         return vault
 
     @classmethod
@@ -204,9 +208,19 @@ class Vault:
             log.warning("could not audit a failed unlock", exc_info=False)
 
     def close(self) -> None:
-        """Checkpoint the audit chain and release keys and connections."""
+        """Checkpoint the audit chain and release keys and connections.
+
+        Raises
+        ------
+        AuditChainError
+            When the closing checkpoint finds the trail truncated (everything is
+            released all the same).
+        """
+        self._release(checkpoint=True)
+
+    def _release(self, *, checkpoint: bool) -> None:
         try:
-            self.audit.close(checkpoint=True)
+            self.audit.close(checkpoint=checkpoint)
         finally:
             self.catalog.close()
             self.keys.close()

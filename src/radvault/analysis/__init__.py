@@ -1,0 +1,1 @@
+"""RadVault analysis layer."""

@@ -1,0 +1,496 @@
+"""Serving: load a verified model folder and predict with ONNX Runtime.
+
+Importing this module does not import torch: serving needs only numpy and
+onnxruntime. :func:`load_model` checks, before anything runs, that the ONNX
+file and the card match the signature (and the card's own ONNX digest), so an
+altered model is refused with :class:`~radvault.errors.ModelIntegrityError`.
+
+Each :class:`Prediction` carries the calibrated probability of every class and
+a decision-support flag, ``refer``, set ("refer to a radiologist") when the top
+probability is under the threshold (default ``Settings.refer_threshold``,
+0.80) or when the image's modality/body part is not one the model was trained on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radvault.analysis.calibration import softmax
+from radvault.analysis.export import (
+    CARD_FILE,
+    CARD_FORMAT,
+    ONNX_FILE,
+    SIGNATURE_FILE,
+    ModelKeyring,
+    Verifier,
+    signing_message,
+)
+from radvault.config import PreprocessSettings, Settings
+from radvault.errors import IntegrityError, ModelError, ModelIntegrityError
+from radvault.imaging.records import ImageRecord
+
+__all__ = ["LoadedModel", "ModelCard", "Prediction", "load_model", "onnx_session"]
+
+log = logging.getLogger(__name__)
+
+REASON_LOW_CONFIDENCE = "low_confidence"
+REASON_MODALITY = "modality_not_trained"
+REASON_BODY_PART = "body_part_not_trained"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The parsed model card; ``raw`` keeps every field as written.
+
+    Raises
+    ------
+    ModelError
+        If required fields are missing or inconsistent.
+    """
+
+    model_id: str
+    task: str
+    classes: tuple[str, ...]
+    size: int
+    preprocessing: Mapping[str, Any]
+    temperature: float
+    trained_on: tuple[tuple[str, str], ...]
+    onnx_sha256: str
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
+        """Parse and check a card dict.
+
+        Raises
+        ------
+        ModelError
+            If a field is missing or malformed.
+        """
+        if data.get("format") != CARD_FORMAT:
+            raise ModelError(f"unknown model card format {data.get('format')!r}")
+        try:
+            classes = tuple(str(c) for c in data["classes"])
+            size = int(data["input"]["size"])
+            temperature = float(data.get("temperature", 1.0))
+            trained_on = tuple((str(p["modality"]).upper(), str(p.get("body_part", "")).upper())
+                               for p in data.get("trained_on", []))
+            card = cls(model_id=str(data["model_id"]), task=str(data["task"]), classes=classes,
+                       size=size, preprocessing=dict(data["preprocessing"]),
+                       temperature=temperature, trained_on=trained_on,
+                       onnx_sha256=str(data["onnx_sha256"]), raw=dict(data))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"malformed model card ({type(exc).__name__}: {exc})") from None
+        if len(classes) < 2 or not temperature > 0 or size < 8:
+            raise ModelError("model card has fewer than two classes, a bad temperature or size")
+        return card
+
+    @property
+    def preprocess_settings(self) -> PreprocessSettings:
+        """The preprocessing the model was trained with (apply exactly this).
+
+        Raises
+        ------
+        ConfigurationError
+            If the stored settings are invalid.
+        """
+        from radvault.imaging.preprocess import settings_from_dict
+
+        return settings_from_dict(self.preprocessing)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modalities seen in training."""
+        return tuple(sorted({m for m, _ in self.trained_on}))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result.
+
+    Attributes
+    ----------
+    label : str
+        Predicted class (arg-max).
+    index : int
+    probability : float
+        Calibrated probability of the predicted class.
+    probabilities : dict of str to float
+        Calibrated probability of every class.
+    refer : bool
+        Decision-support flag: "refer to a radiologist".
+    reasons : tuple of str
+        Why ``refer`` is set (``low_confidence``, ``modality_not_trained``,
+        ``body_part_not_trained``); empty when it is not.
+    model_id : str
+    """
+
+    label: str
+    index: int
+    probability: float
+    probabilities: Mapping[str, float]
+    refer: bool
+    reasons: tuple[str, ...]
+    model_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"label": self.label, "index": self.index, "probability": self.probability,
+                "probabilities": dict(self.probabilities), "refer": self.refer,
+                "reasons": list(self.reasons), "model_id": self.model_id}
+
+
+def onnx_session(model: bytes | str | PathLike[str], threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU inference session.
+
+    Raises
+    ------
+    ModelError
+        If ONNX Runtime cannot load the model.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    src = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own unrelated exception types
+        raise ModelError(f"ONNX Runtime cannot load the model ({type(exc).__name__})") from None
+
+
+def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
+                  modality: str | None, body_part: str | None) -> tuple[str, ...]:
+    """Why an image should go to a radiologist (empty: no reason).
+
+    ``modality``/``body_part`` of ``None`` mean "not known to the caller" and
+    are not checked; an empty string or ``OT`` counts as not trained on.
+    """
+    reasons = []
+    if top_probability < threshold:
+        reasons.append(REASON_LOW_CONFIDENCE)
+    if modality is not None and card.trained_on:
+        m = (modality or "OT").upper()
+        pairs = [p for p in card.trained_on if p[0] == m]
+        if not pairs:
+            reasons.append(REASON_MODALITY)
+        elif body_part is not None and (body_part or "").upper() not in {b for _, b in pairs}:
+            reasons.append(REASON_BODY_PART)
+    return tuple(reasons)
+
+
+class LoadedModel:
+    """A verified model ready to predict. Build with :func:`load_model`."""
+
+    def __init__(self, path: Path, card: ModelCard, session: Any, *,
+                 refer_threshold: float) -> None:
+        self.path = path
+        self.card = card
+        self.session = session
+        self.refer_threshold = refer_threshold
+        self._cam_weight: np.ndarray | None = None
+        self._preprocessor: Any = None
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.card.model_id!r}, classes={list(self.card.classes)})"
+
+    @property
+    def model_id(self) -> str:
+        """The card's model id."""
+        return self.card.model_id
+
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
+        x = np.asarray(batch)
+        if x.ndim == 3:
+            x = x[None]
+        s = self.card.size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise ModelError(f"expected a batch of shape (N, 3, {s}, {s}), got {x.shape}")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def run(self, batch: np.ndarray, *, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs: ``(logits (N, K), features (N, C, h, w))``.
+
+        Raises
+        ------
+        ModelError
+            If the batch has the wrong shape or inference fails.
+        """
+        x = self._check_batch(batch)
+        logits, feats = [], []
+        for i in range(0, len(x), chunk):
+            try:
+                lg, ft = self.session.run(["logits", "features"], {"image": x[i:i + chunk]})
+            except Exception as exc:  # onnxruntime error types are not a stable API
+                raise ModelError(f"inference failed ({type(exc).__name__})") from None
+            logits.append(lg)
+            feats.append(ft)
+        return np.concatenate(logits), np.concatenate(feats)
+
+    def logits(self, batch: np.ndarray, *, chunk: int = 64) -> np.ndarray:
+        """Uncalibrated logits ``(N, K)``.
+
+        Raises
+        ------
+        ModelError
+            If the batch has the wrong shape or inference fails.
+        """
+        x = self._check_batch(batch)
+        out = []
+        for i in range(0, len(x), chunk):
+            try:
+                out.append(self.session.run(["logits"], {"image": x[i:i + chunk]})[0])
+            except Exception as exc:  # onnxruntime error types are not a stable API
+                raise ModelError(f"inference failed ({type(exc).__name__})") from None
+        return np.concatenate(out)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities ``(N, K)`` (softmax of logits / T).
+
+        Raises
+        ------
+        ModelError
+            If the batch has the wrong shape or inference fails.
+        """
+        return softmax(self.logits(batch), self.card.temperature)
+
+    def predict(self, batch: np.ndarray, *, modality: str | Sequence[str] | None = None,
+                body_part: str | Sequence[str] | None = None,
+                threshold: float | None = None) -> list[Prediction]:
+        """Predict a batch of preprocessed images.
+
+        Parameters
+        ----------
+        batch : numpy.ndarray
+            ``(N, 3, S, S)`` (or one ``(3, S, S)``) float32 in ``[0, 1]``, made by
+            the card's preprocessing.
+        modality, body_part : str or sequence of str, optional
+            What the images are (one value for all, or one per image); ``None``
+            skips the check.
+        threshold : float, optional
+            Refer when the top probability is below it; default the model's.
+
+        Returns
+        -------
+        list of Prediction
+
+        Raises
+        ------
+        ModelError
+            If the batch has the wrong shape or inference fails.
+        """
+        probs = self.probabilities(batch)
+        n = len(probs)
+        mods = _per_image(modality, n)
+        parts = _per_image(body_part, n)
+        thr = self.refer_threshold if threshold is None else float(threshold)
+        out = []
+        for i, p in enumerate(probs):
+            k = int(p.argmax())
+            reasons = refer_reasons(float(p[k]), thr, self.card, mods[i], parts[i])
+            out.append(Prediction(
+                label=self.card.classes[k], index=k, probability=float(p[k]),
+                probabilities={c: float(v) for c, v in zip(self.card.classes, p, strict=True)},
+                refer=bool(reasons), reasons=reasons, model_id=self.card.model_id))
+        return out
+
+    def preprocess(self, record: ImageRecord, frame: int | None = None) -> np.ndarray:
+        """Preprocess an image record exactly as the model was trained (card settings).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(3, S, S)`` float32 in ``[0, 1]``.
+
+        Raises
+        ------
+        ConfigurationError
+            If the card's preprocessing settings are invalid.
+        """
+        from radvault.imaging.preprocess import Preprocessor
+
+        if self._preprocessor is None:
+            self._preprocessor = Preprocessor(self.card.preprocess_settings)
+        return self._preprocessor(record, frame)
+
+    def predict_records(self, records: Sequence[ImageRecord], *,
+                        threshold: float | None = None) -> list[Prediction]:
+        """Preprocess and predict image records, checking each one's modality and body part.
+
+        Raises
+        ------
+        ModelError
+            If inference fails.
+        """
+        if not records:
+            return []
+        batch = np.stack([self.preprocess(r) for r in records])
+        return self.predict(batch, modality=[r.modality for r in records],
+                            body_part=[r.body_part for r in records], threshold=threshold)
+
+    def cam(self, image: np.ndarray, class_index: int | None = None) -> np.ndarray:
+        """Class activation map for one image, ``(S, S)`` in ``[0, 1]``, without torch.
+
+        Uses the ONNX ``features`` output and the linear layer's weights kept
+        in the card; for this architecture (global average pooling then one
+        linear layer) it equals Grad-CAM. ``class_index`` defaults to the
+        predicted class.
+
+        Raises
+        ------
+        ModelError
+            If the card holds no CAM weights or the image has the wrong shape.
+        """
+        from radvault.analysis.explain import cam_from_features
+
+        if self._cam_weight is None:
+            try:
+                self._cam_weight = np.asarray(self.card.raw["cam"]["weight"], dtype=np.float32)
+            except (KeyError, TypeError, ValueError):
+                raise ModelError("model card holds no class activation weights") from None
+        logits, feats = self.run(image)
+        k = int(logits[0].argmax()) if class_index is None else int(class_index)
+        return cam_from_features(feats[0], self._cam_weight, k, self.card.size)
+
+
+def _per_image(value: str | Sequence[str] | None, n: int) -> list[str | None]:
+    if value is None or isinstance(value, str):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ModelError(f"expected {n} modality/body part values, got {len(values)}")
+    return values
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def verify_model_dir(path: str | PathLike[str], verifier: Verifier | None = None, *,
+                     keyring: ModelKeyring | None = None,
+                     require_signature: bool = True) -> dict[str, Any]:
+    """Check a model folder's files against its signature; return the card dict.
+
+    Parameters
+    ----------
+    path : path
+        The model folder.
+    verifier : Verifier, optional
+        Checks the signature (e.g. the vault's). Without one, the key named in
+        ``signature.json`` is looked up in ``keyring``, by default
+        ``<path>/../keys`` (the registry's ``models/keys``).
+    require_signature : bool
+        Refuse a folder without ``signature.json`` (default).
+
+    Raises
+    ------
+    ModelIntegrityError
+        If a file's digest differs from the signed one, the signature does not
+        verify, the key is untrusted, or the signature is missing.
+    ModelError
+        If files are missing or unreadable.
+    """
+    folder = Path(path)
+    onnx_path, card_path, sig_path = folder / ONNX_FILE, folder / CARD_FILE, folder / SIGNATURE_FILE
+    for p in (onnx_path, card_path):
+        if not p.is_file():
+            raise ModelError(f"{folder}: not a model folder (missing {p.name})")
+    try:
+        card_bytes = card_path.read_bytes()
+        onnx_sha = _sha256(onnx_path)
+    except OSError as exc:
+        raise ModelError(f"{folder}: cannot read model ({exc.strerror})") from None
+    card_sha = hashlib.sha256(card_bytes).hexdigest()
+    if sig_path.is_file():
+        try:
+            sig = json.loads(sig_path.read_text(encoding="utf-8"))
+            signature = base64.b64decode(sig["signature"], validate=True)
+            key_id = str(sig["key_id"])
+        except (OSError, ValueError, KeyError, TypeError, binascii.Error):
+            raise ModelIntegrityError(f"{folder}: unreadable signature file") from None
+        if sig.get("onnx_sha256") != onnx_sha:
+            raise ModelIntegrityError(f"{folder}: {ONNX_FILE} does not match its signature")
+        if sig.get("card_sha256") != card_sha:
+            raise ModelIntegrityError(f"{folder}: {CARD_FILE} does not match its signature")
+        if verifier is None:
+            ring = keyring if keyring is not None else ModelKeyring.from_dir(folder.parent / "keys")
+            verifier = ring.verifier(key_id)
+        elif getattr(verifier, "key_id", key_id) != key_id:
+            raise ModelIntegrityError(f"{folder}: signed by another key than the verifier's")
+        try:
+            verifier.verify(signing_message(onnx_sha, card_sha), signature)
+        except IntegrityError as exc:
+            raise ModelIntegrityError(f"{folder}: model signature does not verify") from exc
+    elif require_signature:
+        raise ModelIntegrityError(f"{folder}: model is not signed")
+    try:
+        card = json.loads(card_bytes)
+    except ValueError:
+        raise ModelIntegrityError(f"{folder}: model card is not JSON") from None
+    if not isinstance(card, dict) or card.get("onnx_sha256") != onnx_sha:
+        raise ModelIntegrityError(f"{folder}: {ONNX_FILE} does not match the model card")
+    return card
+
+
+def load_model(path: str | PathLike[str], verifier: Verifier | None = None, *,
+               keyring: ModelKeyring | None = None, require_signature: bool = True,
+               refer_threshold: float | None = None, threads: int | None = None) -> LoadedModel:
+    """Verify and load a model folder for inference.
+
+    Parameters
+    ----------
+    path : path
+        A model folder written by :func:`~radvault.analysis.export.write_model`.
+    verifier : Verifier, optional
+        See :func:`verify_model_dir`.
+    keyring : ModelKeyring, optional
+        Trusted keys when no verifier is given (default ``<path>/../keys``).
+    require_signature : bool
+        Refuse unsigned folders (default).
+    refer_threshold : float, optional
+        Default ``Settings().refer_threshold`` (0.80).
+    threads : int, optional
+        ONNX Runtime intra-op threads.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    ModelIntegrityError
+        If the ONNX file or card was altered, or the signature is bad or missing.
+    ModelError
+        If the folder is incomplete or the model cannot be loaded.
+    """
+    folder = Path(path)
+    card_dict = verify_model_dir(folder, verifier, keyring=keyring,
+                                 require_signature=require_signature)
+    card = ModelCard.from_dict(card_dict)
+    try:
+        onnx_bytes = (folder / ONNX_FILE).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{folder}: cannot read model ({exc.strerror})") from None
+    if hashlib.sha256(onnx_bytes).hexdigest() != card.onnx_sha256:  # changed since the check
+        raise ModelIntegrityError(f"{folder}: {ONNX_FILE} changed while loading")
+    threshold = Settings().refer_threshold if refer_threshold is None else float(refer_threshold)
+    if not 0.0 < threshold <= 1.0:
+        raise ModelError("refer threshold must be within (0, 1]")
+    log.info("loaded model %s", card.model_id)
+    return LoadedModel(folder, card, onnx_session(onnx_bytes, threads),
+                       refer_threshold=threshold)

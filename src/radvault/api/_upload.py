@@ -1,0 +1,169 @@
+"""Streamed, size-capped multipart upload, kept in memory (private).
+
+Starlette's form parser spools files larger than 1 MiB to a temporary file,
+and RadVault never lets image bytes touch the disk before they are sealed. So
+uploads are parsed here, chunk by chunk as they arrive, with
+``python-multipart``'s streaming parser, into memory only, and refused the
+moment they pass the cap. The buffer is overwritten once the use case is done
+with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from radvault.errors import ImageTooLarge
+from radvault.pipeline.clinical import InvalidRequest
+
+__all__ = ["UploadForm", "read_upload"]
+
+FILE_FIELD = "file"
+TEXT_FIELDS = ("modality", "body_part")
+_TEXT_MAX = 128
+_MAX_PARTS = 8
+
+
+@dataclass
+class UploadForm:
+    """The parsed form: the file's bytes and name, and the optional text fields."""
+
+    data: bytearray = field(repr=False)
+    filename: str
+    fields: dict[str, str]
+
+    def wipe(self) -> None:
+        """Overwrite the file's bytes (they may hold PHI until ingest de-identifies them)."""
+        self.data[:] = b"\0" * len(self.data)
+
+
+class _Collector:
+    """Callbacks of the streaming parser: collect parts, enforce the caps."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.file: bytearray | None = None
+        self.filename: str | None = None
+        self.fields: dict[str, str] = {}
+        self.ended = False
+        self._parts = 0
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._name: str | None = None
+        self._buffer = bytearray()
+        self._is_file = False
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self.part_begin,
+            "on_header_field": self.header_field,
+            "on_header_value": self.header_value,
+            "on_header_end": self.header_end,
+            "on_headers_finished": self.headers_finished,
+            "on_part_data": self.part_data,
+            "on_part_end": self.part_end,
+            "on_end": self.end,
+        }
+
+    def part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > _MAX_PARTS:
+            raise InvalidRequest("too many parts in the upload form")
+        self._headers = {}
+        self._name = None
+        self._buffer = bytearray()
+        self._is_file = False
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def headers_finished(self) -> None:
+        disposition, options = parse_options_header(self._headers.get(b"content-disposition"))
+        if disposition != b"form-data" or b"name" not in options:
+            raise InvalidRequest("each form part needs a Content-Disposition with a name")
+        self._name = options[b"name"].decode("utf-8", "replace")
+        if self._name == FILE_FIELD:
+            if self.file is not None:
+                raise InvalidRequest("give exactly one file")
+            self._is_file = True
+            raw = options.get(b"filename")
+            self.filename = raw.decode("utf-8", "replace") if raw is not None else ""
+            self.file = self._buffer
+        elif self._name not in TEXT_FIELDS:
+            raise InvalidRequest("unknown form field (expected file, modality, body_part)")
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        size = len(self._buffer) + (end - start)
+        if self._is_file and size > self.max_bytes:
+            raise ImageTooLarge(self.filename or "upload",
+                                f"over the upload cap of {self.max_bytes} bytes")
+        if not self._is_file and size > _TEXT_MAX:
+            raise InvalidRequest(f"form field is longer than {_TEXT_MAX} bytes")
+        self._buffer += data[start:end]
+
+    def part_end(self) -> None:
+        if self._name in TEXT_FIELDS:
+            try:
+                self.fields[str(self._name)] = bytes(self._buffer).decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise InvalidRequest("form fields must be UTF-8 text") from None
+
+    def end(self) -> None:
+        self.ended = True
+
+
+async def read_upload(content_type: str | None, stream: AsyncIterator[bytes], *,
+                      max_bytes: int) -> UploadForm:
+    """Parse a ``multipart/form-data`` upload from a byte stream, in memory, capped.
+
+    Parameters
+    ----------
+    content_type : str or None
+        The request's Content-Type header (it carries the boundary).
+    stream : async iterator of bytes
+        The request body as it arrives.
+    max_bytes : int
+        The largest file accepted.
+
+    Returns
+    -------
+    UploadForm
+        The file and the text fields.
+
+    Raises
+    ------
+    ImageTooLarge
+        As soon as the file passes ``max_bytes`` (the rest is not read).
+    InvalidRequest
+        If the body is not a well-formed form with exactly one ``file`` part.
+    """
+    kind, options = parse_options_header(content_type or "")
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise InvalidRequest("the upload must be multipart/form-data with a boundary")
+    collector = _Collector(max_bytes)
+    try:
+        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+        async for chunk in stream:
+            if chunk:
+                parser.write(chunk)
+        parser.finalize()
+    except (InvalidRequest, ImageTooLarge):
+        raise
+    except (MultipartParseError, ValueError):
+        raise InvalidRequest("the upload form is malformed") from None
+    if not collector.ended or collector.file is None:
+        raise InvalidRequest("the upload form has no complete file part")
+    return UploadForm(collector.file, collector.filename or "", collector.fields)

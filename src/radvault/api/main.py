@@ -1,0 +1,127 @@
+"""The API application: :func:`create_app` wires routers, handlers and middleware, nothing more.
+
+Layout (all under ``/api/v1`` except ``/metrics``)::
+
+    auth        POST /auth/token, POST /auth/logout, GET /auth/me, GET /auth/jwks.json
+    studies     POST /uploads, GET /studies, GET /studies/{id}
+    images      GET /studies/{id}/instances/{iid}/image | /heatmap
+    analyses    POST /studies/{id}/analyses, GET /jobs/{job}, GET .../results | /result
+    reports     GET /studies/{id}/report, POST .../instances/{iid}/signoff
+    reidentify  POST /studies/{id}/reidentify, POST /studies/{id}/reidentify/report
+    audit       GET /audit, GET /audit/verify
+    admin       /admin/sites, /admin/users, /admin/users/{name}/grants ...
+    health      GET /health, GET /metrics; OpenAPI at /api/v1/openapi.json
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from radvault import __version__
+from radvault.api import admin, analyses, audit, auth, health, images, reidentify, reports, studies
+from radvault.api._deps import API_PREFIX
+from radvault.api._errors import CatchAllMiddleware, install_error_handlers
+from radvault.api._middleware import (
+    ApiMetrics,
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    SecurityHeadersMiddleware,
+)
+from radvault.config import Settings
+from radvault.errors import ConfigurationError
+from radvault.pipeline.clinical import ClinicalService
+
+__all__ = ["ApiSettings", "create_app"]
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Limits of the HTTP face.
+
+    Parameters
+    ----------
+    max_upload_bytes : int
+        Largest image upload (also capped by ``Settings.limits.max_file_bytes``).
+    max_body_bytes : int
+        Largest body of every other request.
+    manage_service : bool
+        Start the service's job workers when the app starts and stop them when
+        it stops.
+
+    Raises
+    ------
+    ConfigurationError
+        If a limit is not positive.
+    """
+
+    max_upload_bytes: int = 256 * 1024 * 1024
+    max_body_bytes: int = 64 * 1024
+    manage_service: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_upload_bytes < 1 or self.max_body_bytes < 1:
+            raise ConfigurationError("API body limits must be positive")
+
+
+def create_app(settings: Settings, *, service: ClinicalService,
+               api: ApiSettings | None = None) -> FastAPI:
+    """Build the FastAPI application over a clinical service.
+
+    Parameters
+    ----------
+    settings : Settings
+        RadVault's settings (the upload cap follows ``limits.max_file_bytes``).
+    service : ClinicalService
+        The use cases; the app never reaches past it.
+    api : ApiSettings, optional
+        Limits of the HTTP face.
+
+    Returns
+    -------
+    FastAPI
+        The application (OpenAPI at ``/api/v1/openapi.json``; no docs UI).
+    """
+    api = api or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if api.manage_service:
+            await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            if api.manage_service:
+                await run_in_threadpool(service.stop)
+
+    app = FastAPI(
+        title="RadVault API", version=__version__, lifespan=lifespan,
+        description=("Secure, privacy-aware medical imaging analytics. Decision support for "
+                     "research: not for clinical use."),
+        openapi_url=f"{API_PREFIX}/openapi.json", docs_url=None, redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+    )
+    app.state.service = service
+    app.state.max_upload_bytes = min(api.max_upload_bytes, settings.limits.max_file_bytes)
+    app.state.metrics = metrics = ApiMetrics()
+    for module in (auth, studies, images, analyses, reports, reidentify, audit, admin, health):
+        app.include_router(module.router)
+    app.include_router(health.metrics_router)
+    install_error_handlers(app)
+
+    def body_refused(method: str) -> None:
+        service.vault.audit.append("anonymous", "request_refused", "refused",
+                                   details={"reason": "body too large", "method": method[:10]})
+
+    # Added innermost first: CatchAll ends up outermost of these.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes,
+                       exempt=frozenset({API_PREFIX + studies.UPLOAD_PATH}),
+                       on_refused=body_refused)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(CatchAllMiddleware)
+    return app

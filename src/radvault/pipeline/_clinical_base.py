@@ -1,0 +1,366 @@
+"""Shared core of the clinical use cases (private: use :mod:`radvault.pipeline.clinical`).
+
+What every use case needs: the answers' types, the settings, and the look-ups
+that ask the policy before an object is touched (``_study``, ``_instance``),
+refuse malformed ids (audited), and audit refusals the policy object cannot
+phrase. :class:`~radvault.pipeline.clinical.ClinicalService` is built from
+this core and the mixins of :mod:`._clinical_reports` and :mod:`._clinical_admin`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+
+from radvault.access.oidc import OIDCSettings
+from radvault.access.policy import ROLE_ACTIONS, Action, Policy, Resource
+from radvault.access.principal import Principal
+from radvault.access.tokens import TokenService
+from radvault.access.users import Accounts, LockoutPolicy
+from radvault.errors import (
+    AccessDenied,
+    ConfigurationError,
+    InvalidRequest,
+    ObjectNotFound,
+)
+from radvault.jobs import JobRunner
+from radvault.pipeline._clinical_tables import (
+    ClinicalBase,
+)
+from radvault.pipeline.analyse import Analyser
+from radvault.vault.audit import Outcome
+from radvault.vault.catalog import InstanceRecord, StudyRecord
+from radvault.vault.vault import Vault
+
+__all__ = [
+    "AUDIT_ACTION_RE",
+    "AUDIT_NAME_RE",
+    "BODY_PART_RE",
+    "COMMENT_MAX",
+    "FILE_NAME_MAX",
+    "ID_RE",
+    "JOB_ID_RE",
+    "MEDIA_TYPES",
+    "MODALITY_RE",
+    "REASON_MAX",
+    "SIGNOFF_TYPE",
+    "ImageView",
+    "InvalidRequest",
+    "JobView",
+    "Reidentification",
+    "ReportFile",
+    "ReportFormat",
+    "ResultView",
+    "ServiceCore",
+    "ServiceSettings",
+    "SignOffView",
+    "StudyDetail",
+    "UploadResult",
+]
+
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
+MODALITY_RE = re.compile(r"[A-Za-z0-9_]{1,16}")
+BODY_PART_RE = re.compile(r"[A-Za-z0-9_ -]{1,64}")
+AUDIT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+AUDIT_ACTION_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+FILE_NAME_MAX = 255
+COMMENT_MAX = 4000
+REASON_MAX = 1000
+SIGNOFF_TYPE = "radvault.signoff/1"
+
+
+class ReportFormat(StrEnum):
+    """The report formats a study can be downloaded in."""
+
+    HTML = "html"
+    PDF = "pdf"
+    FHIR = "fhir"
+    SR = "sr"
+
+
+MEDIA_TYPES = {
+    ReportFormat.HTML: ("text/html; charset=utf-8", "html"),
+    ReportFormat.PDF: ("application/pdf", "pdf"),
+    ReportFormat.FHIR: ("application/fhir+json", "fhir.json"),
+    ReportFormat.SR: ("application/dicom", "dcm"),
+}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """How the clinical service is assembled (tokens, passwords, jobs, models).
+
+    Parameters
+    ----------
+    issuer : str
+        ``iss`` of the access tokens; default ``urn:radvault:<vault key id>``.
+    audience : str
+        ``aud`` of the access tokens.
+    access_ttl, refresh_ttl : datetime.timedelta
+        Token lifetimes.
+    argon2 : tuple of int
+        ``(time_cost, memory_cost_kib, parallelism)`` for new password hashes
+        (RFC 9106's second option by default; tests use ``(1, 8, 1)``).
+    lockout : LockoutPolicy, optional
+        Lock-out after repeated login failures (default five, then doubling).
+    oidc : OIDCSettings, optional
+        Accept an external OpenID Connect provider's tokens.
+    workers : int
+        Job runner threads analysing in the background.
+    start_workers : bool
+        Start the job runner with the service (off: run jobs with
+        :meth:`ClinicalService.run_pending_jobs`, for tests and tools).
+    models_dir : Path, optional
+        The model registry folder (default: the shipped ``models/``).
+    min_reason_length : int
+        Fewest characters of a re-identification reason.
+    render_max_size : int
+        Largest side of a rendered image, in pixels.
+
+    Raises
+    ------
+    ConfigurationError
+        If a value is out of range.
+    """
+
+    issuer: str | None = None
+    audience: str = "radvault-api"
+    access_ttl: timedelta = timedelta(minutes=10)
+    refresh_ttl: timedelta = timedelta(hours=8)
+    argon2: tuple[int, int, int] = (3, 65536, 4)
+    lockout: LockoutPolicy | None = None
+    oidc: OIDCSettings | None = None
+    workers: int = 2
+    start_workers: bool = True
+    models_dir: Path | None = None
+    min_reason_length: int = 10
+    render_max_size: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigurationError("the clinical service needs at least one job worker")
+        if not 64 <= self.render_max_size <= 4096:
+            raise ConfigurationError("render_max_size must be within 64..4096")
+        if len(self.argon2) != 3:
+            raise ConfigurationError("argon2 is (time_cost, memory_cost_kib, parallelism)")
+
+
+# --------------------------------------------------------------------------- answers
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What an upload did: ``stored`` or ``duplicate`` (refusals raise)."""
+
+    status: str
+    study_id: str
+    instance_id: str
+    modality: str | None
+
+
+@dataclass(frozen=True)
+class SignOffView:
+    """A verified sign-off (its signature checked, its comment unsealed)."""
+
+    signoff_id: str
+    study_id: str
+    instance_id: str
+    result_id: str
+    decision: str
+    predicted_label: str
+    final_label: str
+    comment: str
+    signed_by: str
+    signed_at: datetime
+
+
+@dataclass(frozen=True)
+class ResultView:
+    """One stored analysis result, with its current sign-off."""
+
+    result_id: str
+    study_id: str
+    instance_id: str
+    model_id: str
+    created_at: datetime
+    task: str
+    predicted_class: str
+    probability: float
+    probabilities: dict[str, float]
+    refer: bool
+    reasons: tuple[str, ...]
+    refer_threshold: float | None
+    signoff: SignOffView | None = None
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """One instance as a study detail lists it."""
+
+    instance: InstanceRecord
+    results: int
+    latest_result_id: str | None
+    signed_off: bool
+
+
+@dataclass(frozen=True)
+class StudyDetail:
+    """A study with its instances."""
+
+    study: StudyRecord
+    instances: tuple[ImageView, ...]
+
+
+@dataclass(frozen=True)
+class JobView:
+    """An analysis job as its requester sees it."""
+
+    job_id: str
+    status: str
+    study_id: str
+    instance_ids: tuple[str, ...]
+    model: str | None
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    results: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class ReportFile:
+    """A rendered report, ready to send."""
+
+    content: bytes = field(repr=False)
+    media_type: str
+    filename: str
+    reidentified: bool = False
+
+
+@dataclass(frozen=True)
+class Reidentification:
+    """The real identity behind a study's pseudonym (PHI: show it, never log it)."""
+
+    request_id: str
+    study_id: str
+    patient_name: str | None = field(repr=False)
+    patient_id: str | None = field(repr=False)
+    birth_date: str | None = field(repr=False)
+
+
+# --------------------------------------------------------------------------- the core
+
+
+class ServiceCore:
+    """State and object-level checks shared by every clinical use case."""
+
+    def __init__(self, vault: Vault, accounts: Accounts, tokens: TokenService, policy: Policy,
+                 jobs: JobRunner | None = None, settings: ServiceSettings | None = None) -> None:
+        self.vault = vault
+        self.accounts = accounts
+        self.tokens = tokens
+        self.policy = policy
+        self.settings = settings or ServiceSettings()
+        self.jobs = jobs
+        self._read = sessionmaker(vault.catalog.engine, expire_on_commit=False)
+        self._write = sessionmaker(vault.catalog.write_engine(), expire_on_commit=False)
+        ClinicalBase.metadata.create_all(vault.catalog.write_engine())
+        self._analysers: OrderedDict[str, Analyser] = OrderedDict()
+        self._analysers_lock = threading.Lock()
+        self._started = False
+
+    def _runner(self) -> JobRunner:
+        if self.jobs is None:
+            raise ConfigurationError("the clinical service has no job runner")
+        return self.jobs
+
+    def _refuse(self, principal: Principal, action: Action | str, reason: str,
+                object_ids: Sequence[str] = ()) -> AccessDenied:
+        """Audit a refusal the policy object cannot phrase (no resource) and build the error."""
+        name = action.value if isinstance(action, Action) else str(action)
+        self.vault.audit.append(principal.username, "access_denied", Outcome.REFUSED,
+                                object_ids=list(object_ids),
+                                details={"action": name, "role": principal.role.value,
+                                         "reason": reason})
+        return AccessDenied(f"{name} refused: {reason}")
+
+    def _require_role(self, principal: Principal, action: Action) -> None:
+        """Refuse (audited) unless the caller's role and token allow ``action`` at all."""
+        if action not in ROLE_ACTIONS.get(principal.role, frozenset()):
+            raise self._refuse(principal, action,
+                               f"the {principal.role.value} role may not do this")
+        if action.value not in principal.scopes:
+            raise self._refuse(principal, action, "the token does not carry this scope")
+
+    def _check_id(self, principal: Principal, action: Action, value: object, what: str) -> str:
+        """Return ``value`` if it can be an id; otherwise audit the attempt and refuse it."""
+        if isinstance(value, str) and ID_RE.fullmatch(value):
+            return value
+        digest = hashlib.sha256(str(value).encode("utf-8", "replace")).hexdigest()[:16]
+        self.vault.audit.append(principal.username, "access_denied", Outcome.REFUSED,
+                                details={"action": action.value, "role": principal.role.value,
+                                         "reason": f"malformed {what} id", "id_sha256": digest})
+        raise ObjectNotFound(f"no such {what}")
+
+    def _study(self, principal: Principal, action: Action, study_id: str, *,
+               reason: str | None = None) -> StudyRecord:
+        """The study, after the policy allowed ``action`` on it (site from the catalog)."""
+        study_id = self._check_id(principal, action, study_id, "study")
+        try:
+            study: StudyRecord | None = self.vault.catalog.get_study(study_id)
+        except ObjectNotFound:
+            study = None
+        site = study.site if study is not None else None
+        self.policy.authorize(principal, action, Resource.study(study_id, site), reason=reason)
+        if study is None:  # granted by id, but not (or no longer) in the catalog
+            raise ObjectNotFound(f"no study {study_id}")
+        return study
+
+    def _instance(self, principal: Principal, action: Action, study_id: str,
+                  instance_id: str) -> tuple[StudyRecord, InstanceRecord]:
+        """The study (authorised) and one of its instances."""
+        study = self._study(principal, action, study_id)
+        instance_id = self._check_id(principal, action, instance_id, "instance")
+        try:
+            instance = self.vault.catalog.get_instance(instance_id)
+        except ObjectNotFound:
+            instance = None
+        if instance is None or instance.study_id != study.study_id:
+            raise ObjectNotFound(f"study {study.study_id} has no instance {instance_id}")
+        return study, instance
+
+    def _not_found(self, principal: Principal, action: Action, what: str,
+                   ident: str) -> ObjectNotFound:
+        self.vault.audit.append(principal.username, "access_denied", Outcome.REFUSED,
+                                object_ids=[ident] if ID_RE.fullmatch(ident) else [],
+                                details={"action": action.value, "role": principal.role.value,
+                                         "reason": f"unknown {what}"})
+        return ObjectNotFound(f"no such {what}")
+
+    def _analyser(self, actor: str) -> Analyser:
+        """One analyser per actor (the audit names who asked), the few latest kept."""
+        with self._analysers_lock:
+            analyser = self._analysers.get(actor)
+            if analyser is None:
+                analyser = Analyser.default(self.vault, actor=actor,
+                                            models_dir=self.settings.models_dir)
+                self._analysers[actor] = analyser
+                while len(self._analysers) > 8:
+                    self._analysers.popitem(last=False)
+            else:
+                self._analysers.move_to_end(actor)
+            return analyser

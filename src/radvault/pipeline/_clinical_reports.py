@@ -1,0 +1,476 @@
+"""Sign-off, reports and re-identification (private: use :mod:`radvault.pipeline.clinical`).
+
+A radiologist's sign-off is stored signed by the vault key with its comment
+sealed under the identity key; reports are rendered by :mod:`radvault.reports`
+from plain data gathered here; re-identification opens the sealed identity
+record only after the request (its reason sealed) is stored and audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from radvault.access.policy import Action
+from radvault.access.principal import Principal
+from radvault.errors import (
+    IntegrityError,
+    ModelError,
+    ObjectNotFound,
+)
+from radvault.pipeline._clinical_base import (
+    COMMENT_MAX,
+    MEDIA_TYPES,
+    REASON_MAX,
+    SIGNOFF_TYPE,
+    InvalidRequest,
+    Reidentification,
+    ReportFile,
+    ReportFormat,
+    ServiceCore,
+    SignOffView,
+)
+from radvault.pipeline._clinical_tables import (
+    ReidentificationRow,
+    SignOffRow,
+)
+from radvault.pipeline.analyse import Analyser
+from radvault.pipeline.ingest import DICOM_KIND
+from radvault.vault.audit import Outcome
+from radvault.vault.catalog import InstanceRecord, ResultRecord, StudyRecord, canonical_json
+from radvault.vault.secure_memory import zeroize
+
+__all__ = ["ReportCases"]
+
+logger = logging.getLogger(__name__)
+
+
+class ReportCases(ServiceCore):
+    """Sign-off, report and re-identification use cases."""
+
+    def sign_off(self, principal: Principal, study_id: str, instance_id: str, *,
+                 decision: str, label: str | None = None, comment: str = "",
+                 result_id: str | None = None) -> SignOffView:
+        """A radiologist accepts or overrides the latest (or a given) analysis.
+
+        Parameters
+        ----------
+        principal : Principal
+            A radiologist granted the study.
+        study_id, instance_id : str
+            The image.
+        decision : {"accepted", "overridden"}
+            What the radiologist did with the prediction.
+        label : str, optional
+            The radiologist's class; required to override, and must be another
+            class of the model.
+        comment : str
+            Free text (sealed at rest; at most 4000 characters).
+        result_id : str, optional
+            The result signed; default the latest.
+
+        Returns
+        -------
+        SignOffView
+            The stored sign-off.
+
+        Raises
+        ------
+        AccessDenied
+            If not allowed (audited).
+        ObjectNotFound
+            If the image was never analysed or the result is not its own.
+        InvalidRequest
+            If the decision, label or comment is invalid.
+        """
+        study, inst = self._instance(principal, Action.SIGN_REPORT, study_id, instance_id)
+        results = self.vault.catalog.results_of_instance(inst.instance_id)
+        if result_id is not None:
+            results = [r for r in results if r.result_id == result_id]
+        if not results:
+            raise ObjectNotFound(f"instance {inst.instance_id} has no such analysis")
+        result = results[-1]
+        predicted = str(result.payload.get("predicted_class", ""))
+        classes = list(dict(result.payload.get("probabilities", {})))
+        if decision not in {"accepted", "overridden"}:
+            raise InvalidRequest("decision must be 'accepted' or 'overridden'")
+        if decision == "overridden":
+            if label is None or label not in classes or label == predicted:
+                raise InvalidRequest("an override needs a label: another class of the model")
+            final = label
+        else:
+            if label is not None and label != predicted:
+                raise InvalidRequest("an accepted prediction keeps the predicted label")
+            final = predicted
+        if not isinstance(comment, str) or len(comment) > COMMENT_MAX:
+            raise InvalidRequest(f"comment must be text of at most {COMMENT_MAX} characters")
+        signoff_id = secrets.token_hex(16)
+        now = datetime.now(UTC)
+        sealed = None
+        if comment:
+            plain = bytearray(comment.encode("utf-8"))
+            try:
+                sealed = self.vault.keys.seal_identity(plain, context=_comment_context(signoff_id))
+            finally:
+                zeroize(plain)
+        row = SignOffRow(signoff_id=signoff_id, study_id=study.study_id,
+                         instance_id=inst.instance_id, result_id=result.result_id,
+                         decision=decision, predicted_label=predicted, final_label=final,
+                         sealed_comment=sealed, signed_by=principal.username, signed_at=now,
+                         signature=b"", signer_key_id=self.vault.signer.key_id)
+        row.signature = self.vault.signer.sign(_signoff_message(row))
+        with self._write.begin() as session:
+            session.add(row)
+        self.vault.audit.append(principal.username, "report.sign", Outcome.OK,
+                                object_ids=[study.study_id, inst.instance_id, result.result_id],
+                                details={"signoff_id": signoff_id, "decision": decision,
+                                         "comment": bool(comment)})
+        return self._signoff_view(row)
+
+    def _latest_signoff_row(self, instance_id: str) -> SignOffRow | None:
+        with self._read.begin() as session:
+            return session.scalar(select(SignOffRow)
+                                  .where(SignOffRow.instance_id == instance_id)
+                                  .order_by(SignOffRow.signed_at.desc()).limit(1))
+
+    def _signoffs(self, instance_id: str) -> list[SignOffView]:
+        """Verified sign-offs of an instance, the newest per result last."""
+        with self._read.begin() as session:
+            rows = session.scalars(select(SignOffRow)
+                                   .where(SignOffRow.instance_id == instance_id)
+                                   .order_by(SignOffRow.signed_at)).all()
+        return [self._signoff_view(r) for r in rows]
+
+    def _signoff_view(self, row: SignOffRow) -> SignOffView:
+        try:
+            self.vault.verifier.verify(_signoff_message(row), row.signature)
+        except IntegrityError:
+            self.vault.audit.append("system", "integrity_failure", Outcome.REFUSED,
+                                    object_ids=[row.study_id, row.instance_id],
+                                    details={"what": "signoff", "signoff_id": row.signoff_id})
+            raise IntegrityError(f"sign-off {row.signoff_id}: signature does not verify") from None
+        comment = ""
+        if row.sealed_comment:
+            plain = self.vault.keys.open_identity(row.sealed_comment,
+                                                  context=_comment_context(row.signoff_id))
+            try:
+                comment = bytes(plain).decode("utf-8")
+            finally:
+                zeroize(plain)
+        return SignOffView(row.signoff_id, row.study_id, row.instance_id, row.result_id,
+                           row.decision, row.predicted_label, row.final_label, comment,
+                           row.signed_by, row.signed_at)
+
+    def report(self, principal: Principal, study_id: str, fmt: ReportFormat | str, *,
+               instance_id: str | None = None) -> ReportFile:
+        """A pseudonymous report of a study's latest analysis (or of one instance's).
+
+        Parameters
+        ----------
+        principal : Principal
+            A radiologist or physician granted the study.
+        study_id : str
+            The study.
+        fmt : ReportFormat or str
+            ``html``, ``pdf``, ``fhir`` (R4 DiagnosticReport bundle) or ``sr``
+            (DICOM Structured Report).
+        instance_id : str, optional
+            Which analysed instance; default the newest analysed one.
+
+        Returns
+        -------
+        ReportFile
+            The bytes, media type and a file name of pseudonymous ids.
+
+        Raises
+        ------
+        AccessDenied
+            If not granted (audited).
+        ObjectNotFound
+            If nothing in the study was analysed.
+        InvalidRequest
+            If the format is unknown.
+        """
+        fmt = _report_format(fmt)
+        study = self._study(principal, Action.DOWNLOAD_REPORT, study_id)
+        data = self._report_input(principal, study, instance_id)
+        out = self._render(fmt, data, study, principal.username)
+        self.vault.audit.append(principal.username, "report", Outcome.OK,
+                                object_ids=[study.study_id, *data.instance_ids],
+                                details={"format": fmt.value, "signed": data.signed,
+                                         "reidentified": False})
+        return out
+
+    def _report_input(self, principal: Principal, study: StudyRecord,
+                      instance_id: str | None, identity: Any = None) -> Any:
+        from radvault.reports import (
+            AnalysisSummary,
+            ModelSummary,
+            ReportInput,
+            SignOff,
+        )
+
+        instances = self.vault.catalog.instances_of_study(study.study_id)
+        if instance_id is not None:
+            instance_id = self._check_id(principal, Action.DOWNLOAD_REPORT, instance_id,
+                                         "instance")
+            instances = [i for i in instances if i.instance_id == instance_id]
+            if not instances:
+                raise ObjectNotFound(f"study {study.study_id} has no instance {instance_id}")
+        latest: tuple[InstanceRecord, ResultRecord] | None = None
+        for inst in instances:
+            results = self.vault.catalog.results_of_instance(inst.instance_id)
+            if results and (latest is None or results[-1].created_at >= latest[1].created_at):
+                latest = (inst, results[-1])
+        if latest is None:
+            raise ObjectNotFound(f"study {study.study_id} has not been analysed")
+        inst, result = latest
+        analyser = self._analyser(principal.username)
+        card = _card_of(analyser, study, result.model_id)
+        analysis = AnalysisSummary.from_payload(result.payload, model_id=result.model_id,
+                                                result_id=result.result_id)
+        heatmap = None
+        try:
+            heatmap = analyser.heatmap_png(inst.instance_id)
+        except ModelError:
+            logger.info("no heatmap for a report: the model cannot compute one")
+        signoff = next((s for s in reversed(self._signoffs(inst.instance_id))
+                        if s.result_id == result.result_id), None)
+        sign = None
+        if signoff is not None:
+            sign = SignOff(radiologist=signoff.signed_by, decision=signoff.decision,
+                           signed_at=signoff.signed_at, comment=signoff.comment,
+                           radiologist_class=(signoff.final_label
+                                              if signoff.decision == "overridden" else None))
+        return ReportInput(
+            study_id=study.study_id, instance_ids=(inst.instance_id,),
+            patient_pseudonym=study.patient_pseudonym, site=study.site,
+            modality=study.modality or "", body_part=study.body_part or "",
+            analysis=analysis, model=ModelSummary.from_card(card), heatmap_png=heatmap,
+            sign_off=sign, identity=identity)
+
+    def _render(self, fmt: ReportFormat, data: Any, study: StudyRecord,
+                actor: str) -> ReportFile:
+        from radvault import reports
+
+        media_type, ext = MEDIA_TYPES[fmt]
+        if fmt is ReportFormat.HTML:
+            content = reports.render_html(data).encode("utf-8")
+        elif fmt is ReportFormat.PDF:
+            content = reports.render_pdf(data)
+        elif fmt is ReportFormat.FHIR:
+            content = reports.render_fhir_json(data).encode("utf-8")
+        else:
+            content = self._render_sr(data, actor)
+        stem = "report-reidentified" if data.identity is not None else "report"
+        return ReportFile(content, media_type, f"{stem}-{study.study_id}.{ext}",
+                          reidentified=data.identity is not None)
+
+    def _render_sr(self, data: Any, actor: str) -> bytes:
+        from radvault import reports
+
+        obj = next((o for o in self.vault.catalog.objects_of_instance(data.instance_ids[0])
+                    if o.kind == DICOM_KIND), None)
+        if obj is None:
+            raise InvalidRequest("a DICOM SR needs a DICOM source; this image came as PNG/JPEG")
+        plain = self.vault.open_object(obj, actor=actor)
+        try:
+            import pydicom
+
+            source = pydicom.dcmread(io.BytesIO(bytes(plain)), stop_before_pixels=True)
+        finally:
+            zeroize(plain)
+        sr = reports.render_sr(data, [source])
+        buffer = io.BytesIO()
+        sr.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    def reidentify(self, principal: Principal, study_id: str, reason: str) -> Reidentification:
+        """Reveal who a study's patient is, for a stated reason (audited, reason sealed).
+
+        Parameters
+        ----------
+        principal : Principal
+            A physician granted the study.
+        study_id : str
+            The study.
+        reason : str
+            Why (at least ``min_reason_length`` characters, at most 1000). It
+            is sealed and stored; the audit trail records only its length.
+
+        Returns
+        -------
+        Reidentification
+            The patient's name, id and birth date as the source recorded them.
+
+        Raises
+        ------
+        AccessDenied
+            If the caller may not, or gave no adequate reason (audited).
+        ObjectNotFound
+            If the study holds no identity (e.g. PNG/JPEG uploads).
+        """
+        study, identity, request_id = self._open_identity(principal, study_id, reason, "view")
+        return Reidentification(request_id, study.study_id, _first(identity, "PatientName"),
+                                _first(identity, "PatientID"),
+                                _first(identity, "PatientBirthDate"))
+
+    def reidentified_report(self, principal: Principal, study_id: str, reason: str,
+                            fmt: ReportFormat | str = ReportFormat.HTML, *,
+                            instance_id: str | None = None) -> ReportFile:
+        """The report with the patient's real identity, for a stated reason (audited).
+
+        Parameters
+        ----------
+        principal : Principal
+            A physician granted the study.
+        study_id : str
+            The study.
+        reason : str
+            Why (sealed and stored; the audit trail records its length).
+        fmt : ReportFormat or str
+            ``html`` or ``pdf``.
+        instance_id : str, optional
+            Which analysed instance.
+
+        Returns
+        -------
+        ReportFile
+            The re-identified copy (marked as such in the document).
+
+        Raises
+        ------
+        AccessDenied
+            If the caller may not, or gave no adequate reason (audited).
+        ObjectNotFound
+            If the study holds no identity or was never analysed.
+        InvalidRequest
+            If the format is not html or pdf.
+        """
+        from radvault.reports import Identity
+
+        fmt = _report_format(fmt)
+        if fmt not in (ReportFormat.HTML, ReportFormat.PDF):
+            raise InvalidRequest("a re-identified copy is rendered as html or pdf only")
+        # The report must exist before the identity is opened: no reveal for nothing.
+        study = self._study(principal, Action.DOWNLOAD_REPORT, study_id)
+        data = self._report_input(principal, study, instance_id)
+        study, identity, request_id = self._open_identity(principal, study.study_id, reason,
+                                                          "report")
+        name = _first(identity, "PatientName") or "(not recorded)"
+        patient_id = _first(identity, "PatientID") or "(not recorded)"
+        person = Identity(name=name, patient_id=patient_id,
+                          birth_date=_dicom_date(_first(identity, "PatientBirthDate")))
+        data = replace(data, identity=person)
+        out = self._render(fmt, data, study, principal.username)
+        self.vault.audit.append(principal.username, "report", Outcome.OK,
+                                object_ids=[study.study_id, *data.instance_ids],
+                                details={"format": fmt.value, "signed": data.signed,
+                                         "reidentified": True, "request_id": request_id})
+        return out
+
+    def _open_identity(self, principal: Principal, study_id: str, reason: str,
+                       purpose: str) -> tuple[StudyRecord, dict[str, list[str]], str]:
+        if not isinstance(reason, str) or len(reason) > REASON_MAX:
+            raise InvalidRequest(f"the reason must be text of at most {REASON_MAX} characters")
+        study = self._study(principal, Action.REIDENTIFY, study_id, reason=reason)
+        patient = self.vault.catalog.get_patient(study.patient_pseudonym)
+        request_id = secrets.token_hex(16)
+        ids = [study.study_id, patient.pseudonym]
+        if not patient.identity_blob:
+            self.vault.audit.append(principal.username, "reidentify", Outcome.ERROR,
+                                    object_ids=ids,
+                                    details={"reason_length": len(reason.strip()),
+                                             "found": False, "purpose": purpose})
+            raise ObjectNotFound(f"study {study.study_id} holds no identity to reveal")
+        plain_reason = bytearray(reason.encode("utf-8"))
+        try:
+            sealed = self.vault.keys.seal_identity(plain_reason,
+                                                   context=_reason_context(request_id))
+        finally:
+            zeroize(plain_reason)
+        with self._write.begin() as session:
+            session.add(ReidentificationRow(request_id=request_id, study_id=study.study_id,
+                                            requested_by=principal.username,
+                                            requested_at=datetime.now(UTC), purpose=purpose,
+                                            sealed_reason=sealed))
+        # Audited before the identity is opened: no reveal without its record.
+        self.vault.audit.append(principal.username, "reidentify", Outcome.OK, object_ids=ids,
+                                details={"reason_length": len(reason.strip()),
+                                         "request_id": request_id, "purpose": purpose})
+        plain = self.vault.keys.open_identity(patient.identity_blob,
+                                              context=patient.pseudonym.encode())
+        try:
+            identity = json.loads(bytes(plain))
+        finally:
+            zeroize(plain)
+        return study, identity, request_id
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _report_format(fmt: ReportFormat | str) -> ReportFormat:
+    try:
+        return ReportFormat(fmt)
+    except ValueError:
+        raise InvalidRequest("format must be one of html, pdf, fhir, sr") from None
+
+
+def _comment_context(signoff_id: str) -> bytes:
+    return b"radvault.signoff-comment:" + signoff_id.encode("ascii")
+
+
+def _reason_context(request_id: str) -> bytes:
+    return b"radvault.reidentify-reason:" + request_id.encode("ascii")
+
+
+def _signoff_message(row: SignOffRow) -> bytes:
+    return canonical_json({
+        "type": SIGNOFF_TYPE, "signoff_id": row.signoff_id, "study_id": row.study_id,
+        "instance_id": row.instance_id, "result_id": row.result_id, "decision": row.decision,
+        "predicted_label": row.predicted_label, "final_label": row.final_label,
+        "comment_sha256": hashlib.sha256(row.sealed_comment or b"").hexdigest(),
+        "signed_by": row.signed_by,
+        "signed_at": row.signed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    })
+
+
+def _first(identity: Mapping[str, Any], key: str) -> str | None:
+    values = identity.get(key)
+    if isinstance(values, list) and values:
+        return str(values[0])
+    if isinstance(values, str) and values:
+        return values
+    return None
+
+
+def _dicom_date(value: str | None) -> date | None:
+    if not value or not re.fullmatch(r"\d{8}", value):
+        return None
+    try:
+        return date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    except ValueError:
+        return None
+
+
+def _card_of(analyser: Analyser, study: StudyRecord, model_id: str) -> Any:
+    """The card of the model that made ``model_id`` (the registry's choice, else by id)."""
+    model = analyser.model_for(study.modality, study.body_part)
+    if model.model_id == model_id:
+        return model.card
+    for entry in analyser.registry.entries():
+        candidate = analyser.model_for(None, None, entry.name)
+        if candidate.model_id == model_id:
+            return candidate.card
+    raise ModelError(f"the model {model_id} that made this result is no longer installed")

@@ -1,0 +1,39 @@
+"""The training/evaluation commands that reproduce the shipped models."""
+
+from __future__ import annotations
+
+import json
+
+from radvault.analysis.commands import main
+from radvault.analysis.export import Ed25519Signer
+
+
+def test_train_then_evaluate_round_trip(toy_manifest, toy_task_file, tmp_path, capsys):
+    signer = Ed25519Signer.generate()
+    key = tmp_path / "key.pem"
+    key.write_bytes(signer.private_pem())
+    (tmp_path / "models" / "keys").mkdir(parents=True)
+    (tmp_path / "models" / "keys" / f"{signer.key_id}.pub").write_bytes(signer.public_pem())
+    out = tmp_path / "models" / "toy"
+    rc = main(["train", "--manifest", str(toy_manifest), "--task", str(toy_task_file),
+               "--out", str(out), "--size", "32", "--width", "0.125", "--epochs", "1",
+               "--threads", "1", "--no-denoise", "--signing-key", str(key), "--quiet",
+               "--checkpoint-dir", str(tmp_path / "ckpt")])
+    assert rc == 0
+    assert "test: ACC" in capsys.readouterr().out
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["preprocessing"]["size"] == 32 and card["preprocessing"]["denoise"] is False
+    rc = main(["evaluate", "--model", str(out), "--manifest", str(toy_manifest),
+               "--task", str(toy_task_file), "--split", "test",
+               "--json", str(tmp_path / "m.json"), "--roc", str(tmp_path / "roc.png")])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["accuracy"] == card["metrics"]["test"]["accuracy"]
+    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_errors_become_exit_status_2(toy_manifest, tmp_path, capsys):
+    rc = main(["evaluate", "--model", str(tmp_path), "--manifest", str(toy_manifest),
+               "--task", "no-such-task"])
+    assert rc == 2
+    assert "unknown task" in capsys.readouterr().err

@@ -1,0 +1,110 @@
+"""Serving: calibrated probabilities, the refer flag, and no torch needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from radvault.analysis.datasets import ManifestSource
+from radvault.analysis.evaluate import evaluate_model
+from radvault.analysis.inference import ModelCard, load_model, refer_reasons
+from radvault.errors import ModelError
+
+
+@pytest.fixture(scope="module")
+def loaded(trained, signer):
+    return load_model(trained.model_dir, signer.verifier())
+
+
+@pytest.fixture(scope="module")
+def test_images(trained, toy_manifest, toy_task_file, tiny_settings):
+    return ManifestSource(toy_manifest, toy_task_file).load("test", tiny_settings)
+
+
+def test_predict_gives_calibrated_probabilities(loaded, test_images):
+    batch = test_images.images[:6].astype(np.float32)
+    preds = loaded.predict(batch)
+    assert len(preds) == 6
+    for p in preds:
+        assert sum(p.probabilities.values()) == pytest.approx(1.0)
+        assert p.label == max(p.probabilities, key=p.probabilities.get)
+        assert p.model_id == loaded.card.model_id
+    probs = loaded.probabilities(batch)
+    t = loaded.card.temperature
+    logits = loaded.logits(batch)
+    expected = np.exp(logits / t) / np.exp(logits / t).sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_refer_flag_on_low_confidence(loaded, test_images):
+    batch = test_images.images[:4].astype(np.float32)
+    assert all(p.refer and "low_confidence" in p.reasons
+               for p in loaded.predict(batch, threshold=1.0))
+    tiny = loaded.predict(batch, threshold=1e-9)
+    assert not any(p.refer for p in tiny)
+
+
+def test_refer_flag_on_untrained_modality_or_body_part(loaded, test_images):
+    x = test_images.images[:1].astype(np.float32)
+    assert loaded.predict(x, modality="CT", body_part="CHEST", threshold=1e-9)[0].reasons == ()
+    assert loaded.predict(x, modality="MR", threshold=1e-9)[0].reasons == (
+        "modality_not_trained",)
+    assert loaded.predict(x, modality="CT", body_part="KIDNEY", threshold=1e-9)[0].reasons == (
+        "body_part_not_trained",)
+    assert loaded.predict(x, modality="", threshold=1e-9)[0].refer  # unknown modality
+
+
+def test_refer_reasons_table():
+    card = ModelCard(model_id="m", task="t", classes=("a", "b"), size=8, preprocessing={},
+                     temperature=1.0, trained_on=(("DX", "CHEST"), ("MR", "BRAIN")),
+                     onnx_sha256="0" * 64, raw={})
+    assert refer_reasons(0.79, 0.80, card, None, None) == ("low_confidence",)
+    assert refer_reasons(0.80, 0.80, card, None, None) == ()
+    assert refer_reasons(0.95, 0.80, card, "mr", "brain") == ()
+    assert refer_reasons(0.95, 0.80, card, "MR", "CHEST") == ("body_part_not_trained",)
+    assert refer_reasons(0.50, 0.80, card, "US", "BREAST") == ("low_confidence",
+                                                              "modality_not_trained")
+
+
+def test_default_threshold_comes_from_settings(loaded):
+    assert loaded.refer_threshold == pytest.approx(0.80)
+
+
+def test_wrong_batch_shape_is_refused(loaded):
+    with pytest.raises(ModelError, match="expected a batch"):
+        loaded.predict(np.zeros((1, 3, 16, 16), np.float32))
+
+
+def test_evaluate_matches_the_training_report(loaded, toy_manifest, toy_task_file, trained):
+    metrics = evaluate_model(loaded, ManifestSource(toy_manifest, toy_task_file), "test")
+    assert metrics["accuracy"] == pytest.approx(trained.test_metrics["accuracy"])
+    assert metrics["auc_macro"] == pytest.approx(trained.test_metrics["auc_macro"], abs=1e-6)
+    assert 0.0 <= metrics["referred_fraction"] <= 1.0
+
+
+def test_serving_modules_do_not_import_torch():
+    code = ("import sys, radvault.analysis.inference, radvault.analysis.registry, "
+            "radvault.analysis.evaluate, radvault.analysis.explain; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_predict_records_uses_the_cards_preprocessing_and_metadata(loaded, toy_manifest,
+                                                                  toy_task_file):
+    from radvault.analysis.datasets import read_pixels
+    from radvault.imaging.records import ImageRecord
+
+    source = ManifestSource(toy_manifest, toy_task_file)
+    row = source.rows("test")[0][0]
+    pixels = read_pixels(row.file)[0]
+    record = ImageRecord(pixels=pixels[None], source_format="png", modality="CT",
+                         body_part="CHEST")
+    other = ImageRecord(pixels=pixels[None], source_format="png")  # modality unknown: OT
+    ours, unknown = loaded.predict_records([record, other], threshold=1e-9)
+    direct = loaded.predict(loaded.preprocess(record)[None], threshold=1e-9)[0]
+    assert ours.probabilities == pytest.approx(direct.probabilities)
+    assert not ours.refer
+    assert unknown.reasons == ("modality_not_trained",)

@@ -1,0 +1,57 @@
+"""The registry picks a specialist by modality and body part, else radbench6."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from radvault.analysis.registry import ModelRegistry
+from radvault.errors import ModelError
+
+
+def fake_model(root, name, pairs):
+    (root / name).mkdir(parents=True)
+    (root / name / "model_card.json").write_text(json.dumps({
+        "task": name, "classes": ["a", "b"],
+        "trained_on": [{"modality": m, "body_part": b} for m, b in pairs]}))
+
+
+@pytest.fixture()
+def registry(tmp_path):
+    fake_model(tmp_path, "radbench6", [("DX", "CHEST"), ("MR", "BRAIN"), ("CT", "CHEST")])
+    fake_model(tmp_path, "chest_xray", [("DX", "CHEST")])
+    fake_model(tmp_path, "lung_ct", [("CT", "CHEST")])
+    (tmp_path / "keys").mkdir()
+    return ModelRegistry(tmp_path)
+
+
+def test_specialist_wins(registry, tmp_path):
+    assert registry.select("DX", "CHEST") == tmp_path / "chest_xray"
+    assert registry.select("ct", "chest") == tmp_path / "lung_ct"
+
+
+def test_default_otherwise(registry, tmp_path):
+    assert registry.select("MR", "BRAIN") == tmp_path / "radbench6"
+    assert registry.select(None, None) == tmp_path / "radbench6"
+    assert registry.select("CT", "KIDNEY") == tmp_path / "radbench6"
+
+
+def test_no_default_is_an_error(tmp_path):
+    fake_model(tmp_path, "lung_ct", [("CT", "CHEST")])
+    with pytest.raises(ModelError, match="no model 'radbench6'"):
+        ModelRegistry(tmp_path).select("MR", "BRAIN")
+    with pytest.raises(ModelError):
+        ModelRegistry(tmp_path / "absent")
+
+
+def test_shipped_models_are_listed_and_verify():
+    from radvault.analysis.inference import load_model
+    from radvault.analysis.registry import default_models_dir
+
+    root = default_models_dir()
+    if not (root / "radbench6" / "model_card.json").is_file():
+        pytest.skip("no shipped models in this checkout")
+    registry = ModelRegistry(root)
+    for entry in registry.entries():
+        assert load_model(entry.path).card.task == entry.task  # verified with models/keys

@@ -1,0 +1,109 @@
+"""Training learns an easy task, resumes from its checkpoint, and every switch works."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from radvault.analysis.datasets import ManifestSource
+from radvault.analysis.training import Optimisation, TrainConfig, augment_batch, train
+from radvault.errors import ModelError
+
+
+def test_training_beats_chance_on_an_easy_task(trained):
+    test = trained.test_metrics
+    assert test is not None
+    assert test["accuracy"] > 0.6  # chance is 1/3
+    assert test["auc_macro"] > 0.8
+    assert len(trained.history) >= 2
+    assert trained.card["training"]["best_epoch"] == trained.best_epoch
+
+
+def test_card_records_what_service_needs(trained, toy_manifest):
+    from radvault.analysis.manifest import load_manifest
+
+    card = trained.card
+    assert card["classes"] == ["disc", "square", "bars"]
+    assert card["input"]["size"] == 32
+    assert card["preprocessing"]["size"] == 32 and card["preprocessing"]["denoise"] is False
+    assert card["training"]["manifest_sha256"] == load_manifest(toy_manifest).sha256
+    assert card["training"]["seed"] == 0
+    assert card["temperature"] > 0
+    assert set(card["metrics"]) == {"val", "test"}
+    assert card["trained_on"] == [{"modality": "CT", "body_part": "CHEST"}]
+    assert card["calibration"]["ece_after"] <= card["calibration"]["ece_before"] + 1e-9
+
+
+def _config(manifest, task, settings, out, **kw):
+    return TrainConfig(source=ManifestSource(manifest, task), out_dir=out / "m",
+                       network="resnet18", width=0.125, preprocess=settings, batch_size=16,
+                       threads=1, checkpoint_dir=out / "ckpt", **kw)
+
+
+def test_resume_continues_from_the_checkpoint(toy_manifest, toy_task_file, tiny_settings,
+                                              tmp_path):
+    opt = Optimisation(early_stopping=False)
+    first = train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=1,
+                          optimisation=opt), progress=False)
+    assert [h["epoch"] for h in first.history] == [1]
+    # a different epoch budget is a different configuration: refused
+    with pytest.raises(ModelError, match="different configuration"):
+        train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=2,
+                      optimisation=opt, resume=True), progress=False)
+    ckpt = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)
+    fingerprint = json.loads(ckpt["fingerprint"])
+    fingerprint["epochs"] = 2  # pretend the first run had been planned for two epochs
+    ckpt["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+    torch.save(ckpt, tmp_path / "ckpt" / "checkpoint.pt")
+    second = train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=2,
+                           optimisation=opt, resume=True), progress=False)
+    assert [h["epoch"] for h in second.history] == [1, 2]
+    assert second.history[0] == first.history[0]
+
+
+def test_everything_switched_off_still_trains(toy_manifest, toy_task_file, tiny_settings,
+                                              tmp_path):
+    result = train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=1,
+                           optimisation=Optimisation.off(), test_split=""), progress=False)
+    assert result.temperature == 1.0 and result.card["calibration"] is None
+    assert result.test_metrics is None
+
+
+def test_same_seed_same_history(toy_manifest, toy_task_file, tiny_settings, tmp_path):
+    runs = [train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path / str(i),
+                          epochs=1, test_split=""), progress=False) for i in range(2)]
+    assert runs[0].history[0]["loss"] == pytest.approx(runs[1].history[0]["loss"], rel=1e-5)
+
+
+def test_augmentation_keeps_shape_and_range_and_only_flips_when_allowed():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    y = augment_batch(x, gen, hflip=True)
+    assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    # a left-bright image stays left-bright without flips
+    half = torch.zeros(16, 3, 32, 32)
+    half[..., :12] = 1.0
+    out = augment_batch(half, torch.Generator().manual_seed(1), hflip=False)
+    left, right = out[..., :16].mean(dim=(1, 2, 3)), out[..., 16:].mean(dim=(1, 2, 3))
+    assert bool((left > right).all())
+    flipped = augment_batch(half, torch.Generator().manual_seed(1), hflip=True)
+    left, right = flipped[..., :16].mean(dim=(1, 2, 3)), flipped[..., 16:].mean(dim=(1, 2, 3))
+    assert bool((left < right).any())
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ModelError):
+        Optimisation(balance="oversample")
+    with pytest.raises(ModelError):
+        Optimisation(patience=0)
+
+
+def test_class_without_training_images_is_refused(toy_manifest, tiny_settings, tmp_path):
+    from radvault.analysis.tasks import Task, TaskClass
+
+    task = Task("t", (TaskClass("disc", {"label": "disc"}),
+                      TaskClass("ghost", {"label": "ghost"})))
+    with pytest.raises(ModelError, match="a class has no training images"):
+        train(_config(toy_manifest, task, tiny_settings, tmp_path, epochs=1), progress=False)

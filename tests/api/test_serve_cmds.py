@@ -1,0 +1,118 @@
+"""The command line of the service: `radvault serve` and its safety rules, `tls selfsigned`,
+and user, site and grant administration (audited)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from apikit import PASSPHRASE, PASSWORD
+
+from radvault.cli import main
+from radvault.cli._serve_cmds import plan_serve
+from radvault.config import load_settings
+from radvault.errors import ConfigurationError
+from radvault.vault.keys import KdfParams
+from radvault.vault.vault import Vault
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An initialised vault (fast KDF); the CLI gets its passphrase from the environment."""
+    home = tmp_path / "home"
+    Vault.init(load_settings(env={}, home=home), PASSPHRASE, kdf=KdfParams.fast()).close()
+    for key in [k for k in os.environ if k.startswith("RADVAULT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("RADVAULT_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("RADVAULT_USER_PASSWORD", PASSWORD)
+    return home
+
+
+def run(home: Path, *args: str) -> int:
+    return main(["--home", str(home), *args])
+
+
+def test_plain_http_only_on_loopback_and_only_when_asked(home, capsys):
+    assert run(home, "serve", "--host", "0.0.0.0", "--insecure-http") == 2
+    assert "loopback" in capsys.readouterr().err
+    assert run(home, "serve") == 2  # no certificate, no --insecure-http: refused
+    assert "radvault tls selfsigned" in capsys.readouterr().err
+    assert run(home, "serve", "--tls-cert", str(home / "c.pem")) == 2
+    settings = load_settings(env={}, home=home)
+    plan = plan_serve(settings, "127.0.0.1", 8080, None, None, True)
+    assert plan.url == "http://127.0.0.1:8080/api/v1" and plan.cert is None
+    assert plan_serve(settings, "::1", 8080, None, None, True).url == "http://[::1]:8080/api/v1"
+    with pytest.raises(ConfigurationError):
+        plan_serve(settings, "10.1.2.3", 8080, None, None, True)
+
+
+def test_tls_selfsigned_makes_the_certificate_serve_uses_by_default(home, capsys):
+    assert run(home, "tls", "selfsigned") == 0
+    cert, key = home / "tls" / "cert.pem", home / "tls" / "key.pem"
+    assert cert.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert run(home, "tls", "selfsigned") == 2  # never overwritten silently
+    plan = plan_serve(load_settings(env={}, home=home), "0.0.0.0", 8443, None, None, False)
+    assert plan.cert == cert and plan.url.startswith("https://")
+
+
+def test_users_sites_and_grants_are_administered_and_audited(home, capsys):
+    assert run(home, "sites", "add", "north") == 0
+    assert run(home, "users", "add", "alice", "--role", "radiologist", "--site", "north") == 0
+    assert run(home, "grants", "add", "alice", "--site", "north") == 0
+    assert run(home, "grants", "add", "alice", "--study", "2.25.1") == 0
+    assert run(home, "users", "lock", "alice") == 0
+    assert run(home, "users", "unlock", "alice") == 0
+    assert run(home, "grants", "remove", "alice", "--site", "north") == 0
+    assert run(home, "users", "list") == 0
+    assert "alice" in capsys.readouterr().out
+    assert run(home, "users", "remove", "alice") == 0
+    assert run(home, "users", "add", "bob", "--role", "surgeon", "--site", "north") == 2
+    assert run(home, "grants", "add", "bob", "--study", "1", "--site", "north") == 2
+    assert run(home, "users", "lock", "nobody") == 6
+    with Vault.open(load_settings(env={}, home=home), PASSPHRASE) as vault:
+        actions = [(e.action, e.actor) for e in reversed(vault.audit.query(limit=200))]
+    changes = [a for a, actor in actions if actor.startswith("cli:")]
+    assert changes == ["site.add", "user.add", "grant", "grant", "user.lock", "user.unlock",
+                       "revoke", "user.remove"]
+    assert PASSWORD not in repr(actions)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_radvault_serve_starts_the_api_and_stops_cleanly(home):
+    port = free_port()
+    env = {**os.environ, "RADVAULT_HOME": str(home)}
+    command = [sys.executable, "-c", "from radvault.cli import app; app()", "serve",
+               "--insecure-http", "--port", str(port), "--workers", "1"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    output = proc.stdout.read().decode() if proc.stdout else ""
+                    raise AssertionError(output) from None
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+        assert r.headers["x-content-type-options"] == "nosniff"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    text = out.decode()
+    assert f"http://127.0.0.1:{port}/api/v1" in text and "auth/token" in text
+    assert proc.returncode == 0, text

@@ -1,0 +1,284 @@
+"""The clinical use cases in process: policy on every method and object, scoped search,
+idempotent analysis, signed sign-offs, sealed comments and reasons, restart-proof tokens."""
+
+from __future__ import annotations
+
+import inspect
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from radvault.access.policy import scopes_for
+from radvault.access.principal import Principal, Role
+from radvault.analysis.export import Ed25519Signer, input_spec, write_model
+from radvault.config import PreprocessSettings
+from radvault.errors import AccessDenied, IntegrityError, ObjectNotFound
+from radvault.imaging.preprocess import settings_to_dict
+from radvault.jobs import JobInfo
+from radvault.jobs._job import running_job
+from radvault.pipeline.clinical import (
+    ClinicalService,
+    InvalidRequest,
+    ServiceSettings,
+    operator_principal,
+    token_signing_key,
+)
+from radvault.vault.vault import Vault
+
+PASSWORD = "Vivid-Lantern-42!"
+PRE = PreprocessSettings(size=32, denoise=False, clahe_tile_grid=4)
+REASON = "needed for an urgent call to the ward"
+
+
+def tiny_model(root: Path) -> Path:
+    """A signed two-class ONNX model (conv, pool, linear) with CAM weights, as radbench6."""
+    rng = np.random.default_rng(0)
+    w = {"cw": rng.normal(0, .5, (2, 3, 3, 3)), "cb": rng.normal(0, .1, 2),
+         "fw": rng.normal(0, 1, (2, 2)), "fb": rng.normal(0, .1, 2)}
+    w = {k: v.astype(np.float32) for k, v in w.items()}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "cw", "cb"], ["c"], kernel_shape=[3, 3],
+                          strides=[4, 4], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["features"]),
+         helper.make_node("GlobalAveragePool", ["features"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["f"], axis=1),
+         helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], transB=1)],
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [numpy_helper.from_array(v, k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    signer = Ed25519Signer.generate()
+    write_model(root / "radbench6", model.SerializeToString(), {
+        "task": "tiny2", "classes": ["normal", "abnormal"], "input": input_spec(32),
+        "preprocessing": settings_to_dict(PRE), "temperature": 1.0,
+        "trained_on": [{"modality": "DX", "body_part": ""}],
+        "cam": {"output": "features", "weight": w["fw"].tolist(), "bias": w["fb"].tolist()}},
+        signer)
+    (root / "keys").mkdir()
+    (root / "keys" / f"{signer.key_id}.pub").write_bytes(signer.public_pem())
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("models"))
+
+
+def principal(name: str, role: str, site: str | None = None) -> Principal:
+    return Principal(name, Role(role), site, scopes_for(role))
+
+
+class Clinic:
+    """A vault, its service (jobs run on demand), two sites and one user per role."""
+
+    def __init__(self, kit, home: Path, models: Path) -> None:
+        self.settings = kit.new_settings(home, preprocess=PRE)
+        self.vault = kit.init_vault(self.settings)
+        self.models = models
+        self.service = self.build()
+        self.operator = operator_principal("cli:tests")
+        s = self.service
+        for site in ("north", "south"):
+            s.add_site(self.operator, site)
+        self.p: dict[str, Principal] = {}
+        for name, role, site in (("tech-n", "technologist", "north"),
+                                 ("tech-s", "technologist", "south"),
+                                 ("rad-n", "radiologist", "north"),
+                                 ("rad-s", "radiologist", "south"),
+                                 ("phys-n", "physician", "north"),
+                                 ("audit1", "auditor", None), ("admin1", "admin", None)):
+            s.add_user(self.operator, name, role, site=site, password=PASSWORD)
+            if role in ("radiologist", "physician"):
+                s.grant(self.operator, name, site=site)
+            self.p[name] = principal(name, role, site)
+
+    def build(self) -> ClinicalService:
+        return ClinicalService.build(self.vault, ServiceSettings(
+            argon2=(1, 8, 1), start_workers=False, models_dir=self.models,
+            issuer="https://radvault.test"))
+
+    def upload_png(self, kit, tmp: Path, seed: int, who: str = "tech-n") -> str:
+        data = kit.make_raster(tmp / f"in-{seed}.png", seed).read_bytes()
+        return self.service.upload(self.p[who], data, f"in-{seed}.png", modality="DX").study_id
+
+    def denied(self, mark: int) -> list:
+        return [e for e in self.vault.audit.query(action="access_denied", limit=200)
+                if e.seq > mark]
+
+    def mark(self) -> int:
+        return self.vault.audit.tail(1)[-1].seq
+
+
+@pytest.fixture
+def clinic(kit, tmp_path, models):
+    c = Clinic(kit, tmp_path / "home", models)
+    yield c
+    c.vault.close()
+
+
+UNGUARDED = {"build", "start", "stop", "run_pending_jobs", "login", "refresh", "logout",
+             "authenticate", "jwks"}
+
+
+def test_every_use_case_takes_the_principal_first():
+    public = [name for name, _ in inspect.getmembers(ClinicalService, inspect.isfunction)
+              if not name.startswith("_") and name not in UNGUARDED]
+    assert len(public) >= 25
+    for name in public:
+        params = list(inspect.signature(getattr(ClinicalService, name)).parameters)
+        assert params[:2] == ["self", "principal"], name
+
+
+def test_roles_are_refused_outside_their_duties_and_audited(clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 1)
+    s, p = clinic.service, clinic.p
+    refusals = [
+        lambda: s.list_studies(p["tech-n"]),
+        lambda: s.study(p["audit1"], study),
+        lambda: s.study(p["admin1"], study),
+        lambda: s.study(p["rad-s"], study),
+        lambda: s.start_analysis(p["phys-n"], study),
+        lambda: s.reidentify(p["rad-n"], study, REASON),
+        lambda: s.reidentify(p["phys-n"], study, "too short"),
+        lambda: s.audit_entries(p["rad-n"]),
+        lambda: s.add_site(p["rad-n"], "east"),
+        lambda: s.grant(p["phys-n"], "phys-n", site="south"),
+        lambda: s.upload(p["rad-n"], b"x", "x.png"),
+        lambda: s.upload(operator_principal("cli:x"), b"x", "x.png"),
+    ]
+    for attempt in refusals:
+        mark = clinic.mark()
+        with pytest.raises(AccessDenied):
+            attempt()
+        assert len(clinic.denied(mark)) == 1
+
+
+def test_search_is_limited_to_grants_and_pages_in_order(clinic, kit, tmp_path):
+    north = [clinic.upload_png(kit, tmp_path, i) for i in range(5)]
+    south = [clinic.upload_png(kit, tmp_path, 10 + i, "tech-s") for i in range(3)]
+    s, p = clinic.service, clinic.p
+    seen = [x.study_id for x in s.list_studies(p["rad-n"], limit=500)]
+    assert sorted(seen) == sorted(north)
+    pages = [x.study_id for off in (0, 2, 4) for x in s.list_studies(p["rad-n"], limit=2,
+                                                                    offset=off)]
+    assert pages == seen
+    s.add_user(clinic.operator, "guest", "radiologist", site="south")
+    s.grant(clinic.operator, "guest", study_id=north[0])
+    guest = principal("guest", "radiologist", "south")
+    assert [x.study_id for x in s.list_studies(guest)] == [north[0]]
+    s.grant(clinic.operator, "guest", site="south")
+    assert {x.study_id for x in s.list_studies(guest)} == {north[0], *south}
+    assert s.list_studies(guest, site="north") == [s.vault.catalog.get_study(north[0])]
+    assert s.list_studies(guest, modality="CT") == []
+    with pytest.raises(InvalidRequest):
+        s.list_studies(guest, limit=0)
+
+
+def test_analysis_stores_one_result_however_often_its_job_runs(clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 2)
+    s, rad = clinic.service, clinic.p["rad-n"]
+    job = s.start_analysis(rad, study)
+    assert s.start_analysis(rad, study).job_id == job.job_id  # idempotent request
+    assert s.run_pending_jobs() == 1
+    done = s.job(rad, job.job_id)
+    assert done.status == "succeeded" and len(done.results) == 1
+    instance = done.instance_ids[0]
+    with running_job(JobInfo(job.job_id, "clinical.analyse", "rad-n", 2)):
+        again = s._run_analysis({"study_id": study, "instance_ids": [instance], "model": None})
+    assert again["results"] == list(done.results)  # a re-run finds its own result
+    assert len(s.results(rad, study, instance)) == 1
+
+
+def test_a_failed_analysis_can_be_asked_for_again(clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 3)
+    s, rad = clinic.service, clinic.p["rad-n"]
+    first = s.start_analysis(rad, study, model="no-such-model")
+    s.run_pending_jobs()
+    assert s.job(rad, first.job_id).status == "failed"
+    assert s.job(rad, first.job_id).error == "ModelError"
+    second = s.start_analysis(rad, study, model="no-such-model")
+    assert second.job_id != first.job_id and second.status == "pending"
+
+
+def test_a_grant_withdrawn_before_the_job_runs_stops_it(clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 4)
+    s = clinic.service
+    job = s.start_analysis(clinic.p["rad-n"], study)
+    s.revoke_grant(clinic.operator, "rad-n", site="north")
+    s.run_pending_jobs()
+    assert s.vault.catalog.results_of_instance(job.instance_ids[0]) == []
+    s.grant(clinic.operator, "rad-n", site="north")
+    assert s.job(clinic.p["rad-n"], job.job_id).error == "AccessDenied"
+
+
+def test_signoffs_are_signed_and_their_comments_sealed(clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 5)
+    s, rad = clinic.service, clinic.p["rad-n"]
+    job = s.start_analysis(rad, study)
+    s.run_pending_jobs()
+    instance = job.instance_ids[0]
+    result = s.latest_result(rad, study, instance)
+    other = next(c for c in result.probabilities if c != result.predicted_class)
+    with pytest.raises(InvalidRequest):
+        s.sign_off(rad, study, instance, decision="overridden", label=result.predicted_class)
+    signed = s.sign_off(rad, study, instance, decision="overridden", label=other,
+                        comment="Mrs Example looks well")
+    assert s.latest_result(rad, study, instance).signoff == signed
+    db = sqlite3.connect(clinic.settings.home / "catalog.sqlite3")
+    raw = db.execute("SELECT sealed_comment FROM clinical_signoffs").fetchone()[0]
+    assert b"Example" not in raw
+    db.execute("UPDATE clinical_signoffs SET final_label = ?", (result.predicted_class,))
+    db.commit()
+    db.close()
+    with pytest.raises(IntegrityError):
+        s.latest_result(rad, study, instance)
+    assert s.vault.audit.query(action="integrity_failure")
+
+
+def test_reidentification_seals_the_reason_and_audits_its_length(clinic, kit, tmp_path):
+    data = kit.ct_small().read_bytes()
+    s = clinic.service
+    study = s.upload(clinic.p["tech-n"], data, "CT_small.dcm").study_id
+    who = s.reidentify(clinic.p["phys-n"], study, REASON)
+    assert who.patient_name == "CompressedSamples^CT1"
+    entry = s.vault.audit.query(action="reidentify", limit=1)[0]
+    assert entry.details["reason_length"] == len(REASON) and entry.actor == "phys-n"
+    db = sqlite3.connect(clinic.settings.home / "catalog.sqlite3")
+    rows = db.execute("SELECT requested_by, sealed_reason FROM clinical_reidentifications")
+    (by, sealed), = rows.fetchall()
+    db.close()
+    assert by == "phys-n" and REASON.encode() not in sealed
+    png = clinic.upload_png(kit, tmp_path, 6)
+    with pytest.raises(ObjectNotFound):
+        s.reidentify(clinic.p["phys-n"], png, REASON)  # PNG uploads carry no identity
+
+
+def test_tokens_survive_a_restart_of_the_service(clinic, kit):
+    pair = clinic.service.login("rad-n", PASSWORD)
+    key = token_signing_key(clinic.vault).public_key().public_bytes_raw()
+    clinic.vault.close()
+    clinic.vault = Vault.open(clinic.settings, kit.PASSPHRASE)
+    assert token_signing_key(clinic.vault).public_key().public_bytes_raw() == key
+    restarted = clinic.build()
+    assert restarted.authenticate(pair.access_token).username == "rad-n"
+
+
+def test_malformed_ids_and_parameters_are_refused(clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 7)
+    s, rad = clinic.service, clinic.p["rad-n"]
+    mark = clinic.mark()
+    with pytest.raises(ObjectNotFound):
+        s.study(rad, "../../etc/passwd")
+    assert clinic.denied(mark)[0].details["reason"] == "malformed study id"
+    instance = s.study(rad, study).instances[0].instance.instance_id
+    with pytest.raises(InvalidRequest):
+        s.render_image(rad, study, instance, frame=5)
+    with pytest.raises(InvalidRequest):
+        s.render_image(rad, study, instance, window_center=40.0)
+    png = s.render_image(rad, study, instance, max_size=64)
+    assert png.startswith(b"\x89PNG")

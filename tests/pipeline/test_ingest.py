@@ -1,0 +1,329 @@
+"""Ingest end to end: real DICOM and PNG/JPEG go in de-identified, sealed, cataloged and audited."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pydicom
+import pytest
+
+from radvault.config import Settings
+from radvault.errors import BurnedInAnnotationRefused
+from radvault.imaging.reading import read_image
+from radvault.pipeline.ingest import DICOM_KIND, MODEL_INPUT_KIND, SOURCE_KIND, Ingestor
+from radvault.pipeline.retrieve import open_image, open_model_input
+from radvault.vault.audit import Action, Outcome
+from radvault.vault.vault import Vault
+
+if TYPE_CHECKING:
+    from conftest import Kit
+
+ACTOR = "tester"
+
+
+def _audit(vault: Vault, action: str) -> list:
+    return [e for e in vault.audit if e.action == action]
+
+
+def test_real_dicom_across_modalities_is_stored_sealed_and_readable(
+    kit: Kit, vault: Vault, ingestor: Ingestor
+) -> None:
+    corpus = kit.require_dicom_dir()
+    files = [kit.ct_small(), *(corpus / name for name in kit.DICOM_SAMPLES)]
+    expected_modality = ["CT", "CT", "MR", "CT", "MR", "SEG", "MR"]
+
+    outcomes = ingestor.ingest_paths(files)
+
+    assert [o.status for o in outcomes] == ["stored"] * len(files), [o.reason for o in outcomes]
+    assert [o.modality for o in outcomes] == expected_modality
+    for path, outcome in zip(files, outcomes, strict=True):
+        iid = kit.stored(outcome)
+        kinds = sorted(o.kind for o in vault.catalog.objects_of_instance(iid))
+        assert kinds == sorted([DICOM_KIND, MODEL_INPUT_KIND])
+        original = read_image(path)
+        image = open_image(vault, iid, actor=ACTOR)
+        # de-identification never touches pixels: the decoded pixels are the original ones
+        assert image.pixel_sha256() == original.pixel_sha256()
+        assert image.pixel_sha256() == vault.catalog.get_instance(iid).pixel_sha256
+        assert image.modality == outcome.modality
+        # the kit.stored DICOM is the de-identified one: new UIDs, no patient name
+        assert image.sop_instance_uid == iid != original.sop_instance_uid
+        assert image.dataset is not None and original.dataset is not None
+        if original.dataset.get("PatientName"):
+            assert image.dataset.get("PatientName") != original.dataset.PatientName
+        model_input = open_model_input(vault, iid, actor=ACTOR)
+        assert model_input.array.shape == (3, 224, 224)
+        assert model_input.array.dtype == np.float32
+        assert np.isfinite(model_input.array).all()
+        assert model_input.settings["size"] == 224
+    ingest_entries = _audit(vault, Action.INGEST)
+    assert len(ingest_entries) == len(files)
+    assert all(e.outcome == Outcome.OK for e in ingest_entries)
+    # the audit names instances and objects by pseudonymous id, never by file
+    for entry, outcome in zip(ingest_entries, outcomes, strict=True):
+        assert outcome.instance_id in entry.object_ids
+        assert outcome.name not in json.dumps(entry.to_dict())
+
+
+@pytest.mark.parametrize(("suffix", "modality", "body_part"),
+                         [(".png", "MR", "BRAIN"), (".jpg", "DX", "CHEST")])
+def test_png_and_jpeg_take_the_modality_hint(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path,
+    suffix: str, modality: str, body_part: str,
+) -> None:
+    path = kit.make_raster(tmp_path / f"image{suffix}", seed=7)
+
+    outcome = ingestor.ingest_file(path, modality=modality, body_part=body_part)
+
+    iid = kit.stored(outcome)
+    assert outcome.modality == modality
+    study = vault.catalog.get_study(outcome.study_id)
+    assert (study.modality, study.body_part) == (modality, body_part)
+    assert sorted(o.kind for o in vault.catalog.objects_of_instance(iid)) == sorted(
+        [SOURCE_KIND, MODEL_INPUT_KIND])
+    image = open_image(vault, iid, actor=ACTOR)
+    assert np.array_equal(image.pixels, read_image(path).pixels)
+    assert open_model_input(vault, iid, actor=ACTOR).array.shape == (3, 224, 224)
+
+
+def test_a_modality_hint_never_overrides_the_dicom_header(
+    kit: Kit, vault: Vault, ingestor: Ingestor
+) -> None:
+    outcome = ingestor.ingest_file(kit.ct_small(), modality="MR", body_part="KNEE")
+
+    iid = kit.stored(outcome)
+    assert outcome.modality == "CT"
+    assert vault.catalog.get_study(outcome.study_id).modality == "CT"
+    assert open_image(vault, iid, actor=ACTOR).modality == "CT"
+
+
+def test_the_same_image_twice_is_a_duplicate_and_nothing_is_stored_twice(
+    kit: Kit, vault: Vault, ingestor: Ingestor, settings: Settings, tmp_path: Path
+) -> None:
+    png = kit.make_raster(tmp_path / "a.png", seed=3)
+    first = [ingestor.ingest_file(kit.ct_small()), ingestor.ingest_file(png, modality="US")]
+    home = settings.home
+
+    def counts() -> tuple[int, ...]:
+        return (len(kit.blob_files(home)),
+                *(kit.count_rows(home, t) for t in ("instances", "objects", "studies",
+                                                    "patients")))
+
+    before = counts()
+    assert before == (4, 2, 4, 2, 2)
+    renamed = shutil.copy(png, tmp_path / "renamed.png")
+
+    again = [ingestor.ingest_file(kit.ct_small()), ingestor.ingest_file(png, modality="US"),
+             ingestor.ingest_file(Path(renamed), modality="US")]
+
+    assert [o.status for o in again] == ["duplicate"] * 3
+    assert [o.instance_id for o in again] == [first[0].instance_id, first[1].instance_id,
+                                              first[1].instance_id]
+    assert counts() == before
+    duplicates = [e for e in _audit(vault, Action.INGEST) if e.details.get("duplicate")]
+    assert len(duplicates) == 3
+
+
+def test_another_encoding_of_the_same_instance_is_a_duplicate(
+    kit: Kit, vault: Vault, ingestor: Ingestor
+) -> None:
+    corpus = kit.require_dicom_dir()
+    # The same MR instance (same SOP Instance UID), kit.stored with two transfer syntaxes.
+    first = ingestor.ingest_file(corpus / "pydicom_data" / "emri_small.dcm")
+    blobs = len(kit.blob_files(vault.settings.home))
+
+    second = ingestor.ingest_file(corpus / "pydicom_data" / "emri_small_RLE.dcm")
+
+    assert second.status == "duplicate"
+    assert second.instance_id == kit.stored(first)
+    assert len(kit.blob_files(vault.settings.home)) == blobs  # the second seal's blobs were dropped
+    assert kit.count_rows(vault.settings.home, "objects") == 2
+
+
+def _burned_in_copy(kit: Kit, tmp_path: Path) -> Path:
+    ds = pydicom.dcmread(kit.ct_small())
+    ds.BurnedInAnnotation = "YES"
+    path = tmp_path / "burned.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_burned_in_secondary_capture_is_refused_and_audited(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    corpus = kit.require_dicom_dir()
+    inputs = [corpus / "pydicom_data" / "SC_rgb.dcm", _burned_in_copy(kit, tmp_path)]
+
+    outcomes = ingestor.ingest_paths(inputs)
+
+    assert [o.status for o in outcomes] == ["refused", "refused"]
+    assert {o.error for o in outcomes} == {BurnedInAnnotationRefused.__name__}
+    assert "Secondary Capture" in (outcomes[0].reason or "")
+    assert "BurnedInAnnotation" in (outcomes[1].reason or "")
+    home = vault.settings.home
+    assert kit.blob_files(home) == []
+    assert kit.count_rows(home, "instances") == 0
+    refusals = _audit(vault, Action.INGEST_REFUSED)
+    assert len(refusals) == 2
+    for entry in refusals:
+        assert entry.outcome == Outcome.REFUSED
+        assert entry.details == {"error": "BurnedInAnnotationRefused",
+                                 "policy": "burned_in_annotation"}
+
+
+def test_burned_in_images_go_in_when_the_policy_accepts_them(kit: Kit, tmp_path: Path) -> None:
+    settings = kit.new_settings(tmp_path / "home", accept_burned_in=True)
+    with kit.init_vault(settings) as vault:
+        outcome = Ingestor(vault, actor=ACTOR).ingest_file(_burned_in_copy(kit, tmp_path))
+        kit.stored(outcome)
+        entry = _audit(vault, Action.INGEST)[-1]
+        assert entry.details["burned_in_risk"] is True
+
+
+def test_broken_files_are_refused_with_reasons_and_the_rest_go_in(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    corpus = kit.require_dicom_dir()
+    broken = sorted((corpus / "broken").glob("*.dcm"))
+    assert len(broken) == 4
+    text = tmp_path / "notes.dcm"
+    text.write_text("not an image at all\n")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    good_png = kit.make_raster(tmp_path / "good.png", seed=11)
+    cut_png = tmp_path / "cut.png"
+    cut_png.write_bytes(good_png.read_bytes()[:200])
+    inputs = [broken[0], kit.ct_small(), *broken[1:], text, empty, cut_png, good_png,
+              tmp_path / "missing.dcm"]
+
+    outcomes = ingestor.ingest_paths(inputs, modality="MR")
+
+    status = {Path(o.name).name: o for o in outcomes}
+    assert status["CT_small.dcm"].status == "stored"
+    assert status["good.png"].status == "stored"
+    refused = [o for o in outcomes if o.status == "refused"]
+    assert len(refused) == len(inputs) - 2
+    for outcome in refused:
+        assert outcome.error and outcome.reason, outcome
+    assert status["liver_deflate.dcm"].error == "UnsupportedTransferSyntax"
+    assert status["notes.dcm"].error == "NotAnImage"
+    assert status["cut.png"].error == "CorruptImage"
+    assert status["missing.dcm"].error == "ImageInputError"
+    assert kit.count_rows(vault.settings.home, "instances") == 2
+    assert len(kit.blob_files(vault.settings.home)) == 4
+    refusals = _audit(vault, Action.INGEST_REFUSED)
+    assert len(refusals) == len(refused)
+    assert [e.details["error"] for e in refusals] == [o.error for o in refused]
+    for entry in refusals:  # file names stay out of the audit trail
+        assert str(tmp_path) not in json.dumps(entry.to_dict())
+
+
+def test_identity_record_is_sealed_and_holds_the_removed_values(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    marker = "QZXWIDENTITY^PLANTED"
+    ds = pydicom.dcmread(kit.ct_small())
+    ds.PatientName = marker
+    ds.PatientID = "QZXW-ID-55821"
+    path = tmp_path / "patient.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    outcome = ingestor.ingest_file(path)
+
+    kit.stored(outcome)
+    pseudonym = vault.catalog.get_study(outcome.study_id).patient_pseudonym
+    assert marker not in pseudonym
+    patient = vault.catalog.get_patient(pseudonym)
+    assert patient.identity_blob is not None
+    assert marker.encode() not in patient.identity_blob
+    plain = vault.keys.open_identity(patient.identity_blob, context=pseudonym.encode())
+    identity = json.loads(bytes(plain))
+    assert identity["PatientName"] == [marker]
+    assert identity["PatientID"] == ["QZXW-ID-55821"]
+    # the identity record is bound to its patient: it does not open as another one's
+    with pytest.raises(Exception):  # noqa: B017 (IntegrityError or KeyProviderError)
+        vault.keys.open_identity(patient.identity_blob, context=b"RV-OTHERPATIENT")
+    home = vault.settings.home
+    for db_file in home.glob("catalog.sqlite3*"):
+        data = db_file.read_bytes()
+        assert marker.encode() not in data
+        assert b"QZXW-ID-55821" not in data
+
+
+def test_a_second_image_of_the_same_patient_merges_into_one_identity_record(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    paths = []
+    for n, name in enumerate(["QZXW^FIRST", "QZXW^SECOND"]):
+        ds = pydicom.dcmread(kit.ct_small())
+        ds.PatientName = name
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{n + 1}"
+        paths.append(tmp_path / f"p{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+
+    outcomes = ingestor.ingest_paths(paths)
+
+    assert [o.status for o in outcomes] == ["stored", "stored"]
+    pseudonyms = {vault.catalog.get_study(o.study_id).patient_pseudonym for o in outcomes}
+    assert len(pseudonyms) == 1  # same PatientID, same pseudonym
+    pseudonym = pseudonyms.pop()
+    blob = vault.catalog.get_patient(pseudonym).identity_blob
+    assert blob is not None
+    identity = json.loads(bytes(vault.keys.open_identity(blob, context=pseudonym.encode())))
+    assert identity["PatientName"] == ["QZXW^FIRST", "QZXW^SECOND"]
+
+
+def test_ingest_paths_keeps_the_input_order_and_reports_each_file_as_it_ends(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    # ingest_paths stores one image while it prepares the next: order and counts still hold.
+    pngs = [kit.make_raster(tmp_path / f"{i}.png", seed=100 + i) for i in range(4)]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    inputs = [pngs[0], pngs[1], bad, pngs[1], pngs[2], shutil.copy(pngs[2], tmp_path / "c.png"),
+              pngs[3]]
+    seen: list[str] = []
+
+    outcomes = ingestor.ingest_paths([Path(p) for p in inputs], modality="MR",
+                                     on_file=lambda o: seen.append(o.name))
+
+    assert seen == [o.name for o in outcomes] == [str(p) for p in inputs]
+    assert [o.status for o in outcomes] == ["stored", "stored", "refused", "duplicate",
+                                            "stored", "duplicate", "stored"]
+    assert outcomes[3].instance_id == outcomes[1].instance_id
+    assert outcomes[5].instance_id == outcomes[4].instance_id
+    home = vault.settings.home
+    assert kit.count_rows(home, "instances") == 4
+    assert len(kit.blob_files(home)) == 8  # the back-to-back duplicate left no blobs behind
+    for outcome in outcomes:
+        if outcome.status == "stored":
+            assert outcome.instance_id is not None
+            open_image(vault, outcome.instance_id, actor=ACTOR)
+
+
+def test_an_unexpected_error_stops_the_batch_after_the_image_in_flight_is_stored(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pngs = [kit.make_raster(tmp_path / f"{i}.png", seed=200 + i) for i in range(3)]
+    real = ingestor._prepare
+    calls = 0
+
+    def failing(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("a bug, not a bad file")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingestor, "_prepare", failing)
+    with pytest.raises(RuntimeError, match="a bug"):
+        ingestor.ingest_paths(pngs, modality="MR")
+
+    home = vault.settings.home
+    assert kit.count_rows(home, "instances") == 1  # the first image was stored whole
+    assert len(kit.blob_files(home)) == 2

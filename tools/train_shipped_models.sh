@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Train the models shipped under models/ (CPU only; about 70 minutes on 2 shared cores).
+#
+# Every model: MONAI ResNet-18 (7x7 stem with stride 2 + max-pool, basic blocks
+# [2,2,2,2]) at half width (channels 32-64-128-256, 2.8 M parameters),
+# 128x128x3 input after the imaging layer's full preprocessing (min-max,
+# CLAHE, bilateral filter), Adam 1e-3, batch 32, dropout 0.30, cross-entropy,
+# class-balanced sampling, light augmentation, cosine schedule, early stopping
+# on validation macro AUC, temperature scaling on val, ONNX weights stored as
+# float16. Trained on train, selected on val only, reported on test.
+#   chest_xray:                                    at most 14 epochs, patience 5
+#   radbench6:                                     at most 10 epochs, patience 4
+#   brain_mri:                                     at most 8 epochs, patience 4
+#   (the 2-core CPU was shared with four other engineers' jobs, load 6-7: an epoch
+#   of chest_xray took 20 s alone and up to 200 s under that load)
+#   small sets (lung_ct, kidney_ct, breast_us):    at most 30 epochs, patience 10
+#   MedMNIST (28 px, no CLAHE/bilateral):          at most 14 epochs, patience 5
+#
+# The options are those of `radvault train` (same names) once the CLI wires it:
+#   radvault train --manifest M --task T --out DIR --size 128 --width 0.5 ...
+#
+# Usage: tools/train_shipped_models.sh [STAGE...]
+#   stages: chest brain radbench6 small0 medmnist small1 small2 large1 select
+#   default: small0 select chest brain radbench6 select medmnist select small1 small2 select
+#   (the shipped models were trained as two lanes after "chest":
+#     THREADS=2: radbench6 select medmnist select
+#     THREADS=1: small0 (lung_ct, kidney_ct, breast_us), then THREADS=2: brain select)
+#   THREADS     torch threads per run (default 2)
+# Environment:
+#   RADBENCH    manifest (default ../shared/data/radbench/manifest.csv)
+#   MEDMNIST    folder of MedMNIST .npz (default ../shared/data/medmnist)
+#   RUNS        where every run's model folder goes (default /tmp/radvault-runs)
+#   CACHE       preprocessed-image cache, public data only (default /tmp/radvault-cache)
+#   SIGNING_KEY model signing key, kept OUTSIDE the repository
+#               (default ~/.radvault-release/model_signing_key.pem); its public half
+#               must be in models/keys/<key id>.pub
+# Runs resume from their checkpoints (RUNS/.ckpt), so the script can be re-run after a stop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+RADBENCH=${RADBENCH:-../shared/data/radbench/manifest.csv}
+MEDMNIST=${MEDMNIST:-../shared/data/medmnist}
+RUNS=${RUNS:-/tmp/radvault-runs}
+CACHE=${CACHE:-/tmp/radvault-cache}
+SIGNING_KEY=${SIGNING_KEY:-$HOME/.radvault-release/model_signing_key.pem}
+COMMON=(--width 0.5 --threads "${THREADS:-2}" --fp16-weights --cache-dir "$CACHE"
+        --signing-key "$SIGNING_KEY" --quiet)
+
+run_task() {  # task seed epochs patience
+  local task=$1 seed=$2
+  echo "=== $task seed $seed ($(date -u +%H:%M:%S))"
+  "$PY" -m radvault.analysis.commands train --manifest "$RADBENCH" --task "$task" \
+    --out "$RUNS/$task/seed$seed" --seed "$seed" --size 128 --epochs "$3" --patience "$4" \
+    --checkpoint-dir "$RUNS/.ckpt/$task-seed$seed" --resume "${COMMON[@]}"
+}
+
+run_medmnist() {  # name modality body_part seed
+  local name=$1 seed=$4
+  echo "=== $name seed $seed ($(date -u +%H:%M:%S))"
+  "$PY" -m radvault.analysis.commands train --medmnist "$MEDMNIST/$name.npz" \
+    --modality "$2" --body-part "$3" --out "$RUNS/$name/seed$seed" --seed "$seed" \
+    --size 28 --epochs 14 --patience 5 --no-enhance --no-denoise \
+    --checkpoint-dir "$RUNS/.ckpt/$name-seed$seed" --resume "${COMMON[@]}"
+}
+
+stage_chest()     { run_task chest_xray 0 14 5; }
+stage_brain()     { run_task brain_mri 0 8 4; }
+stage_radbench6() { run_task radbench6 0 10 4; }
+stage_large1() {
+  run_task chest_xray 1 14 5
+  run_task brain_mri 1 8 4
+  run_task radbench6 1 10 4
+}
+stage_breast0()   { run_task breast_us 0 30 10; }
+stage_small0() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 0 30 10; done; }
+stage_small1() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 1 30 10; done; }
+stage_small2() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 2 30 10; done; }
+stage_medmnist() {
+  run_medmnist pneumoniamnist DX CHEST 0
+  run_medmnist breastmnist US BREAST 0
+}
+
+stage_select() {
+  # Ship, per task, the seed with the best VALIDATION macro AUC (test is never looked at).
+  "$PY" - "$RUNS" <<'EOF'
+import json, shutil, sys
+from pathlib import Path
+runs, dest = Path(sys.argv[1]), Path("models")
+for task_dir in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    seeds = [d for d in sorted(task_dir.glob("seed*")) if (d / "signature.json").is_file()]
+    if not seeds:
+        continue
+    def val_auc(d):
+        m = json.loads((d / "model_card.json").read_text())["metrics"]["val"]
+        return (m["auc_macro"] or 0.0, m["balanced_accuracy"])
+    best = max(seeds, key=val_auc)
+    # MedMNIST (28 px) models are benchmark artefacts, kept out of the service registry
+    medmnist = task_dir.name in ("pneumoniamnist", "breastmnist")
+    target = dest / "medmnist" / task_dir.name if medmnist else dest / task_dir.name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("model.onnx", "model_card.json", "signature.json"):
+        shutil.copy2(best / name, target / name)
+    print(f"{task_dir.name}: shipped {best.name} of {len(seeds)} (val AUC {val_auc(best)[0]:.4f})")
+EOF
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(small0 select chest brain radbench6 select medmnist select
+                                   small1 small2 select)
+for s in "${stages[@]}"; do "stage_$s"; done
