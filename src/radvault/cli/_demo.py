@@ -7,6 +7,7 @@ and verifies the whole vault and its audit trail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import replace
@@ -21,6 +22,9 @@ from radvault.cli._common import console, handle_errors, progress_bar, settings_
 __all__ = ["demo"]
 
 PASSPHRASE_FILE = "DEMO-PASSPHRASE.txt"  # noqa: S105 (a file name, not a secret)
+LOGINS_FILE = "DEMO-LOGINS.txt"
+DEMO_USER = "demo.radiologist"
+DEMO_SITE = "default"
 
 
 def _demo_passphrase(home: Path) -> str:
@@ -93,13 +97,45 @@ def demo(
                           f"{audit.get('entries_checked', 0)} audit entries: {verdict}")
             for problem in report.problems:
                 console.print(f"   [red]{problem}[/]")
+            login = _demo_login(vault, settings.home)
+        env = f"RADVAULT_HOME={settings.home}"
+        if not os.environ.get("RADVAULT_PASSPHRASE"):
+            env += f" RADVAULT_PASSPHRASE=$(cat {settings.home / PASSPHRASE_FILE})"
         console.print(
-            f"\nNext: [bold]RADVAULT_HOME={settings.home} radvault ls[/] (passphrase as above), "
-            "`radvault show ID`, `radvault audit tail`, `radvault --help`."
+            "\n4. log in: start the service on loopback with\n"
+            f"   [bold]{env} radvault serve --insecure-http --port 8000[/]\n"
+            "   then open [bold]http://127.0.0.1:8000/[/] (web pages) or POST to "
+            "http://127.0.0.1:8000/api/v1/auth/token (API; OpenAPI at /api/v1/openapi.json) as\n"
+            f"   user [bold]{login[0]}[/] (radiologist, granted the demo site); password in "
+            f"{settings.home / LOGINS_FILE}\n"
+            f"Also: `{env} radvault ls`, `radvault show ID`, `radvault audit tail`, "
+            "`radvault --help`."
         )
         return 0 if report.ok else 1
 
     raise typer.Exit(run())
+
+
+def _demo_login(vault: object, home: Path) -> tuple[str, str]:
+    """A radiologist granted the demo site, so the demo ends with someone who can log in."""
+    from radvault.errors import AccountError
+    from radvault.pipeline.clinical import ClinicalService, ServiceSettings, operator_principal
+
+    saved = home / LOGINS_FILE
+    if saved.exists():
+        name, password = saved.read_text(encoding="utf-8").split()[:2]
+        return name, password
+    service = ClinicalService.build(vault, ServiceSettings(start_workers=False))
+    operator = operator_principal("demo")
+    with contextlib.suppress(AccountError):  # the site may already exist
+        service.add_site(operator, DEMO_SITE)
+    password = "Rv-" + secrets.token_urlsafe(15) + "-7q"
+    service.add_user(operator, DEMO_USER, "radiologist", site=DEMO_SITE, password=password)
+    service.grant(operator, DEMO_USER, site=DEMO_SITE)
+    fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(f"{DEMO_USER} {password}\n")
+    return DEMO_USER, password
 
 
 def _analyse(vault: object, outcomes: list) -> None:
@@ -109,7 +145,14 @@ def _analyse(vault: object, outcomes: list) -> None:
     except ImportError:
         console.print("2. analyse: the analysis engine is not installed; skipped")
         return
-    analyser = Analyser.default(vault, actor="demo")
+    from radvault.errors import ModelError
+
+    try:
+        analyser = Analyser.default(vault, actor="demo")
+        analyser.registry.get(analyser.registry.default)
+    except ModelError as exc:
+        console.print(f"2. analyse: skipped ({exc}); see docs/models.md to train one")
+        return
     table = Table(title="2. analyse: decrypted in memory only, calibrated probabilities")
     for col in ("sample", "truth", "prediction", "probability", "decision support", "model"):
         table.add_column(col, overflow="fold")
