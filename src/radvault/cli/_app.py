@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from radvault import __version__
-from radvault.cli import _demo, _dicom_cmds, _imaging_cmds, _serve_cmds, _vault_cmds
+from radvault.cli import _analysis_cmds, _demo, _dicom_cmds, _imaging_cmds, _serve_cmds, _vault_cmds
 from radvault.cli._common import configure_logging, handle_errors
 from radvault.config import load_settings
 
@@ -52,6 +52,7 @@ app.command()(_imaging_cmds.preprocess)
 _vault_cmds.register(app)
 _serve_cmds.register(app)
 _dicom_cmds.register(app)
+_analysis_cmds.register(app)
 app.command()(_demo.demo)
 
 

@@ -1,0 +1,187 @@
+"""Analysis commands: train, evaluate, analyze, and `data fetch` for public datasets."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from radvault.cli._common import console, handle_errors, progress_bar, settings_from_context
+from radvault.errors import ConfigurationError, DatasetError, ObjectNotFound
+
+__all__ = ["MEDMNIST_2D", "data_app", "medmnist_url", "register"]
+
+data_app = typer.Typer(help="Fetch public datasets (needs internet; tests never do).",
+                       no_args_is_help=True)
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True,
+                "help_option_names": []}
+
+#: The 2-D MedMNIST v2 sets (28x28 official files).
+MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist",
+               "retinamnist", "breastmnist", "bloodmnist", "tissuemnist", "organamnist",
+               "organcmnist", "organsmnist")
+_MEDMNIST_RECORD = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
+
+
+def medmnist_url(name: str) -> str:
+    """The official download address of a 2-D MedMNIST set (28x28)."""
+    if name not in MEDMNIST_2D:
+        raise ConfigurationError(f"unknown MedMNIST set {name!r}; one of {', '.join(MEDMNIST_2D)}")
+    return _MEDMNIST_RECORD.format(name=name)
+
+
+def train(ctx: typer.Context) -> None:
+    """Train, calibrate, export and sign a model (`radvault train --help` for options)."""
+    from radvault.analysis.commands import main as analysis_main
+
+    raise typer.Exit(analysis_main(["train", *ctx.args]))
+
+
+def evaluate(ctx: typer.Context) -> None:
+    """Metrics of a model on one split (`radvault evaluate --help` for options)."""
+    from radvault.analysis.commands import main as analysis_main
+
+    raise typer.Exit(analysis_main(["evaluate", *ctx.args]))
+
+
+def analyze(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="An image FILE, or a vault study/instance ID.")],
+    model: Annotated[Path | None, typer.Option(help="A model folder (default: registry).")] = None,
+    modality: Annotated[str | None, typer.Option(help="Modality of a PNG/JPEG file.")] = None,
+    body_part: Annotated[str | None, typer.Option(help="Body part of a PNG/JPEG file.")] = None,
+    heatmap: Annotated[Path | None, typer.Option(help="Write the CAM overlay PNG here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Classify an image: calibrated probabilities and the decision-support flag."""
+
+    @handle_errors
+    def run() -> None:
+        path = Path(target)
+        if path.is_file():
+            results = [_analyze_file(path, model, modality, body_part, heatmap)]
+        else:
+            results = _analyze_vault(settings_from_context(ctx), target, model, heatmap)
+        if as_json:
+            typer.echo(json.dumps(results, indent=2))
+            return
+        for r in results:
+            table = Table(title=f"{r['target']}  model {r['model_id']}")
+            table.add_column("class")
+            table.add_column("probability", justify="right")
+            for cls, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]):
+                mark = " <" if cls == r["prediction"] else ""
+                table.add_row(cls + mark, f"{p:.3f}")
+            console.print(table)
+            if r["refer"]:
+                console.print(f"[yellow]refer to a radiologist[/] ({', '.join(r['reasons'])})")
+            else:
+                console.print(f"prediction: [bold]{r['prediction']}[/] ({r['probability']:.2f})")
+
+    run()
+
+
+def _analyze_file(path: Path, model_dir: Path | None, modality: str | None,
+                  body_part: str | None, heatmap: Path | None) -> dict[str, object]:
+    from radvault.analysis.explain import gradcam_overlay
+    from radvault.analysis.inference import load_model
+    from radvault.analysis.registry import ModelRegistry
+    from radvault.imaging.reading import read_image
+
+    record = read_image(path, modality=modality, body_part=body_part)
+    if model_dir is None:
+        registry = ModelRegistry()
+        model_dir = registry.select(record.modality, record.body_part)
+        loaded = load_model(model_dir, keyring=registry.keyring)
+    else:
+        loaded = load_model(model_dir)
+    x = loaded.preprocess(record)
+    pred = loaded.predict(x[None], modality=record.modality, body_part=record.body_part)[0]
+    if heatmap is not None:
+        heatmap.write_bytes(gradcam_overlay(x, loaded.cam(x[None])))
+    return {"target": str(path), "model_id": pred.model_id, "prediction": pred.label,
+            "probability": pred.probability, "probabilities": dict(pred.probabilities),
+            "refer": pred.refer, "reasons": list(pred.reasons)}
+
+
+def _analyze_vault(settings: object, target: str, model_dir: Path | None,
+                   heatmap: Path | None) -> list[dict[str, object]]:
+    from radvault.cli._vault_cmds import ACTOR, opened_vault
+    from radvault.pipeline.analyse import Analyser
+
+    out: list[dict[str, object]] = []
+    with opened_vault(settings) as vault:
+        try:
+            instances = [i.instance_id for i in vault.catalog.instances_of_study(target)]
+            if not instances:
+                raise ObjectNotFound(f"no study or instance {target}")
+        except ObjectNotFound:
+            instances = [vault.catalog.get_instance(target).instance_id]
+        analyser = Analyser.default(vault, actor=ACTOR, models_dir=None)
+        if model_dir is not None:
+            from radvault.analysis.registry import ModelRegistry
+
+            analyser = Analyser(vault, ModelRegistry(model_dir.parent), actor=ACTOR)
+        for instance_id in instances:
+            name = model_dir.name if model_dir is not None else None
+            r = analyser.analyse_instance(instance_id, model_name=name)
+            if heatmap is not None and len(instances) == 1:
+                heatmap.write_bytes(analyser.heatmap_png(instance_id, model_name=name))
+            out.append({"target": instance_id, "model_id": r.model_id,
+                        "prediction": r.predicted_class, "probability": r.probability,
+                        "probabilities": r.probabilities, "refer": r.refer,
+                        "reasons": list(r.reasons), "result_id": r.result_id})
+    return out
+
+
+@data_app.command("fetch")
+def data_fetch(
+    source: Annotated[str, typer.Argument(help="Only 'medmnist' for now.")],
+    name: Annotated[str, typer.Argument(help="e.g. pneumoniamnist, breastmnist.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the .npz.")] = Path("data"),
+) -> None:
+    """Download an official MedMNIST v2 .npz (28x28) and check it loads."""
+
+    @handle_errors
+    def run() -> None:
+        import numpy as np
+
+        if source != "medmnist":
+            raise ConfigurationError("only 'medmnist' can be fetched")
+        url = medmnist_url(name)
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / f"{name}.npz"
+        partial = target.with_suffix(".npz.partial")
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as fh:  # noqa: S310 (fixed https URL)
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with progress_bar() as bar:
+                task = bar.add_task(f"fetching {name}", total=total)
+                while chunk := response.read(1 << 16):
+                    fh.write(chunk)
+                    bar.advance(task, len(chunk))
+        try:
+            with np.load(partial) as npz:
+                missing = {"train_images", "train_labels", "test_images"} - set(npz.files)
+        except (OSError, ValueError) as exc:
+            partial.unlink(missing_ok=True)
+            raise DatasetError(f"{url}: not a MedMNIST .npz ({exc})") from None
+        if missing:
+            partial.unlink(missing_ok=True)
+            raise DatasetError(f"{url}: .npz lacks {', '.join(sorted(missing))}")
+        partial.replace(target)
+        console.print(f"saved {target}; train with: radvault train --medmnist {target} ...")
+
+    run()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the analysis commands to the root application."""
+    app.command(context_settings=_PASSTHROUGH, add_help_option=False)(train)
+    app.command(context_settings=_PASSTHROUGH, add_help_option=False)(evaluate)
+    app.command()(analyze)
+    app.add_typer(data_app, name="data")
