@@ -16,6 +16,7 @@ PACKAGES = [
     "radvault.dicom",
     "radvault.api",
     "radvault.pipeline",
+    "radvault.web",
 ]
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the external services the DICOM tests and benchmark use, from Debian:
-# DCMTK (echoscu, storescu, findscu, ...) and Orthanc with its DICOMweb plugin.
+# DCMTK (echoscu, storescu, findscu, ...) and Orthanc with its DICOMweb plugin;
+# and Chromium, the browser the web pages' end-to-end tests drive (Playwright).
 # Idempotent and quiet: does nothing when the binaries are already there, and
 # never fails the caller when it cannot install (no root, no apt, offline):
 # the tests then skip with a clear reason.
@@ -13,10 +14,11 @@ if ! command -v Orthanc >/dev/null 2>&1; then
 elif [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
     need+=(orthanc-dicomweb)
 fi
+[ -x /usr/bin/chromium ] || need+=(chromium fonts-liberation)  # fonts: legible pages
 [ "${#need[@]}" -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_test_services: apt-get not found; missing: ${need[*]} (DICOM tests will skip)" >&2
+    echo "install_test_services: apt-get not found; missing: ${need[*]} (DICOM and web tests will skip)" >&2
     exit 0
 fi
 SUDO=""
@@ -24,7 +26,7 @@ if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         SUDO="sudo -n"
     else
-        echo "install_test_services: not root; missing: ${need[*]} (DICOM tests will skip)" >&2
+        echo "install_test_services: not root; missing: ${need[*]} (DICOM and web tests will skip)" >&2
         exit 0
     fi
 fi
@@ -33,7 +35,7 @@ log="$(mktemp)"
 if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"; } \
         >"$log" 2>&1; then
     cat "$log" >&2
-    echo "install_test_services: could not install ${need[*]} (DICOM tests will skip)" >&2
+    echo "install_test_services: could not install ${need[*]} (DICOM and web tests will skip)" >&2
 fi
 rm -f "$log"
 # The Debian package starts a system Orthanc on ports 4242/8042 where an init

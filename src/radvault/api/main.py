@@ -23,7 +23,18 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from radvault import __version__
-from radvault.api import admin, analyses, audit, auth, health, images, reidentify, reports, studies
+from radvault.api import (
+    admin,
+    analyses,
+    audit,
+    auth,
+    dicomweb,
+    health,
+    images,
+    reidentify,
+    reports,
+    studies,
+)
 from radvault.api._deps import API_PREFIX
 from radvault.api._errors import CatchAllMiddleware, install_error_handlers
 from radvault.api._middleware import (
@@ -108,9 +119,12 @@ def create_app(settings: Settings, *, service: ClinicalService,
     app.state.service = service
     app.state.max_upload_bytes = min(api.max_upload_bytes, settings.limits.max_file_bytes)
     app.state.metrics = metrics = ApiMetrics()
-    for module in (auth, studies, images, analyses, reports, reidentify, audit, admin, health):
+    for module in (auth, studies, images, analyses, reports, reidentify, audit, admin, health,
+                   dicomweb):
         app.include_router(module.router)
     app.include_router(health.metrics_router)
+    from radvault.web import install_web  # here, not at the top: radvault.web imports radvault.api
+    web_streamed = install_web(app)  # the clinicians' pages under /web
     install_error_handlers(app)
 
     def body_refused(method: str) -> None:
@@ -119,7 +133,8 @@ def create_app(settings: Settings, *, service: ClinicalService,
 
     # Added innermost first: CatchAll ends up outermost of these.
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes,
-                       exempt=frozenset({API_PREFIX + studies.UPLOAD_PATH}),
+                       exempt=frozenset({API_PREFIX + studies.UPLOAD_PATH, dicomweb.STOW_PATH,
+                                         *web_streamed}),
                        on_refused=body_refused)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

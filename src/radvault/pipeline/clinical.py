@@ -90,6 +90,7 @@ from radvault.pipeline._clinical_base import (
     StudyDetail,
     UploadResult,
 )
+from radvault.pipeline._clinical_dicomweb import DicomWebCases
 from radvault.pipeline._clinical_reports import ReportCases
 from radvault.pipeline._clinical_tables import (
     AnalysisRunRow,
@@ -186,7 +187,7 @@ def operator_principal(name: str) -> Principal:
 # --------------------------------------------------------------------------- the service
 
 
-class ClinicalService(AdminCases, ReportCases):
+class ClinicalService(AdminCases, ReportCases, DicomWebCases):
     """The clinical use cases over one unlocked vault.
 
     Build it with :meth:`build` (which assembles the access core, the job
