@@ -57,6 +57,11 @@ def test_resume_continues_from_the_checkpoint(toy_manifest, toy_task_file, tiny_
     fingerprint["epochs"] = 2  # pretend the first run had been planned for two epochs
     ckpt["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
     torch.save(ckpt, tmp_path / "ckpt" / "checkpoint.pt")
+    # finish_now exports the best epoch so far without training on
+    early = train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=2,
+                          optimisation=opt, resume=True, finish_now=True), progress=False)
+    assert [h["epoch"] for h in early.history] == [1]
+    assert early.card["training"]["epochs_run"] == 1 and early.card["training"]["epochs"] == 2
     second = train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=2,
                            optimisation=opt, resume=True), progress=False)
     assert [h["epoch"] for h in second.history] == [1, 2]
@@ -93,7 +98,9 @@ def test_augmentation_keeps_shape_and_range_and_only_flips_when_allowed():
     assert bool((left < right).any())
 
 
-def test_bad_options_are_refused():
+def test_bad_options_are_refused(toy_manifest, toy_task_file, tiny_settings, tmp_path):
+    with pytest.raises(ModelError, match="finish_now needs resume"):
+        _config(toy_manifest, toy_task_file, tiny_settings, tmp_path, finish_now=True)
     with pytest.raises(ModelError):
         Optimisation(balance="oversample")
     with pytest.raises(ModelError):

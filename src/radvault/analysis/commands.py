@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-split", default="test")
     t.add_argument("--checkpoint-dir", type=Path)
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--finish-now", action="store_true",
+                   help="with --resume: export the checkpoint's best epoch without training on")
     t.add_argument("--threads", type=int)
     t.add_argument("--fp16-weights", action="store_true")
     t.add_argument("--signing-key", type=Path, help="Ed25519 PKCS#8 PEM model signing key")
@@ -122,7 +124,7 @@ def build_train_config(args: argparse.Namespace, source: Any) -> Any:
                                   calibration=not args.no_calibration),
         train_split=args.train_split, val_split=args.val_split, test_split=args.test_split,
         checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, resume=args.resume,
-        threads=args.threads, fp16_weights=args.fp16_weights)
+        finish_now=args.finish_now, threads=args.threads, fp16_weights=args.fp16_weights)
 
 
 def _summary(m: dict[str, Any]) -> str:

@@ -151,6 +151,9 @@ class TrainConfig:
         Cache of preprocessed public images (never for vault data).
     resume : bool
         Continue from the checkpoint if there is one.
+    finish_now : bool
+        With ``resume``: train no further epoch, export the best epoch so far
+        (for a run that must stop before its epoch budget).
     threads : int, optional
         ``torch.set_num_threads``.
     fp16_weights : bool
@@ -180,6 +183,7 @@ class TrainConfig:
     checkpoint_dir: Path | None = None
     cache_dir: Path | None = None
     resume: bool = False
+    finish_now: bool = False
     threads: int | None = None
     fp16_weights: bool = False
 
@@ -191,6 +195,8 @@ class TrainConfig:
             raise ModelError("epochs and batch_size must be at least 1")
         if not self.lr > 0:
             raise ModelError("learning rate must be positive")
+        if self.finish_now and not self.resume:
+            raise ModelError("finish_now needs resume (it exports a checkpoint's best epoch)")
 
     @property
     def size(self) -> int:
@@ -440,7 +446,7 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
         labels_t = torch.from_numpy(tr.labels)
         n = len(tr)
         steps = math.ceil(n / config.batch_size)
-        stopped = start_epoch > config.epochs or (
+        stopped = start_epoch > config.epochs or config.finish_now or (
             opt_cfg.early_stopping and bad_epochs >= opt_cfg.patience)
         epoch = start_epoch
         while not stopped and epoch <= config.epochs:
@@ -506,7 +512,10 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
             tmp.replace(ckpt_path)
             (ckpt_path.parent / HISTORY_FILE).write_text(json.dumps(history, indent=1))
             epoch += 1
-        if stopped and opt_cfg.early_stopping:
+        if config.finish_now:
+            rep.line(f"finishing after epoch {start_epoch - 1} of {config.epochs}; "
+                     f"best epoch {best_epoch}")
+        elif stopped and opt_cfg.early_stopping:
             rep.line(f"early stop; best epoch {best_epoch} (val AUC {best_score:.4f})")
 
     if best_state is None:
