@@ -17,6 +17,7 @@ PACKAGES = [
     "radvault.api",
     "radvault.pipeline",
     "radvault.web",
+    "radvault.analysis",
 ]
 
 

@@ -37,9 +37,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, help="cache of preprocessed public images")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse.ArgumentParser:
     """The argument parser (sub-commands ``train`` and ``evaluate``)."""
-    parser = argparse.ArgumentParser(prog="python -m radvault.analysis.commands")
+    parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train, calibrate, export and sign a model")
     _add_data_options(t)
@@ -134,9 +134,13 @@ def _summary(m: dict[str, Any]) -> str:
             f"CK {m['cohen_kappa']:.4f}  ECE {m['ece']:.4f}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run a sub-command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser(prog) if prog else build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error
+        return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         source = build_source(args)

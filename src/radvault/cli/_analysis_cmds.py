@@ -39,14 +39,14 @@ def train(ctx: typer.Context) -> None:
     """Train, calibrate, export and sign a model (`radvault train --help` for options)."""
     from radvault.analysis.commands import main as analysis_main
 
-    raise typer.Exit(analysis_main(["train", *ctx.args]))
+    raise typer.Exit(analysis_main(["train", *ctx.args], prog="radvault"))
 
 
 def evaluate(ctx: typer.Context) -> None:
     """Metrics of a model on one split (`radvault evaluate --help` for options)."""
     from radvault.analysis.commands import main as analysis_main
 
-    raise typer.Exit(analysis_main(["evaluate", *ctx.args]))
+    raise typer.Exit(analysis_main(["evaluate", *ctx.args], prog="radvault"))
 
 
 def analyze(
