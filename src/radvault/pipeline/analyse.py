@@ -87,6 +87,7 @@ class Analyser:
         self.registry = registry
         self.actor = actor
         self._models: dict[Path, LoadedModel] = {}
+        self._paths: dict[tuple[str | None, str | None, str | None], Path] = {}
 
     @classmethod
     def default(cls, vault: Vault, *, actor: str = "system",
@@ -103,7 +104,12 @@ class Analyser:
     def model_for(self, modality: str | None, body_part: str | None,
                   name: str | None = None) -> LoadedModel:
         """Load (once) and return the model for this modality and body part, or by name."""
-        path = self.registry.get(name).path if name else self.registry.select(modality, body_part)
+        key = (name, modality, body_part)
+        path = self._paths.get(key)
+        if path is None:  # reading every model card is slow: resolve each key once
+            path = self.registry.get(name).path if name else self.registry.select(
+                modality, body_part)
+            self._paths[key] = path
         if path not in self._models:
             model = load_model(path, keyring=self.registry.keyring,
                                refer_threshold=self.vault.settings.refer_threshold)
