@@ -77,9 +77,16 @@ class Settings:
     chunk_size: int = 1024 * 1024
     audit_checkpoint_every: int = 100
     refer_threshold: float = 0.80
+    # "full": every catalog commit is flushed to disk before it returns (SQLite
+    # synchronous=FULL): an OS crash or power cut loses nothing committed.
+    # "normal": SQLite WAL with synchronous=NORMAL: a killed process still loses
+    # nothing committed, an OS crash may lose the last commits but never corrupts.
+    durability: str = "full"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
+        if self.durability not in ("full", "normal"):
+            raise ConfigurationError("durability must be 'full' or 'normal'")
         if not 0.0 < self.refer_threshold <= 1.0:
             raise ConfigurationError("refer_threshold must be within (0, 1]")
         if self.chunk_size < 4096:

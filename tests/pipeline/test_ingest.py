@@ -10,13 +10,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pydicom
 import pytest
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 
 from radvault.config import Settings
 from radvault.errors import BurnedInAnnotationRefused
 from radvault.imaging.reading import read_image
-from radvault.pipeline.ingest import DICOM_KIND, MODEL_INPUT_KIND, SOURCE_KIND, Ingestor
+from radvault.pipeline.ingest import (
+    DICOM_KIND,
+    MODEL_INPUT_KIND,
+    SOURCE_KIND,
+    IngestItem,
+    Ingestor,
+)
 from radvault.pipeline.retrieve import open_image, open_model_input
 from radvault.vault.audit import Action, Outcome
+from radvault.vault.catalog import CatalogWriter
 from radvault.vault.vault import Vault
 
 if TYPE_CHECKING:
@@ -327,3 +336,109 @@ def test_an_unexpected_error_stops_the_batch_after_the_image_in_flight_is_stored
     home = vault.settings.home
     assert kit.count_rows(home, "instances") == 1  # the first image was stored whole
     assert len(kit.blob_files(home)) == 2
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+def _commits(vault: Vault) -> list[int]:
+    commits: list[int] = []
+    event.listen(vault.catalog.engine, "commit", lambda _conn: commits.append(1))
+    return commits
+
+
+def test_a_batch_is_stored_with_one_catalog_commit_and_audited_in_order(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    pngs = [kit.make_raster(tmp_path / f"{i}.png", seed=300 + i) for i in range(4)]
+    prepared = [ingestor._check_and_prepare(p.read_bytes(), p.name, "MR", None, None)
+                for p in [*pngs, pngs[1]]]  # the last one repeats an image of the batch
+    before = vault.audit.tail(1)[0].seq
+    commits = _commits(vault)
+
+    outcomes = ingestor._store_batch(prepared)
+
+    assert len(commits) == 1
+    assert [o.status for o in outcomes] == ["stored"] * 4 + ["duplicate"]
+    assert outcomes[4].instance_id == outcomes[1].instance_id
+    entries = [e for e in vault.audit if e.seq > before]
+    assert [e.action for e in entries] == ["ingest"] * 5
+    assert [e.object_ids[1] for e in entries] == [o.instance_id for o in outcomes]
+    assert entries[-1].details == {"duplicate": True}
+    home = vault.settings.home
+    assert len(kit.blob_files(home)) == 8  # the duplicate's blobs were removed
+    assert all(not p.stored_bytes.strip(b"\0") for p in prepared)  # plaintexts wiped
+    for outcome in outcomes[:4]:
+        assert outcome.instance_id is not None
+        open_image(vault, outcome.instance_id, actor=ACTOR)
+
+
+def test_a_conflicting_image_is_refused_without_failing_its_batch(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    first = ingestor.ingest_file(kit.ct_small())
+    kit.stored(first)
+    ds = pydicom.dcmread(kit.ct_small())
+    ds.PatientID = "QZXW-OTHER-PATIENT"  # same study UID, another patient
+    ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.9"
+    clash = tmp_path / "clash.dcm"
+    ds.save_as(clash, enforce_file_format=True)
+    png = kit.make_raster(tmp_path / "ok.png", seed=400)
+
+    outcomes = ingestor.ingest_many([IngestItem(clash), IngestItem(png.read_bytes(), "ok.png",
+                                                                   modality="DX")])
+
+    assert [o.status for o in outcomes] == ["refused", "stored"]
+    assert outcomes[0].error == "VaultError" and "another patient" in (outcomes[0].reason or "")
+    assert outcomes[1].name == "ok.png"
+    assert kit.count_rows(vault.settings.home, "instances") == 2
+    assert len(kit.blob_files(vault.settings.home)) == 4
+
+
+def test_a_batch_that_races_another_writer_falls_back_to_one_image_at_a_time(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PostgreSQL aborts a transaction whose insert lost a race: nothing of the batch
+    # was written, and each image is then cataloged in its own transaction.
+    real = CatalogWriter.add_instance_with_objects
+    calls = 0
+
+    def racing(self: CatalogWriter, *args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise sa_exc.IntegrityError("INSERT", {}, Exception("unique violation"))
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CatalogWriter, "add_instance_with_objects", racing)
+    pngs = [kit.make_raster(tmp_path / f"{i}.png", seed=500 + i) for i in range(3)]
+    prepared = [ingestor._check_and_prepare(p.read_bytes(), p.name, "MR", None, None)
+                for p in pngs]
+
+    outcomes = ingestor._store_batch(prepared)
+
+    assert [o.status for o in outcomes] == ["stored"] * 3
+    assert kit.count_rows(vault.settings.home, "instances") == 3
+    assert len(kit.blob_files(vault.settings.home)) == 6
+    assert vault.audit.verify().ok
+
+
+def test_ingest_many_takes_files_and_bytes_and_groups_commits(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    pngs = [kit.make_raster(tmp_path / f"{i}.png", seed=600 + i) for i in range(12)]
+    items = [IngestItem(p, modality="MR") if i % 2 else
+             IngestItem(p.read_bytes(), f"upload {i}", modality="MR", patient_key="pk-1")
+             for i, p in enumerate(pngs)]
+    commits = _commits(vault)
+
+    outcomes = ingestor.ingest_many(items)
+
+    assert [o.status for o in outcomes] == ["stored"] * 12
+    assert [o.name for o in outcomes] == [f"upload {i}" if i % 2 == 0 else str(p)
+                                          for i, p in enumerate(pngs)]
+    assert len(commits) <= 12  # one per batch (a batch holds whatever was ready)
+    studies = {vault.catalog.get_study(o.study_id).patient_pseudonym  # type: ignore[arg-type]
+               for o in outcomes[::2]}
+    assert len(studies) == 1  # the patient key links the uploads

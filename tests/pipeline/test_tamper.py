@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from radvault.errors import AuditChainError, IntegrityError
+from radvault.errors import AuditChainError, IntegrityError, VaultError
 from radvault.pipeline.ingest import MODEL_INPUT_KIND
 from radvault.pipeline.maintenance import VerifyReport, verify_vault
 from radvault.pipeline.retrieve import open_image, open_model_input
 from radvault.vault.audit import Action, AuditLog, Outcome, entry_hash, entry_message
-from radvault.vault.catalog import Catalog, ObjectRecord
+from radvault.vault.catalog import Catalog, ObjectRecord, record_message, verify_object_record
 from radvault.vault.sealing import seal
 from radvault.vault.signing import Verifier
 from radvault.vault.vault import Vault
@@ -371,15 +371,18 @@ def test_a_deleted_instance_is_reported_by_verify(
 def test_an_instance_moved_to_another_study_is_reported_by_verify(
     kit: Kit, template_home: dict[str, Any], home: Path, open_vault: Callable[[], Vault],
 ) -> None:
-    # Study membership is not part of the signed object row: the audit trail's ingest
-    # entry (which names the study) is what verify holds the catalog to.
+    # Study membership is bound twice: by both objects' signed rows (record format 2)
+    # and by the audit trail's ingest entry, which names the study.
     iid, other_study = template_home["ids"]["png"], template_home["studies"]["jpeg"]
     kit.sql(home, "UPDATE instances SET study_id = ? WHERE instance_id = ?", (other_study, iid))
     vault = open_vault()
 
+    assert_read_refused(vault, iid, "image")
+    assert_read_refused(vault, iid, "model")
     report = assert_verify_finds(vault, iid, f"in study {other_study}",
                                  template_home["studies"]["png"], only_about={iid})
-    assert len(report.problems) == 1
+    assert sum("signature invalid" in p for p in report.problems) == 2
+    assert len(report.problems) == 3
 
 
 def test_an_edited_pixel_digest_is_refused_and_reported(
@@ -528,3 +531,115 @@ def test_a_trail_cut_below_its_checkpoint_refuses_every_further_action(
 
     problems = _audit_verify_without_unlocking(home)
     assert any("entry 4 missing (log truncated" in p for p in problems), problems
+
+    # A read-only open reports the damage without appending anything.
+    before = kit.file_digests(home)
+    with Vault.open(kit.new_settings(home), kit.PASSPHRASE, read_only=True) as vault:
+        report = verify_vault(vault, actor=ACTOR)
+        with pytest.raises(VaultError, match="read-only"):
+            vault.audit.append(ACTOR, Action.READ)
+    assert not report.ok
+    assert any("entry 4 missing (log truncated" in p for p in report.problems), report.problems
+    assert any("not audited" in n for n in report.notes), report.notes
+    assert kit.file_digests(home) == before  # nothing appended, no checkpoint signed
+
+
+def test_the_verify_commands_report_a_cut_trail_instead_of_failing_to_open(
+    kit: Kit, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from radvault.cli import main
+
+    kit.sql(home, "DELETE FROM audit_entries WHERE seq >= 4")
+    monkeypatch.setenv("RADVAULT_HOME", str(home))
+    monkeypatch.setenv("RADVAULT_PASSPHRASE", kit.PASSPHRASE)
+    monkeypatch.setenv("COLUMNS", "200")
+    before = kit.file_digests(home)
+
+    for command in (["verify", "--json"], ["audit", "verify", "--json"]):
+        capsys.readouterr()
+        code = main(command)
+        out = capsys.readouterr().out
+        assert code == 1, out
+        report = json.loads(out)
+        assert report["ok"] is False
+        assert any("entry 4 missing (log truncated" in p for p in report["problems"]), report
+    assert kit.file_digests(home) == before
+
+
+# --------------------------------------------------------------------------- placement binding
+
+
+def _study_of(template: dict[str, Any], name: str) -> str:
+    return str(template["studies"][name])
+
+
+@pytest.mark.parametrize("edit", ["site", "patient", "modality", "rows", "frames", "series"])
+def test_an_object_moved_or_reshaped_behind_the_vaults_back_is_refused_and_reported(
+    kit: Kit, template_home: dict[str, Any], home: Path, open_vault: Callable[[], Vault],
+    edit: str,
+) -> None:
+    # Authorisation relies on the study's site and patient: both are bound by each
+    # object's signed row (format 2), as are the series and the image's geometry.
+    iid, study = template_home["ids"]["png"], _study_of(template_home, "png")
+    other = _study_of(template_home, "jpeg")
+    statements = {
+        "site": ("UPDATE studies SET site = 'other-hospital' WHERE study_id = ?", (study,)),
+        "patient": ("UPDATE studies SET patient_pseudonym = (SELECT patient_pseudonym FROM "
+                    "studies WHERE study_id = ?) WHERE study_id = ?", (other, study)),
+        "modality": ("UPDATE studies SET modality = 'CT' WHERE study_id = ?", (study,)),
+        "rows": ("UPDATE instances SET rows = rows + 1 WHERE instance_id = ?", (iid,)),
+        "frames": ("UPDATE instances SET frames = 2 WHERE instance_id = ?", (iid,)),
+        "series": ("UPDATE instances SET series_id = (SELECT series_id FROM instances WHERE "
+                   "study_id = ?) WHERE instance_id = ?", (other, iid)),
+    }
+    statement, params = statements[edit]
+    kit.sql(home, statement, params)
+    vault = open_vault()
+
+    objects = template_home["objects"]["png"].values()
+    assert_read_refused(vault, iid, "image", *(o.object_id for o in objects
+                                               if o.kind != MODEL_INPUT_KIND))
+    assert_read_refused(vault, iid, "model")
+    report = assert_verify_finds(vault, "signature invalid",
+                                 only_about={o.object_id for o in objects})
+    assert len(report.problems) == 2
+    assert_untouched_still_open(vault, template_home, "png")
+
+
+def test_records_signed_in_format_1_still_verify_and_are_noted(
+    kit: Kit, template_home: dict[str, Any], home: Path, open_vault: Callable[[], Vault],
+) -> None:
+    # A vault written before format 2: re-sign one object's row the old way, with the
+    # vault's own key (as the earlier RadVault did), and it must keep opening.
+    obj = _obj(template_home, "jpeg", "image")
+    with Vault.open(kit.new_settings(home), kit.PASSPHRASE) as vault:
+        old = vault.signer.sign(record_message(
+            object_id=obj.object_id, instance_id=obj.instance_id, kind=obj.kind,
+            blob_key=obj.blob_key, plain_size=obj.plain_size, sealed_size=obj.sealed_size,
+            sealed_sha256=obj.sealed_sha256, pixel_sha256=obj.pixel_sha256))
+    kit.sql(home, "UPDATE objects SET record_signature = ? WHERE object_id = ?",
+            (old, obj.object_id))
+    vault = open_vault()
+
+    assert verify_object_record(vault.catalog.get_object(obj.object_id), vault.verifier) == 1
+    current = vault.catalog.get_object(_obj(template_home, "jpeg", MODEL_INPUT_KIND).object_id)
+    assert verify_object_record(current, vault.verifier) == 2
+    open_image(vault, template_home["ids"]["jpeg"], actor=ACTOR)
+    report = verify_vault(vault, actor=ACTOR)
+    assert report.ok, report.problems
+    assert report.legacy_records == 1
+    assert any("format 1" in n for n in report.notes), report.notes
+
+
+def test_a_format_2_signature_never_passes_as_format_1(
+    kit: Kit, template_home: dict[str, Any], home: Path, open_vault: Callable[[], Vault],
+) -> None:
+    # Moving the study leaves every format-1 field intact; the signature still fails,
+    # since it was made over the format-2 message (its own type tag).
+    study = _study_of(template_home, "dicom")
+    kit.sql(home, "UPDATE studies SET site = 'elsewhere' WHERE study_id = ?", (study,))
+    vault = open_vault()
+
+    for obj in template_home["objects"]["dicom"].values():
+        with pytest.raises(IntegrityError, match=obj.object_id):
+            verify_object_record(vault.catalog.get_object(obj.object_id), vault.verifier)

@@ -17,6 +17,7 @@ from radvault.vault.blobstore import (
     BlobStore,
     InMemoryBlobStore,
     LocalFolderBlobStore,
+    put_many,
     validate_key,
 )
 
@@ -181,3 +182,73 @@ def test_delete_removes_the_file(tmp_path):
     store.delete("ab-1")
     assert not (tmp_path / "ab" / "ab-1").exists()
     assert os.listdir(tmp_path / "ab") == []
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_put_many_stores_every_blob_whole_and_leaves_no_temporary_file(store):
+    items = [(f"obj-{n:04d}", bytes([n]) * (1000 + n)) for n in range(20)]
+    store.put("obj-0003", b"old value")
+
+    put_many(store, items)
+
+    for key, data in items:
+        assert store.get(key) == data
+    assert list(store.keys()) == sorted(key for key, _ in items)
+    if isinstance(store, LocalFolderBlobStore):
+        assert not list(store.root.rglob(".partial-*"))
+        for key, _ in items:
+            assert stat.S_IMODE(store.path_of(key).stat().st_mode) == 0o600
+
+
+def test_put_many_refuses_a_key_twice_and_writes_nothing(tmp_path):
+    store = LocalFolderBlobStore(tmp_path / "blobs")
+    with pytest.raises(VaultError, match="twice"):
+        store.put_many([("obj-0001", b"a"), ("obj-0001", b"b")])
+    assert not store.exists("obj-0001")
+
+
+def test_put_many_refuses_an_invalid_key_before_writing(tmp_path):
+    store = LocalFolderBlobStore(tmp_path / "blobs")
+    with pytest.raises(VaultError, match="invalid blob key"):
+        store.put_many([("obj-0001", b"a"), ("../escape", b"b")])
+    assert list(store.keys()) == []
+
+
+def test_atomic_write_many_failing_half_way_keeps_each_file_whole(tmp_path):
+    done, blocked, never = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    never.write_bytes(b"previous")
+    blocked.mkdir()  # os.replace cannot put a file over a folder
+
+    with pytest.raises(OSError):
+        _atomic.atomic_write_many([(done, b"new a"), (blocked, b"new b"), (never, b"new c")])
+
+    assert done.read_bytes() == b"new a"  # replaced whole before the failure
+    assert never.read_bytes() == b"previous"  # untouched after it
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+def test_atomic_write_many_flushes_every_file_and_each_folder_once(tmp_path, monkeypatch):
+    folders = [tmp_path / "x", tmp_path / "y"]
+    for folder in folders:
+        folder.mkdir()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd")
+                      else str(fd))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    items = [(folders[n % 2] / f"f{n}", b"data %d" % n) for n in range(6)]
+
+    _atomic.atomic_write_many(items)
+
+    assert len(synced) == 6 + 2
+    if os.path.exists("/proc/self/fd"):
+        assert sorted(s for s in synced if not s.rsplit("/", 1)[-1].startswith(".partial-")) \
+            == sorted(str(f) for f in folders)
+    for path, data in items:
+        assert path.read_bytes() == data

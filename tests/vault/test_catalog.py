@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import text
+from sqlalchemy import event, text
 
+from radvault.config import load_settings
 from radvault.errors import ConfigurationError, IntegrityError, ObjectNotFound, VaultError
 from radvault.vault._catalog_models import Base
 from radvault.vault.catalog import (
@@ -486,3 +487,64 @@ def test_shredded_keys_leave_no_bytes_in_the_sqlite_files(tmp_path,
         cat.shred_study(inst.study_id)
         leftovers = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert marker not in leftovers
+
+
+# ----------------------------------------------------------------- group commit, durability
+
+
+def test_a_writer_catalogs_many_images_in_one_commit(catalog: Catalog,
+                                                     signer: Ed25519Signer) -> None:
+    commits: list[int] = []
+    event.listen(catalog.engine, "commit", lambda _conn: commits.append(1))
+    first = new_instance(1)
+    with catalog.writing() as writer:
+        results = [writer.add_instance_with_objects(
+            inst, [new_object(inst, "dicom"), new_object(inst, "model_input")], signer=signer)
+            for inst in (first, new_instance(2), new_instance(3))]
+        again = writer.add_instance_with_objects(first, [new_object(first, "dicom")],
+                                                 signer=signer)
+        with pytest.raises(VaultError, match="another patient"):  # refused, nothing written
+            writer.add_instance_with_objects(new_instance(4, patient="PSN-0002"), [],
+                                             signer=signer)
+    assert len(commits) == 1
+    assert [r.created for r in results] == [True, True, True]
+    assert (again.created, again.duplicate_of) == (False, "source_sha256")
+    assert catalog.get_study("2.25.100").n_instances == 3
+    for result in results:
+        for obj in result.objects:
+            assert catalog.get_object(obj.object_id) == obj
+            assert verify_object_record(obj, signer) == 2
+
+
+def test_a_writer_stores_identity_records_and_creates_the_patient(catalog: Catalog) -> None:
+    with catalog.writing() as writer:
+        assert writer.identity_of("PSN-0042") is None
+        writer.set_identity("PSN-0042", b"sealed", "identity-0001")
+        assert writer.identity_of("PSN-0042") == (b"sealed", "identity-0001")
+    assert catalog.get_patient("PSN-0042").identity_blob == b"sealed"
+
+
+def test_a_failed_writer_block_commits_nothing(catalog: Catalog, signer: Ed25519Signer) -> None:
+    inst = new_instance(1)
+    with pytest.raises(RuntimeError), catalog.writing() as writer:
+        writer.add_instance_with_objects(inst, [new_object(inst, "dicom")], signer=signer)
+        raise RuntimeError("crash before commit")
+    assert catalog.find_instance_by_source_sha256(inst.source_sha256) is None
+
+
+@pytest.mark.parametrize("synchronous, pragma", [("FULL", 2), ("NORMAL", 1)])
+def test_sqlite_durability_is_a_choice(tmp_path, synchronous: str, pragma: int) -> None:
+    with Catalog.create(f"sqlite:///{tmp_path / 'c.sqlite3'}",
+                        synchronous=synchronous) as catalog, catalog.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == pragma
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_an_unknown_durability_is_refused(tmp_path) -> None:
+    with pytest.raises(ConfigurationError, match="synchronous"):
+        Catalog(f"sqlite:///{tmp_path / 'c.sqlite3'}", synchronous="OFF")
+    with pytest.raises(ConfigurationError, match="durability"):
+        load_settings(env={}, home=tmp_path, durability="off")
+    assert load_settings(env={"RADVAULT_DURABILITY": "normal"}, home=tmp_path).durability \
+        == "normal"
+    assert load_settings(env={}, home=tmp_path).durability == "full"

@@ -56,6 +56,31 @@ def opened_vault(settings: Settings) -> Iterator[object]:
         vault.close()
 
 
+@contextmanager
+def opened_for_verify(settings: Settings) -> Iterator[object]:
+    """Unlock the vault for a verify command, read-only when the audit trail refuses appends.
+
+    A trail cut below its last checkpoint refuses every append, the unlock's
+    included, so a normal open fails; verification must still be able to
+    report that damage, so the vault is then opened read-only (nothing is
+    appended, no checkpoint signed). A healthy vault is opened normally, so
+    the verification itself is audited.
+    """
+    from radvault.errors import AuditChainError
+    from radvault.vault.vault import Vault
+
+    passphrase = read_passphrase()
+    try:
+        vault = Vault.open(settings, passphrase)
+    except AuditChainError:
+        err_console.print("[yellow]the audit trail refuses appends: verifying read-only[/]")
+        vault = Vault.open(settings, passphrase, read_only=True)
+    try:
+        yield vault
+    finally:
+        vault.close()
+
+
 def init(ctx: typer.Context) -> None:
     """Create a vault in RADVAULT_HOME: key file, catalog, blob folder, audit trail."""
 
@@ -210,7 +235,7 @@ def verify(
     def run() -> int:
         from radvault.pipeline.maintenance import verify_vault
 
-        with opened_vault(settings_from_context(ctx)) as vault:
+        with opened_for_verify(settings_from_context(ctx)) as vault:
             report = verify_vault(vault, actor=ACTOR)
 
         def render() -> None:
@@ -239,10 +264,11 @@ def audit_verify(
 
     @handle_errors
     def run() -> int:
-        with opened_vault(settings_from_context(ctx)) as vault:
+        with opened_for_verify(settings_from_context(ctx)) as vault:
             report = vault.audit.verify()
-            vault.audit.append(ACTOR, "audit_verify",
-                               "ok" if report.ok else "error")
+            if not vault.read_only:
+                vault.audit.append(ACTOR, "audit_verify",
+                                   "ok" if report.ok else "error")
 
         def render() -> None:
             for p in report.problems:

@@ -6,8 +6,19 @@ into the blob store; the identifying values the de-identifier removed are
 sealed under the separate identity key; the catalog row of each object is
 signed; and the outcome, stored or refused, is audited with pseudonymous ids
 only. Re-ingesting the same file is recognised by its sha-256 and stores
-nothing. ``Ingestor.ingest_paths`` overlaps storing one image (mostly waiting
-on fsync) with preparing the next.
+nothing.
+
+Storing uses group commit. ``Ingestor.ingest_paths`` and ``Ingestor.ingest_many``
+prepare images (read, de-identify, preprocess: CPU work) in the calling thread
+while a storage thread takes every image prepared so far, up to a batch, and
+stores the batch in two steps: (1) seal every object and write all their blobs
+at once, each atomically, all flushed before going on (concurrent file
+flushes, one flush per folder); (2) one catalog transaction for all of the
+batch: signed object rows, identity records (one merge per patient) and audit
+entries. A crash before (2) commits leaves only orphan blobs, which ``verify``
+notes as harmless; an image is reported stored only after (2) commits. When
+preparing is the slower stage, batches stay small; when storage is, they grow,
+so its flushes are shared by more images.
 """
 
 from __future__ import annotations
@@ -17,19 +28,24 @@ import hmac
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import exc as sa_exc
 
 from radvault.errors import (
+    AuditChainError,
     BurnedInAnnotationRefused,
     ImageInputError,
     ImageTooLarge,
     ObjectNotFound,
     RadVaultError,
+    VaultError,
 )
 from radvault.imaging.deid import Deidentifier, DeidOptions, pseudonym_for
 from radvault.imaging.preprocess import Preprocessor, settings_to_dict
@@ -41,11 +57,11 @@ from radvault.imaging.reading import (
 )
 from radvault.imaging.records import ImageRecord, SourceFormat
 from radvault.vault.audit import Action, Outcome
-from radvault.vault.catalog import NewInstance, NewObject
+from radvault.vault.catalog import CatalogWriter, NewInstance, NewObject
 from radvault.vault.secure_memory import zeroize
 from radvault.vault.vault import Vault
 
-__all__ = ["MODEL_INPUT_KIND", "IngestOutcome", "Ingestor", "encode_model_input"]
+__all__ = ["MODEL_INPUT_KIND", "IngestItem", "IngestOutcome", "Ingestor", "encode_model_input"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +69,35 @@ log = logging.getLogger(__name__)
 SOURCE_KIND = "source"
 DICOM_KIND = "dicom"
 MODEL_INPUT_KIND = "model_input"
+
+#: Group commit: at most this many images per catalog transaction...
+MAX_BATCH_IMAGES = 32
+#: ... and about this many plaintext bytes in flight (prepared, not yet stored).
+MAX_BATCH_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    """One input of :meth:`Ingestor.ingest_many`: a file, or an image's bytes.
+
+    ``name`` is only for messages to the user (default: the path, or
+    ``"upload"``); ``modality`` and ``body_part`` are hints (they fill what a
+    DICOM header leaves unsaid, and label PNG/JPEG); ``patient_key`` links
+    PNG/JPEG images of one patient (see :meth:`Ingestor.ingest_bytes`).
+    """
+
+    source: Path | bytes
+    name: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    patient_key: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The name shown to the user."""
+        if self.name is not None:
+            return self.name
+        return str(self.source) if isinstance(self.source, Path) else "upload"
 
 
 @dataclass(frozen=True)
@@ -114,6 +159,11 @@ class _Prepared:
         zeroize(self.stored_bytes)
         zeroize(self.encoded)
 
+    @property
+    def size(self) -> int:
+        """Plaintext bytes held."""
+        return len(self.stored_bytes) + len(self.encoded)
+
 
 def _uid(secret: bytes, label: str, value: str) -> str:
     digest = hmac.new(secret, f"{label}:{value}".encode(), hashlib.sha256).digest()
@@ -158,58 +208,85 @@ class Ingestor:
     ) -> list[IngestOutcome]:
         """Ingest files in order; a bad file is refused and reported, the rest go in.
 
-        Two stages overlap: while one background thread stores image *n* (seal,
-        crash-safe blob writes, catalog, audit: mostly waiting on fsync), this
-        thread reads, de-identifies and preprocesses image *n + 1*. Each image
-        is still stored on its own, in the same steps as :meth:`ingest_file`,
-        so a crash leaves exactly what it would leave there. Outcomes (and
-        ``on_file`` calls, made from this thread) keep the input order.
+        Same as :meth:`ingest_many` with one :class:`IngestItem` per path.
+        """
+        return self.ingest_many(
+            (IngestItem(Path(p), modality=modality, body_part=body_part) for p in paths),
+            on_file=on_file,
+        )
+
+    def ingest_many(
+        self,
+        items: Iterable[IngestItem],
+        *,
+        on_file: Callable[[IngestOutcome], None] | None = None,
+    ) -> list[IngestOutcome]:
+        """Ingest many images (files or bytes), storing them in batches (group commit).
+
+        This thread reads, de-identifies and preprocesses each image while a
+        storage thread stores everything prepared so far as one batch (see the
+        module docstring): the crash guarantees are those of one image at a
+        time (blobs durable before the catalog commit; an image reported
+        stored is committed), at a fraction of the flushes. Outcomes (and
+        ``on_file`` calls, made from this thread as images finish) keep the
+        input order. A refused image never stops the others.
+
+        Raises
+        ------
+        AuditChainError
+            When the audit trail refuses appends (cut below a checkpoint):
+            nothing more is stored.
+        Exception
+            An unexpected error (a bug, not a bad image) stops the run once
+            the images already handed to storage are stored.
         """
         outcomes: list[IngestOutcome] = []
+        slots: deque[IngestOutcome | Future[IngestOutcome]] = deque()
 
-        def finish(outcome: IngestOutcome) -> None:
-            outcomes.append(outcome)
-            if on_file:
-                on_file(outcome)
+        def flush(*, block: bool) -> None:
+            while slots and (block or not isinstance(slots[0], Future) or slots[0].done()):
+                slot = slots.popleft()
+                outcome = slot.result() if isinstance(slot, Future) else slot
+                outcomes.append(outcome)
+                if on_file:
+                    on_file(outcome)
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="radvault-ingest") as store:
-            pending: Future[IngestOutcome] | None = None
-            try:
-                for path in paths:
-                    step = self._read_and_prepare(path, modality, body_part)
-                    if pending is not None:
-                        finish(pending.result())
-                        pending = None
-                    if isinstance(step, IngestOutcome):
-                        finish(step)
-                    else:
-                        pending = store.submit(self._store_or_refuse, step)
-                if pending is not None:
-                    finish(pending.result())
-                    pending = None
-            finally:
-                if pending is not None:  # an error above: let the store in flight end
-                    wait([pending])
+        storer = _BatchStorer(self._store_batch)
+        try:
+            for item in items:
+                if isinstance(item.source, Path):
+                    step = self._read_and_prepare(item.source, item.modality, item.body_part,
+                                                  item.name)
+                else:
+                    step = self._check_and_prepare(bytes(item.source), item.label,
+                                                   item.modality, item.body_part,
+                                                   item.patient_key)
+                slots.append(step if isinstance(step, IngestOutcome) else storer.submit(step))
+                flush(block=False)
+            storer.close()
+            flush(block=True)
+        finally:
+            storer.close()  # on an error: store what was handed over, wipe the rest
         return outcomes
 
     def ingest_file(self, path: Path, *, modality: str | None = None,
                     body_part: str | None = None) -> IngestOutcome:
         """Read one file (size-capped before reading) and ingest it."""
-        step = self._read_and_prepare(path, modality, body_part)
-        return step if isinstance(step, IngestOutcome) else self._store_or_refuse(step)
+        step = self._read_and_prepare(path, modality, body_part, None)
+        return step if isinstance(step, IngestOutcome) else self._store_batch([step])[0]
 
     def ingest_bytes(self, data: bytes, name: str, *, modality: str | None = None,
                      body_part: str | None = None, patient_key: str | None = None
                      ) -> IngestOutcome:
         """Ingest one image given as bytes (``name`` is only for messages)."""
         step = self._check_and_prepare(data, name, modality, body_part, patient_key)
-        return step if isinstance(step, IngestOutcome) else self._store_or_refuse(step)
+        return step if isinstance(step, IngestOutcome) else self._store_batch([step])[0]
 
     # ------------------------------------------------------------------ stage 1: imaging
 
-    def _read_and_prepare(self, path: Path, modality: str | None, body_part: str | None
-                          ) -> IngestOutcome | _Prepared:
-        name = str(path)
+    def _read_and_prepare(self, path: Path, modality: str | None, body_part: str | None,
+                          name: str | None) -> IngestOutcome | _Prepared:
+        name = str(path) if name is None else name
         try:
             size = path.stat().st_size
             if size > self.vault.settings.limits.max_file_bytes:
@@ -292,66 +369,135 @@ class Ingestor:
 
     # ------------------------------------------------------------------ stage 2: storage
 
-    def _store_or_refuse(self, prepared: _Prepared) -> IngestOutcome:
+    def _store_batch(self, batch: Sequence[_Prepared]) -> list[IngestOutcome]:
+        """Store prepared images: all blobs first (durable), then one catalog transaction.
+
+        Returns one outcome per image, in order; the plaintexts are wiped.
+        """
         try:
-            return self._store(prepared)
-        except RadVaultError as exc:
-            return self._refused(prepared.name, exc)
+            items: list[tuple[bytearray, str]] = []
+            for prepared in batch:
+                items += [(prepared.stored_bytes, prepared.kind),
+                          (prepared.encoded, MODEL_INPUT_KIND)]
+            try:
+                sealed = self.vault.seal_objects(items)
+            except AuditChainError:
+                raise
+            except RadVaultError as exc:  # no space, an unusable key...: nothing cataloged
+                return [self._refused(p.name, exc) for p in batch]
         finally:
-            prepared.wipe()
+            for prepared in batch:
+                prepared.wipe()
+        objects = [sealed[2 * i:2 * i + 2] for i in range(len(batch))]
+        try:
+            outcomes, drop = self._catalog_batch(batch, objects)
+        except sa_exc.IntegrityError:
+            # A concurrent writer (PostgreSQL) got in first: nothing of the batch was
+            # written; catalog the images one by one, which resolves such races.
+            log.debug("batch insert refused; cataloging %d images one at a time", len(batch))
+            outcomes, drop = [], []
+            for prepared, objs in zip(batch, objects, strict=True):
+                outcome, dropped = self._catalog_one(prepared, objs)
+                outcomes.append(outcome)
+                drop += dropped
+        except AuditChainError:
+            raise
+        except RadVaultError as exc:  # the database cannot be reached...: nothing cataloged
+            outcomes = [self._refused(p.name, exc) for p in batch]
+            drop = [o for objs in objects for o in objs]
+        for obj in drop:  # blobs of duplicates and refusals: never cataloged
+            self.vault.blobs.delete(obj.blob_key)
+        return outcomes
 
-    def _store(self, prepared: _Prepared) -> IngestOutcome:
-        """Seal both objects, then identity, catalog and audit: the order crash safety needs."""
-        instance = prepared.instance
-        objects: list[NewObject] = [
-            self.vault.seal_object(prepared.stored_bytes, kind=prepared.kind),
-            self.vault.seal_object(prepared.encoded, kind=MODEL_INPUT_KIND),
-        ]
-        prepared.wipe()
-        if prepared.removed:
-            # Before the instance is cataloged: a crash in between must not leave a stored
-            # image whose identity record is lost (a re-run sees a duplicate and stops).
-            self._store_identity(instance.patient_pseudonym, prepared.removed)
-        added = self.vault.catalog.add_instance_with_objects(
-            instance, objects, signer=self.vault.signer
-        )
-        if not added.created:
-            for obj in objects:  # lost a race with an identical ingest: drop our blobs
-                self.vault.blobs.delete(obj.blob_key)
-            return self._duplicate(prepared.name, added.instance.study_id,
-                                   added.instance.instance_id)
-        self.vault.audit.append(
-            self.actor, Action.INGEST, Outcome.OK,
-            object_ids=[instance.study_id, instance.instance_id,
-                        *(o.object_id for o in objects)],
-            details={"format": instance.source_format, "modality": instance.modality or "OT",
-                     "burned_in_risk": prepared.burned_in},
-        )
-        log.info("ingested instance %s", instance.instance_id)
-        return IngestOutcome(prepared.name, "stored", instance.study_id, instance.instance_id,
-                             instance.modality or "OT")
+    def _catalog_batch(self, batch: Sequence[_Prepared], objects: Sequence[Sequence[NewObject]]
+                       ) -> tuple[list[IngestOutcome], list[NewObject]]:
+        """One transaction: catalog rows, identity records and audit entries of the batch."""
+        outcomes: list[IngestOutcome] = []
+        drop: list[NewObject] = []
+        stored: list[IngestOutcome] = []
+        vault = self.vault
+        with vault.audit.appending() as chain, vault.catalog.writing() as writer:
+            conn = writer.connection
+            identities: dict[str, list[dict[str, str]]] = {}
+            for prepared, objs in zip(batch, objects, strict=True):
+                instance = prepared.instance
+                try:
+                    added = writer.add_instance_with_objects(instance, objs, signer=vault.signer)
+                except VaultError as exc:  # a conflict: nothing of this image was written
+                    drop += objs
+                    chain.append(conn, self.actor, Action.INGEST_REFUSED, Outcome.REFUSED,
+                                 details=_refusal_details(exc))
+                    outcomes.append(_refusal(prepared.name, exc))
+                    continue
+                if not added.created:  # a duplicate of a cataloged image, or of one in this batch
+                    drop += objs
+                    chain.append(conn, self.actor, Action.INGEST, Outcome.OK,
+                                 object_ids=[added.instance.study_id, added.instance.instance_id],
+                                 details={"duplicate": True})
+                    outcomes.append(IngestOutcome(prepared.name, "duplicate",
+                                                  added.instance.study_id,
+                                                  added.instance.instance_id))
+                    continue
+                if prepared.removed:
+                    identities.setdefault(instance.patient_pseudonym, []).append(prepared.removed)
+                chain.append(conn, self.actor, Action.INGEST, Outcome.OK,
+                             object_ids=[instance.study_id, instance.instance_id,
+                                         *(o.object_id for o in objs)],
+                             details=_ingest_details(prepared))
+                outcome = IngestOutcome(prepared.name, "stored", instance.study_id,
+                                        instance.instance_id, instance.modality or "OT")
+                outcomes.append(outcome)
+                stored.append(outcome)
+            for pseudonym, removed in identities.items():
+                self._merge_identity(writer, pseudonym, removed)
+        for outcome in stored:
+            log.info("ingested instance %s", outcome.instance_id)
+        return outcomes, drop
 
-    def _store_identity(self, pseudonym: str, removed: dict[str, str]) -> None:
-        """Merge the removed identifying values into the patient's sealed identity record."""
+    def _catalog_one(self, prepared: _Prepared, objs: Sequence[NewObject]
+                     ) -> tuple[IngestOutcome, list[NewObject]]:
+        """Catalog one image on its own (race-safe), as the batch's fallback."""
+        try:
+            outcomes, drop = self._catalog_batch([prepared], [objs])
+            return outcomes[0], drop
+        except sa_exc.IntegrityError:
+            pass
+        found = self.vault.catalog.find_instance_by_source_sha256(
+            prepared.instance.source_sha256)
+        if found is None:
+            try:
+                found = self.vault.catalog.get_instance(prepared.instance.instance_id)
+            except ObjectNotFound:
+                exc = VaultError(f"instance {prepared.instance.instance_id}: an object id or "
+                                 "blob key is already cataloged")
+                return self._refused(prepared.name, exc), list(objs)
+        return self._duplicate(prepared.name, found.study_id, found.instance_id), list(objs)
+
+    def _merge_identity(self, writer: CatalogWriter, pseudonym: str,
+                        removed: Sequence[dict[str, str]]) -> None:
+        """Merge removed identifying values into the patient's sealed identity record.
+
+        Once per patient per batch, inside the batch's transaction: the record
+        is opened, extended with the values it lacks, and sealed again only if
+        something was new.
+        """
         keys = self.vault.keys
         context = pseudonym.encode()
-        try:
-            patient = self.vault.catalog.get_patient(pseudonym)
-        except ObjectNotFound:  # a new patient: create the row the record belongs to
-            patient = self.vault.catalog.add_patient(pseudonym)
+        current = writer.identity_of(pseudonym)
         merged: dict[str, list[str]] = {}
-        if patient.identity_blob:
-            plain = keys.open_identity(patient.identity_blob, context=context)
+        if current is not None and current[0]:
+            plain = keys.open_identity(current[0], context=context)
             try:
                 merged = json.loads(bytes(plain))
             finally:
                 zeroize(plain)
         changed = False
-        for key, value in removed.items():
-            values = merged.setdefault(key, [])
-            if value and value not in values:
-                values.append(value)
-                changed = True
+        for values in removed:
+            for key, value in values.items():
+                known = merged.setdefault(key, [])
+                if value and value not in known:
+                    known.append(value)
+                    changed = True
         if not changed:
             return
         plain = bytearray(json.dumps(merged, sort_keys=True).encode())
@@ -359,7 +505,7 @@ class Ingestor:
             sealed = keys.seal_identity(plain, context=context)
         finally:
             zeroize(plain)
-        self.vault.catalog.set_identity(pseudonym, sealed, keys.identity_key_id)
+        writer.set_identity(pseudonym, sealed, keys.identity_key_id)
 
     # ------------------------------------------------------------------ outcomes
 
@@ -370,13 +516,110 @@ class Ingestor:
         return IngestOutcome(name, "duplicate", study_id, instance_id)
 
     def _refused(self, name: str, exc: RadVaultError) -> IngestOutcome:
-        reason = getattr(exc, "reason", None) or str(exc)
-        details = {"error": type(exc).__name__}
-        if isinstance(exc, BurnedInAnnotationRefused):
-            details["policy"] = "burned_in_annotation"
         self.vault.audit.append(self.actor, Action.INGEST_REFUSED, Outcome.REFUSED,
-                                details=details)
-        return IngestOutcome(name, "refused", error=type(exc).__name__, reason=reason)
+                                details=_refusal_details(exc))
+        return _refusal(name, exc)
+
+
+def _refusal_details(exc: RadVaultError) -> dict[str, str]:
+    """What the audit trail records of a refusal: the error's type, never its text."""
+    details = {"error": type(exc).__name__}
+    if isinstance(exc, BurnedInAnnotationRefused):
+        details["policy"] = "burned_in_annotation"
+    return details
+
+
+def _refusal(name: str, exc: RadVaultError) -> IngestOutcome:
+    reason = getattr(exc, "reason", None) or str(exc)
+    return IngestOutcome(name, "refused", error=type(exc).__name__, reason=reason)
+
+
+def _ingest_details(prepared: _Prepared) -> dict[str, object]:
+    instance = prepared.instance
+    return {"format": instance.source_format, "modality": instance.modality or "OT",
+            "burned_in_risk": prepared.burned_in}
+
+
+class _BatchStorer:
+    """The storage thread of :meth:`Ingestor.ingest_many`: stores whatever is ready, in batches.
+
+    ``submit`` hands over a prepared image and returns a future of its
+    outcome; it blocks while too much is in flight (:data:`MAX_BATCH_IMAGES`
+    waiting, or :data:`MAX_BATCH_BYTES` of plaintext). The thread takes every
+    waiting image (up to those caps) as one batch. After an unexpected error
+    it stores nothing more: later images are wiped and their futures fail.
+    """
+
+    def __init__(self, store: Callable[[Sequence[_Prepared]], list[IngestOutcome]]) -> None:
+        self._store = store
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[_Prepared, Future[IngestOutcome]]] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, prepared: _Prepared) -> Future[IngestOutcome]:
+        future: Future[IngestOutcome] = Future()
+        with self._cond:
+            while self._waiting and (len(self._waiting) >= MAX_BATCH_IMAGES
+                                     or self._bytes + prepared.size > MAX_BATCH_BYTES):
+                self._cond.wait()
+            if self._failed is not None:
+                prepared.wipe()
+                future.set_exception(self._failed)
+                return future
+            self._waiting.append((prepared, future))
+            self._bytes += prepared.size
+            self._cond.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="radvault-ingest",
+                                                daemon=True)
+                self._thread.start()
+        return future
+
+    def close(self) -> None:
+        """Store everything handed over, then stop the thread (idempotent)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _take(self) -> list[tuple[_Prepared, Future[IngestOutcome]]] | None:
+        with self._cond:
+            while not self._waiting and not self._closed:
+                self._cond.wait()
+            if not self._waiting:
+                return None
+            batch = [self._waiting.popleft()]
+            size = batch[0][0].size
+            while (self._waiting and len(batch) < MAX_BATCH_IMAGES
+                   and size + self._waiting[0][0].size <= MAX_BATCH_BYTES):
+                batch.append(self._waiting.popleft())
+                size += batch[-1][0].size
+            self._bytes -= size
+            self._cond.notify_all()
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            if self._failed is not None:
+                for prepared, future in batch:
+                    prepared.wipe()
+                    future.set_exception(self._failed)
+                continue
+            try:
+                outcomes = self._store([prepared for prepared, _ in batch])
+            except BaseException as exc:  # handed to the caller through the futures
+                self._failed = exc
+                for prepared, future in batch:
+                    prepared.wipe()
+                    future.set_exception(exc)
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                future.set_result(outcome)
 
 
 def _fill_gaps(record: ImageRecord, modality: str | None, body_part: str | None) -> ImageRecord:

@@ -33,6 +33,7 @@ class VerifyReport:
     objects_checked: int = 0
     objects_shredded: int = 0
     blobs_seen: int = 0
+    legacy_records: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     audit: dict[str, Any] = field(default_factory=dict)
@@ -49,13 +50,15 @@ class VerifyReport:
                 "problems": self.problems, "notes": self.notes, "audit": self.audit}
 
 
-def _check_object(vault: Vault, obj: ObjectRecord) -> list[str]:
+def _check_object(vault: Vault, obj: ObjectRecord, report: VerifyReport) -> list[str]:
     problems: list[str] = []
     where = f"object {obj.object_id} (instance {obj.instance_id}, {obj.kind})"
     try:
-        verify_object_record(obj, vault.verifier)
+        if verify_object_record(obj, vault.verifier) == 1:
+            report.legacy_records += 1
     except IntegrityError:
-        problems.append(f"{where}: catalog row signature invalid (row altered)")
+        problems.append(f"{where}: catalog row signature invalid (the object, instance or "
+                        "study row was altered: study, series, patient, site, size, digest)")
     if obj.wrapped_key is None:
         return problems
     try:
@@ -133,7 +136,19 @@ def _check_audited(vault: Vault, audited: _Audited, cataloged: set[str]) -> list
 
 def verify_vault(vault: Vault, *, actor: str = "system",
                  on_object: Callable[[], None] | None = None) -> VerifyReport:
-    """Check every object, blob and the audit chain; never modifies data (but audits the run)."""
+    """Check every object, blob and the audit chain; never modifies data (but audits the run).
+
+    Each object's signed row is checked against its instance's and study's
+    rows as they are now (record format 2 binds study, series, patient, site,
+    modality, body part and geometry); rows signed in the older format 1 bind
+    less and are counted in a note. On a vault opened read-only the run is not
+    audited (a note says so).
+
+    Raises
+    ------
+    VaultError
+        When the catalog or blob store cannot be read.
+    """
     report = VerifyReport()
     referenced: set[str] = set()
     cataloged: set[str] = set()  # objects whose instance row exists too (reads reach them)
@@ -143,11 +158,16 @@ def verify_vault(vault: Vault, *, actor: str = "system",
         cataloged.add(obj.object_id)
         if obj.wrapped_key is None:
             report.objects_shredded += 1
-        report.problems.extend(_check_object(vault, obj))
+        report.problems.extend(_check_object(vault, obj, report))
         if on_object:
             on_object()
     audited = _audited_ingests(vault)
     report.problems.extend(_check_audited(vault, audited, cataloged))
+    if report.legacy_records:
+        report.notes.append(
+            f"{report.legacy_records} object record(s) signed in format 1 (before study, "
+            "site and patient were bound): their placement is held only by the audit trail"
+        )
     for key in vault.blobs.keys():  # noqa: SIM118 (a BlobStore is not a mapping)
         report.blobs_seen += 1
         if key not in referenced and key not in audited.objects:  # (blob keys are object ids)
@@ -158,9 +178,12 @@ def verify_vault(vault: Vault, *, actor: str = "system",
     report.audit = audit.to_dict()
     report.problems.extend(f"audit: {p}" for p in audit.problems)
     report.notes.extend(f"audit: {n}" for n in audit.notes)
-    vault.audit.append(actor, Action.VERIFY, Outcome.OK if report.ok else Outcome.ERROR,
-                       details={"objects": report.objects_checked,
-                                "problems": len(report.problems)})
+    if vault.read_only:
+        report.notes.append("vault opened read-only: this verification was not audited")
+    else:
+        vault.audit.append(actor, Action.VERIFY, Outcome.OK if report.ok else Outcome.ERROR,
+                           details={"objects": report.objects_checked,
+                                    "problems": len(report.problems)})
     return report
 
 

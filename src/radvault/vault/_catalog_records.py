@@ -18,6 +18,7 @@ from radvault.errors import IntegrityError
 
 __all__ = [
     "OBJECT_RECORD_TYPE",
+    "OBJECT_RECORD_TYPE_V1",
     "STUDY_ACTIVE",
     "STUDY_SHREDDED",
     "AddInstanceResult",
@@ -28,16 +29,24 @@ __all__ = [
     "PatientRecord",
     "ResultRecord",
     "Signer",
+    "StudyBinding",
     "StudyRecord",
     "Verifier",
     "canonical_json",
     "object_record_message",
     "record_message",
+    "record_message_v2",
     "verify_object_record",
 ]
 
-OBJECT_RECORD_TYPE: Final = "radvault.object-record/1"
-"""Domain-separation tag inside every signed object record (never reused elsewhere)."""
+OBJECT_RECORD_TYPE: Final = "radvault.object-record/2"
+"""Domain-separation tag of the object records signed now (never reused elsewhere).
+
+Version 2 also binds where the object belongs: its instance's study, series
+and geometry, and its study's patient, site, modality and body part.
+"""
+OBJECT_RECORD_TYPE_V1: Final = "radvault.object-record/1"
+"""The tag of the first record format (object fields only); still verified, never signed."""
 
 STUDY_ACTIVE: Final = "active"
 STUDY_SHREDDED: Final = "shredded"
@@ -159,8 +168,13 @@ class InstanceRecord:
 
 @dataclass(frozen=True)
 class ObjectRecord:
-    """One sealed blob; ``pixel_sha256`` is its instance's, carried for signing.
+    """One sealed blob, with what its signed record binds it to.
 
+    ``pixel_sha256``, ``study_id``, ``series_id``, ``rows``, ``cols`` and
+    ``frames`` are read from its instance's row, and ``patient_pseudonym``,
+    ``site``, ``modality`` and ``body_part`` from its study's row, as they are
+    *now*: a signature made at ingest verifies only while they still hold the
+    values it was made over (``None`` where the row is missing).
     ``wrapped_key`` is ``None`` once the object was crypto-shredded.
     """
 
@@ -177,6 +191,15 @@ class ObjectRecord:
     signer_key_id: str
     created_at: datetime
     pixel_sha256: str
+    study_id: str | None = None
+    series_id: str | None = None
+    patient_pseudonym: str | None = None
+    site: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    rows: int | None = None
+    cols: int | None = None
+    frames: int | None = None
 
     @property
     def shredded(self) -> bool:
@@ -276,9 +299,15 @@ class NewObject:
         if self.signer_key_id:
             check(KEY_ID, "signer_key_id", self.signer_key_id)
 
-    def message(self, instance: NewInstance) -> bytes:
-        """Return the canonical record this object's signature covers."""
-        return record_message(
+    def message(self, instance: NewInstance, study: StudyBinding | None = None) -> bytes:
+        """Return the canonical record this object's signature covers (current format).
+
+        ``study`` is what the study's row holds (its first instance decided
+        it); without it the instance's own values stand in, as for a new study.
+        """
+        study = study or StudyBinding(instance.patient_pseudonym, instance.site,
+                                      instance.modality, instance.body_part)
+        return record_message_v2(
             object_id=self.object_id,
             instance_id=instance.instance_id,
             kind=self.kind,
@@ -287,7 +316,26 @@ class NewObject:
             sealed_size=self.sealed_size,
             sealed_sha256=self.sealed_sha256,
             pixel_sha256=instance.pixel_sha256,
+            study_id=instance.study_id,
+            series_id=instance.series_id,
+            patient_pseudonym=study.patient_pseudonym,
+            site=study.site,
+            modality=study.modality,
+            body_part=study.body_part,
+            rows=instance.rows,
+            cols=instance.cols,
+            frames=instance.frames,
         )
+
+
+@dataclass(frozen=True)
+class StudyBinding:
+    """The study-level values an object record binds: as the study's row holds them."""
+
+    patient_pseudonym: str
+    site: str
+    modality: str | None
+    body_part: str | None
 
 
 @dataclass(frozen=True)
@@ -321,15 +369,17 @@ def record_message(
     sealed_sha256: str,
     pixel_sha256: str,
 ) -> bytes:
-    """Return the canonical JSON of the object fields that must never change.
+    """Return the canonical JSON of a version-1 object record (verified, no longer signed).
 
     Key ids and the wrapped key are left out on purpose: rotation rewraps and
     shredding erases them without invalidating the signature. A ``type`` tag
     separates these messages from every other thing the vault key signs.
+    Records signed now use :func:`record_message_v2`, which also binds the
+    study, series, patient, site and geometry.
     """
     return canonical_json(
         {
-            "type": OBJECT_RECORD_TYPE,
+            "type": OBJECT_RECORD_TYPE_V1,
             "object_id": object_id,
             "instance_id": instance_id,
             "kind": kind,
@@ -342,8 +392,83 @@ def record_message(
     )
 
 
+def record_message_v2(
+    *,
+    object_id: str,
+    instance_id: str,
+    kind: str,
+    blob_key: str,
+    plain_size: int,
+    sealed_size: int,
+    sealed_sha256: str,
+    pixel_sha256: str,
+    study_id: str | None,
+    series_id: str | None,
+    patient_pseudonym: str | None,
+    site: str | None,
+    modality: str | None,
+    body_part: str | None,
+    rows: int | None,
+    cols: int | None,
+    frames: int | None,
+) -> bytes:
+    """Return the canonical JSON of a version-2 object record (what is signed now).
+
+    Everything :func:`record_message` covers, plus where the object belongs:
+    its instance's study, series and geometry (rows, columns, frames) and its
+    study's patient pseudonym, site, modality and body part. A study moved to
+    another site or patient, an instance moved to another study or series, or
+    edited dimensions all break the signature. Key ids and the wrapped key are
+    still left out (rotation and shredding change them).
+    """
+    return canonical_json(
+        {
+            "type": OBJECT_RECORD_TYPE,
+            "object_id": object_id,
+            "instance_id": instance_id,
+            "kind": kind,
+            "blob_key": blob_key,
+            "plain_size": plain_size,
+            "sealed_size": sealed_size,
+            "sealed_sha256": sealed_sha256,
+            "pixel_sha256": pixel_sha256,
+            "study_id": study_id,
+            "series_id": series_id,
+            "patient_pseudonym": patient_pseudonym,
+            "site": site,
+            "modality": modality,
+            "body_part": body_part,
+            "rows": rows,
+            "cols": cols,
+            "frames": frames,
+        }
+    )
+
+
 def object_record_message(obj: ObjectRecord) -> bytes:
-    """Return the canonical record that ``obj.record_signature`` must sign."""
+    """Return the canonical record (current format) that ``obj.record_signature`` must sign."""
+    return record_message_v2(
+        object_id=obj.object_id,
+        instance_id=obj.instance_id,
+        kind=obj.kind,
+        blob_key=obj.blob_key,
+        plain_size=obj.plain_size,
+        sealed_size=obj.sealed_size,
+        sealed_sha256=obj.sealed_sha256,
+        pixel_sha256=obj.pixel_sha256,
+        study_id=obj.study_id,
+        series_id=obj.series_id,
+        patient_pseudonym=obj.patient_pseudonym,
+        site=obj.site,
+        modality=obj.modality,
+        body_part=obj.body_part,
+        rows=obj.rows,
+        cols=obj.cols,
+        frames=obj.frames,
+    )
+
+
+def _object_record_message_v1(obj: ObjectRecord) -> bytes:
     return record_message(
         object_id=obj.object_id,
         instance_id=obj.instance_id,
@@ -356,20 +481,33 @@ def object_record_message(obj: ObjectRecord) -> bytes:
     )
 
 
-def verify_object_record(obj: ObjectRecord, verifier: Verifier) -> None:
-    """Check the signature of an object's catalog record.
+def verify_object_record(obj: ObjectRecord, verifier: Verifier) -> int:
+    """Check the signature of an object's catalog record; return its format version.
+
+    A record signed today (version 2) verifies only against the current rows
+    of its instance and study; one signed by an earlier RadVault (version 1)
+    binds the object fields and pixel digest only, and still verifies. The
+    versions cannot be confused: each message carries its own ``type`` tag, so
+    a version-2 signature never verifies as version 1.
+
+    Returns
+    -------
+    int
+        2 or 1: the record format the signature covers.
 
     Raises
     ------
     IntegrityError
-        When the record was altered or the signature is not the vault's; the
-        message names the object id.
+        When the record, its instance's or its study's row was altered, or the
+        signature is not the vault's; the message names the object id.
     """
-    try:
-        verifier.verify(object_record_message(obj), obj.record_signature)
-    except IntegrityError:
-        raise IntegrityError(
-            f"object {obj.object_id}: catalog record signature does not verify"
-        ) from None
-
-
+    for version, message in ((2, object_record_message), (1, _object_record_message_v1)):
+        try:
+            verifier.verify(message(obj), obj.record_signature)
+        except IntegrityError:
+            continue
+        return version
+    raise IntegrityError(
+        f"object {obj.object_id}: catalog record signature does not verify "
+        "(the object, instance or study row was altered)"
+    )

@@ -31,6 +31,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -66,6 +67,7 @@ __all__ = [
     "GENESIS_HASH",
     "MAX_DETAILS_BYTES",
     "Action",
+    "AuditAppender",
     "AuditEntry",
     "AuditLog",
     "AuditReport",
@@ -90,6 +92,7 @@ _BATCH = 5000
 
 _ENTRIES: Table = AuditEntryRow.__table__  # type: ignore[assignment]
 _CHECKPOINTS: Table = AuditCheckpointRow.__table__  # type: ignore[assignment]
+_INSERT_ENTRY = insert(_ENTRIES)  # one statement, compiled once and cached
 
 
 class Action(StrEnum):
@@ -198,6 +201,9 @@ class AuditLog:
         The append-only JSON-lines copy (``RADVAULT_HOME/audit.log``).
     clock : callable, optional
         Returns the entry time as an ISO string (tests inject fixed clocks).
+    read_only : bool
+        Inspect only: appends and checkpoints are refused (``VaultError``) and
+        :meth:`close` signs nothing; reading and :meth:`verify` work as ever.
 
     Raises
     ------
@@ -217,6 +223,7 @@ class AuditLog:
         *,
         file_path: str | os.PathLike[str] | None = None,
         clock: Callable[[], str] | None = None,
+        read_only: bool = False,
     ) -> None:
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or (
             checkpoint_every < 1
@@ -243,6 +250,9 @@ class AuditLog:
         self._path = Path(file_path) if file_path is not None else None
         self._fd: int | None = None
         self._closed = False
+        self.read_only = read_only
+        if read_only:
+            return
         try:
             Base.metadata.create_all(self._write_engine, tables=[_ENTRIES, _CHECKPOINTS])
         except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
@@ -286,45 +296,47 @@ class AuditLog:
         AuditChainError
             When the chain was truncated below its last checkpoint (appending
             would overwrite the evidence), or the log is closed.
+        VaultError
+            When the log was opened read-only.
         """
-        actor = _check_actor(actor)
-        action_name = _check_action(action)
-        outcome_name = Outcome(outcome).value
-        ids = _check_object_ids(object_ids)
-        body = _check_details(details)
+        with self.appending() as chain, self._write_engine.begin() as conn:
+            return chain.append(conn, actor, action, outcome, object_ids, details)
+
+    @contextmanager
+    def appending(self) -> Iterator[AuditAppender]:
+        """Append entries inside a caller's transaction (group commit).
+
+        Take this *before* beginning the transaction (the lock order is: this
+        log's thread lock, then the database's write lock), pass the
+        transaction's connection to each :meth:`AuditAppender.append`, and
+        commit before leaving the block. Once the block ends without an
+        error, the entries go to the file copy (after the commit, as ever); on
+        an error they are dropped, since the transaction rolled back::
+
+            with audit.appending() as chain, catalog.write_engine().begin() as conn:
+                ...  # the caller's own writes on conn
+                chain.append(conn, "system", Action.INGEST, object_ids=[...])
+
+        The chain stays serialised: the connection must hold the database's
+        write lock (``BEGIN IMMEDIATE`` from the :class:`Catalog`'s write
+        engine on SQLite; on PostgreSQL the first append locks the table).
+
+        Raises
+        ------
+        AuditChainError
+            When the log is closed.
+        VaultError
+            When the log was opened read-only.
+        """
+        if self.read_only:
+            raise VaultError("the audit log was opened read-only: nothing can be appended")
         with self._lock:
             if self._closed:
                 raise AuditChainError("the audit log is closed")
-            with self._write_engine.begin() as conn:
-                self._lock_chain(conn)
-                head_seq, head_hash = self._head(conn)
-                last_cp = conn.scalar(select(func.max(_CHECKPOINTS.c.seq))) or 0
-                if last_cp > head_seq:
-                    raise AuditChainError(
-                        f"audit trail truncated below checkpoint {last_cp}; run audit verify"
-                    )
-                if HEX64.fullmatch(head_hash) is None:
-                    raise AuditChainError("audit chain head is malformed; run audit verify")
-                seq = head_seq + 1
-                ts = self._clock()
-                digest = entry_hash(
-                    head_hash,
-                    entry_message(seq=seq, ts=ts, actor=actor, action=action_name,
-                                  outcome=outcome_name, object_ids=ids, details=body),
-                )
-                conn.execute(
-                    insert(_ENTRIES).values(
-                        seq=seq, ts=ts, actor=actor, action=action_name, outcome=outcome_name,
-                        object_ids=canonical_json(list(ids)).decode("utf-8"),
-                        details=canonical_json(body).decode("utf-8"),
-                        prev_hash=head_hash, entry_hash=digest,
-                    )
-                )
-                checkpoint = self._sign_head(conn, seq, digest) if seq % self._every == 0 else None
-            entry = AuditEntry(seq, ts, actor, action_name, outcome_name, ids, body,
-                               head_hash, digest)
-            self._write_lines([{"type": "entry", **entry.to_dict()}], checkpoint)
-        return entry
+            appender = AuditAppender(self)
+            yield appender
+            appender._done = True
+            self._write_lines(appender._lines, None, sync=appender._signed)
 
     def checkpoint(self) -> Checkpoint | None:
         """Sign the current chain head now (no-op if it is already signed).
@@ -338,7 +350,11 @@ class AuditLog:
         ------
         AuditChainError
             When the chain was truncated below its last checkpoint.
+        VaultError
+            When the log was opened read-only.
         """
+        if self.read_only:
+            raise VaultError("the audit log was opened read-only: no checkpoint can be signed")
         with self._lock:
             with self._write_engine.begin() as conn:
                 self._lock_chain(conn)
@@ -376,7 +392,7 @@ class AuditLog:
         if self._closed:
             return
         try:
-            if checkpoint:
+            if checkpoint and not self.read_only:
                 self.checkpoint()
         finally:
             with self._lock:
@@ -418,9 +434,10 @@ class AuditLog:
         )
         return Checkpoint(seq, head_hash, signature, self._signer.key_id, ts)
 
-    def _write_lines(self, records: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
+    def _write_lines(self, records: list[dict[str, Any]], checkpoint: Checkpoint | None,
+                     *, sync: bool = False) -> None:
         """Append to the file copy after the commit (the database stays the primary copy)."""
-        if self._path is None:
+        if self._path is None or not (records or checkpoint):
             return
         if checkpoint is not None:
             records = [*records, {"type": "checkpoint", **checkpoint.to_dict()}]
@@ -430,7 +447,7 @@ class AuditLog:
                 self._fd = os.open(self._path, flags, 0o600)
             data = b"".join(canonical_json(r) + b"\n" for r in records)
             os.write(self._fd, data)  # one write: O_APPEND keeps lines whole across processes
-            if checkpoint is not None:
+            if checkpoint is not None or sync:
                 os.fsync(self._fd)
         except OSError as exc:
             logger.error("audit file copy not written (%s); the catalog copy is intact",
@@ -613,6 +630,92 @@ class AuditLog:
                 return
             after = int(rows[-1].seq)
 
+
+
+class AuditAppender:
+    """Appends entries inside one caller's transaction; made by :meth:`AuditLog.appending`.
+
+    The chain head is read once, on the first append, and carried forward, so
+    a batch of entries costs one look-up; the truncation check runs there too.
+    """
+
+    def __init__(self, log: AuditLog) -> None:
+        self._log = log
+        self._head: tuple[int, str] | None = None
+        self._lines: list[dict[str, Any]] = []  # for the file copy, in chain order
+        self._signed = False  # a checkpoint was made: the file copy gets fsynced
+        self._done = False
+
+    def append(
+        self,
+        conn: Any,
+        actor: str,
+        action: Action | str,
+        outcome: Outcome | str = Outcome.OK,
+        object_ids: Iterable[str] = (),
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Insert the next entry on ``conn`` (see :meth:`AuditLog.append` for the fields).
+
+        Parameters
+        ----------
+        conn : sqlalchemy.engine.Connection
+            The caller's connection, inside its write transaction.
+        actor, action, outcome, object_ids, details
+            As for :meth:`AuditLog.append`.
+
+        Raises
+        ------
+        ValueError, TypeError
+            When an argument is malformed, details are not plain JSON or too long.
+        AuditChainError
+            When the chain was truncated below its last checkpoint, or this
+            appender's block has ended.
+        """
+        actor = _check_actor(actor)
+        action_name = _check_action(action)
+        outcome_name = Outcome(outcome).value
+        ids = _check_object_ids(object_ids)
+        body = _check_details(details)
+        if self._done:
+            raise AuditChainError("this audit appender's transaction has ended")
+        log = self._log
+        if self._head is None:
+            log._lock_chain(conn)
+            head_seq, head_hash = log._head(conn)
+            last_cp = conn.scalar(select(func.max(_CHECKPOINTS.c.seq))) or 0
+            if last_cp > head_seq:
+                raise AuditChainError(
+                    f"audit trail truncated below checkpoint {last_cp}; run audit verify"
+                )
+            if HEX64.fullmatch(head_hash) is None:
+                raise AuditChainError("audit chain head is malformed; run audit verify")
+            self._head = (head_seq, head_hash)
+        head_seq, head_hash = self._head
+        seq = head_seq + 1
+        ts = log._clock()
+        digest = entry_hash(
+            head_hash,
+            entry_message(seq=seq, ts=ts, actor=actor, action=action_name,
+                          outcome=outcome_name, object_ids=ids, details=body),
+        )
+        conn.execute(
+            _INSERT_ENTRY,
+            {"seq": seq, "ts": ts, "actor": actor, "action": action_name,
+             "outcome": outcome_name,
+             "object_ids": canonical_json(list(ids)).decode("utf-8"),
+             "details": canonical_json(body).decode("utf-8"),
+             "prev_hash": head_hash, "entry_hash": digest},
+        )
+        self._head = (seq, digest)
+        entry = AuditEntry(seq, ts, actor, action_name, outcome_name, ids, body,
+                           head_hash, digest)
+        self._lines.append({"type": "entry", **entry.to_dict()})
+        if seq % log._every == 0:
+            checkpoint = log._sign_head(conn, seq, digest)
+            self._lines.append({"type": "checkpoint", **checkpoint.to_dict()})
+            self._signed = True
+        return entry
 
 
 class _Snapshot:

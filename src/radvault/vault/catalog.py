@@ -26,9 +26,10 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, Table, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -55,6 +56,7 @@ from radvault.vault._catalog_records import (
     ID,
     KEY_ID,
     OBJECT_RECORD_TYPE,
+    OBJECT_RECORD_TYPE_V1,
     STUDY_ACTIVE,
     STUDY_SHREDDED,
     AddInstanceResult,
@@ -65,6 +67,7 @@ from radvault.vault._catalog_records import (
     PatientRecord,
     ResultRecord,
     Signer,
+    StudyBinding,
     StudyRecord,
     Verifier,
     canonical_json,
@@ -72,15 +75,18 @@ from radvault.vault._catalog_records import (
     check_size,
     object_record_message,
     record_message,
+    record_message_v2,
     verify_object_record,
 )
 
 __all__ = [
     "OBJECT_RECORD_TYPE",
+    "OBJECT_RECORD_TYPE_V1",
     "STUDY_ACTIVE",
     "STUDY_SHREDDED",
     "AddInstanceResult",
     "Catalog",
+    "CatalogWriter",
     "InstanceRecord",
     "NewInstance",
     "NewObject",
@@ -88,11 +94,13 @@ __all__ = [
     "PatientRecord",
     "ResultRecord",
     "Signer",
+    "StudyBinding",
     "StudyRecord",
     "Verifier",
     "canonical_json",
     "object_record_message",
     "record_message",
+    "record_message_v2",
     "verify_object_record",
 ]
 
@@ -121,7 +129,8 @@ def _to_instance(row: InstanceRow) -> InstanceRecord:
     )
 
 
-def _to_object(row: ObjectRow, pixel_sha256: str) -> ObjectRecord:
+def _to_object(row: Any, inst: Any, study: Any) -> ObjectRecord:
+    """An object record with what its signature binds: its instance's and study's rows now."""
     return ObjectRecord(
         object_id=row.object_id,
         instance_id=row.instance_id,
@@ -135,7 +144,16 @@ def _to_object(row: ObjectRow, pixel_sha256: str) -> ObjectRecord:
         record_signature=row.record_signature,
         signer_key_id=row.signer_key_id,
         created_at=row.created_at,
-        pixel_sha256=pixel_sha256,
+        pixel_sha256=inst.pixel_sha256,
+        study_id=inst.study_id,
+        series_id=inst.series_id,
+        patient_pseudonym=study.patient_pseudonym,
+        site=study.site,
+        modality=study.modality,
+        body_part=study.body_part,
+        rows=inst.rows,
+        cols=inst.cols,
+        frames=inst.frames,
     )
 
 
@@ -143,9 +161,53 @@ def _to_result(row: ResultRow) -> ResultRecord:
     return ResultRecord(row.result_id, row.instance_id, row.model_id, row.payload, row.created_at)
 
 
-_OBJECT_WITH_PIXELS = select(ObjectRow, InstanceRow.pixel_sha256).join(
-    InstanceRow, ObjectRow.instance_id == InstanceRow.instance_id
+_PATIENTS: Table = PatientRow.__table__  # type: ignore[assignment]
+_STUDIES: Table = StudyRow.__table__  # type: ignore[assignment]
+_SERIES: Table = SeriesRow.__table__  # type: ignore[assignment]
+_INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
+_OBJECTS: Table = ObjectRow.__table__  # type: ignore[assignment]
+
+#: Objects with what their signed records bind (the study joined outer: a deleted
+#: study row leaves the object listed, with a signature that no longer verifies).
+_OBJECT_WITH_BINDING = select(
+    _OBJECTS,
+    _INSTANCES.c.pixel_sha256, _INSTANCES.c.study_id, _INSTANCES.c.series_id,
+    _INSTANCES.c.rows, _INSTANCES.c.cols, _INSTANCES.c.frames,
+    _STUDIES.c.patient_pseudonym, _STUDIES.c.site, _STUDIES.c.modality, _STUDIES.c.body_part,
+).select_from(
+    _OBJECTS.join(_INSTANCES, _OBJECTS.c.instance_id == _INSTANCES.c.instance_id)
+    .outerjoin(_STUDIES, _INSTANCES.c.study_id == _STUDIES.c.study_id)
 )
+
+# Hot-path statements of the write path, built once so SQLAlchemy compiles each once.
+_STUDY_BY_ID = select(_STUDIES.c.patient_pseudonym, _STUDIES.c.site, _STUDIES.c.modality,
+                      _STUDIES.c.body_part, _STUDIES.c.status).where(
+    _STUDIES.c.study_id == bindparam("study_id"))
+_SERIES_STUDY = select(_SERIES.c.study_id).where(_SERIES.c.series_id == bindparam("series_id"))
+_INSTANCE_BY_SOURCE = select(_INSTANCES).where(
+    _INSTANCES.c.source_sha256 == bindparam("source_sha256"))
+_INSTANCE_BY_ID = select(_INSTANCES).where(_INSTANCES.c.instance_id == bindparam("instance_id"))
+_INSERT_INSTANCE = insert(_INSTANCES)
+_INSERT_OBJECT = insert(_OBJECTS)
+_PATIENT_IDENTITY = select(_PATIENTS.c.identity_blob, _PATIENTS.c.identity_kek_id).where(
+    _PATIENTS.c.pseudonym == bindparam("pseudonym"))
+_SET_IDENTITY = (
+    update(_PATIENTS).where(_PATIENTS.c.pseudonym == bindparam("p"))
+    .values(identity_blob=bindparam("blob"), identity_kek_id=bindparam("kek"))
+)
+
+
+def _insert_ignore(dialect_name: str, table: Table, key: str) -> Any:
+    dialect = pg_dialect if dialect_name == "postgresql" else sqlite_dialect
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
+
+
+_INSERT_IGNORE = {
+    (name, table.name): _insert_ignore(name, table, key)
+    for name in ("sqlite", "postgresql")
+    for table, key in ((_PATIENTS, "pseudonym"), (_STUDIES, "study_id"),
+                       (_SERIES, "series_id"))
+}
 
 
 def _normalise_url(url: str | URL) -> URL:
@@ -161,7 +223,7 @@ def _normalise_url(url: str | URL) -> URL:
     return parsed
 
 
-def _make_engine(url: URL, busy_timeout_s: float) -> Engine:
+def _make_engine(url: URL, busy_timeout_s: float, synchronous: str) -> Engine:
     if url.get_backend_name() == "postgresql":
         return create_engine(url, pool_pre_ping=True)
     in_memory = url.database in (None, "", ":memory:")
@@ -181,7 +243,7 @@ def _make_engine(url: URL, busy_timeout_s: float) -> Engine:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.execute("PRAGMA secure_delete = ON")  # shredded keys are zeroed on disk
-            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
             if not in_memory:
                 cursor.execute("PRAGMA journal_mode = WAL")
         finally:
@@ -197,6 +259,179 @@ def _make_engine(url: URL, busy_timeout_s: float) -> Engine:
     return engine
 
 
+def _instance_record(row: Any) -> InstanceRecord:
+    return InstanceRecord(
+        instance_id=row.instance_id, series_id=row.series_id, study_id=row.study_id,
+        source_sha256=row.source_sha256, source_format=row.source_format, rows=row.rows,
+        cols=row.cols, frames=row.frames, pixel_sha256=row.pixel_sha256,
+        created_at=row.created_at,
+    )
+
+
+def _existing(conn: Any, instance: NewInstance) -> AddInstanceResult | None:
+    """The cataloged instance ``instance`` duplicates (same file or same instance id), if any."""
+    row = conn.execute(_INSTANCE_BY_SOURCE, {"source_sha256": instance.source_sha256}).first()
+    how = "source_sha256"
+    if row is None:
+        row = conn.execute(_INSTANCE_BY_ID, {"instance_id": instance.instance_id}).first()
+        how = "instance_id"
+    if row is None:
+        return None
+    query = _OBJECT_WITH_BINDING.where(ObjectRow.instance_id == row.instance_id).order_by(
+        ObjectRow.object_id)
+    objs = [_to_object(hit, hit, hit) for hit in conn.execute(query)]
+    return AddInstanceResult(_instance_record(row), tuple(objs), created=False,
+                             duplicate_of=how)
+
+
+class CatalogWriter:
+    """Catalog changes inside one write transaction; made by :meth:`Catalog.writing`.
+
+    Plain SQL (SQLAlchemy Core) on one connection with statements compiled
+    once: ingesting a batch of images costs a few indexed look-ups and inserts
+    per image and one commit for all.
+    """
+
+    def __init__(self, dialect_name: str, conn: Any) -> None:
+        self._dialect = dialect_name
+        self._conn = conn
+
+    @property
+    def connection(self) -> Any:
+        """The transaction's connection (for the audit trail's appends)."""
+        return self._conn
+
+    def add_instance_with_objects(
+        self,
+        instance: NewInstance,
+        objects: Sequence[NewObject],
+        *,
+        signer: Signer | None = None,
+    ) -> AddInstanceResult:
+        """Catalog one image and its objects in this transaction.
+
+        As :meth:`Catalog.add_instance_with_objects`, without the commit.
+
+        A conflict (the study or series belongs elsewhere, the study was
+        shredded) is found before anything of this image is written, so the
+        caller may refuse the image and go on with the transaction.
+
+        Raises
+        ------
+        ValueError
+            When an object carries no signature and no signer is given, or two
+            objects share a kind or id.
+        VaultError
+            When the study or series already belongs to another patient or
+            study, or the study was shredded (nothing of this image written).
+        sqlalchemy.exc.IntegrityError
+            When an object id or blob key is already used, or a concurrent
+            writer got in first (PostgreSQL).
+        """
+        if len({o.kind for o in objects}) != len(objects) or len(
+            {o.object_id for o in objects}
+        ) != len(objects):
+            raise ValueError("objects of one instance need distinct kinds and ids")
+        if signer is None:
+            for obj in objects:
+                if not obj.record_signature or not obj.signer_key_id:
+                    raise ValueError(f"object {obj.object_id} carries no record signature")
+        conn = self._conn
+        found = _existing(conn, instance)
+        if found is not None:
+            return found
+        study = self._parents(instance)
+        objs = [
+            replace(o, record_signature=signer.sign(o.message(instance, study)),
+                    signer_key_id=signer.key_id) if signer is not None else o
+            for o in objects
+        ]
+        now = utcnow()
+        inst_values = {
+            "instance_id": instance.instance_id, "series_id": instance.series_id,
+            "study_id": instance.study_id, "source_sha256": instance.source_sha256,
+            "source_format": instance.source_format, "rows": instance.rows,
+            "cols": instance.cols, "frames": instance.frames,
+            "pixel_sha256": instance.pixel_sha256, "created_at": now,
+        }
+        conn.execute(_INSERT_INSTANCE, inst_values)
+        obj_values = [
+            {"object_id": o.object_id, "instance_id": instance.instance_id, "kind": o.kind,
+             "blob_key": o.blob_key, "plain_size": o.plain_size, "sealed_size": o.sealed_size,
+             "sealed_sha256": o.sealed_sha256, "kek_id": o.kek_id, "wrapped_key": o.wrapped_key,
+             "record_signature": o.record_signature, "signer_key_id": o.signer_key_id,
+             "created_at": now}
+            for o in objs
+        ]
+        if obj_values:
+            conn.execute(_INSERT_OBJECT, obj_values)
+        inst_ns = SimpleNamespace(**inst_values)
+        return AddInstanceResult(
+            instance=_instance_record(inst_ns),
+            objects=tuple(_to_object(SimpleNamespace(**v), inst_ns, study) for v in obj_values),
+            created=True,
+        )
+
+    def _parents(self, inst: NewInstance) -> StudyBinding:
+        """Check, then create if new, the image's patient, study and series; return the study."""
+        conn = self._conn
+        study = conn.execute(_STUDY_BY_ID, {"study_id": inst.study_id}).first()
+        if study is not None:
+            if study.patient_pseudonym != inst.patient_pseudonym:
+                raise VaultError(f"study {inst.study_id} belongs to another patient")
+            if study.status == STUDY_SHREDDED:
+                raise VaultError(f"study {inst.study_id} was shredded; it takes no new images")
+        series_study = conn.scalar(_SERIES_STUDY, {"series_id": inst.series_id})
+        if series_study is not None and series_study != inst.study_id:
+            raise VaultError(f"series {inst.series_id} belongs to another study")
+        now = utcnow()
+        if study is None:
+            conn.execute(_INSERT_IGNORE[self._dialect, "patients"],
+                         {"pseudonym": inst.patient_pseudonym, "created_at": now})
+            conn.execute(_INSERT_IGNORE[self._dialect, "studies"], {
+                "study_id": inst.study_id, "patient_pseudonym": inst.patient_pseudonym,
+                "site": inst.site, "modality": inst.modality, "body_part": inst.body_part,
+                "created_at": now, "status": STUDY_ACTIVE,
+            })
+            study = conn.execute(_STUDY_BY_ID, {"study_id": inst.study_id}).first()
+            if study is None or study.patient_pseudonym != inst.patient_pseudonym:
+                raise VaultError(f"study {inst.study_id} belongs to another patient")
+        if series_study is None:
+            conn.execute(_INSERT_IGNORE[self._dialect, "series"], {
+                "series_id": inst.series_id, "study_id": inst.study_id,
+                "modality": inst.modality, "body_part": inst.body_part, "created_at": now,
+            })
+            if conn.scalar(_SERIES_STUDY, {"series_id": inst.series_id}) != inst.study_id:
+                raise VaultError(f"series {inst.series_id} belongs to another study")
+        return StudyBinding(study.patient_pseudonym, study.site, study.modality,
+                            study.body_part)
+
+    def identity_of(self, pseudonym: str) -> tuple[bytes | None, str | None] | None:
+        """The patient's sealed identity record and its key id; ``None`` if no such patient."""
+        row = self._conn.execute(_PATIENT_IDENTITY, {"pseudonym": pseudonym}).first()
+        if row is None:
+            return None
+        return (None if row.identity_blob is None else bytes(row.identity_blob),
+                row.identity_kek_id)
+
+    def set_identity(self, pseudonym: str, identity_blob: bytes, identity_kek_id: str) -> None:
+        """Store (or replace) a patient's sealed identity record, creating the patient if new.
+
+        Raises
+        ------
+        ValueError
+            When the blob is empty, or the pseudonym or key id malformed.
+        """
+        check(ID, "pseudonym", pseudonym)
+        if not isinstance(identity_blob, bytes) or not identity_blob:
+            raise ValueError("identity_blob must be non-empty bytes")
+        check(KEY_ID, "identity_kek_id", identity_kek_id)
+        self._conn.execute(_INSERT_IGNORE[self._dialect, "patients"],
+                           {"pseudonym": pseudonym, "created_at": utcnow()})
+        self._conn.execute(_SET_IDENTITY, {"p": pseudonym, "blob": identity_blob,
+                                           "kek": identity_kek_id})
+
+
 class Catalog:
     """Repository over the vault's catalog database.
 
@@ -208,11 +443,18 @@ class Catalog:
         ``postgresql://``). Credentials in the URL are never logged.
     busy_timeout_s : float
         How long a SQLite writer waits for another writer before failing.
+    synchronous : {"FULL", "NORMAL"}
+        SQLite's ``synchronous`` setting. ``FULL`` (the default) flushes the
+        WAL at every commit; ``NORMAL`` only at checkpoints, which loses
+        nothing when a process is killed and never corrupts the database, but
+        may lose the last commits to an OS crash or power cut. PostgreSQL
+        ignores it (its own ``synchronous_commit`` rules there).
 
     Raises
     ------
     ConfigurationError
-        When the URL is malformed or names an unsupported database.
+        When the URL is malformed, names an unsupported database, or
+        ``synchronous`` is not one of the two values.
 
     Notes
     -----
@@ -221,10 +463,13 @@ class Catalog:
     use ``BEGIN IMMEDIATE``.
     """
 
-    def __init__(self, url: str | URL, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str | URL, *, busy_timeout_s: float = 30.0,
+                 synchronous: str = "FULL") -> None:
         self._url = _normalise_url(url)
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ConfigurationError("catalog synchronous must be FULL or NORMAL")
         try:
-            self._engine = _make_engine(self._url, busy_timeout_s)
+            self._engine = _make_engine(self._url, busy_timeout_s, synchronous)
         except (sa_exc.NoSuchModuleError, ImportError):
             raise ConfigurationError(
                 f"no database driver for {self._url.drivername!r} "
@@ -237,7 +482,8 @@ class Catalog:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def create(cls, url: str | URL, *, busy_timeout_s: float = 30.0) -> Catalog:
+    def create(cls, url: str | URL, *, busy_timeout_s: float = 30.0,
+               synchronous: str = "FULL") -> Catalog:
         """Open the catalog at ``url``, creating any missing tables.
 
         Raises
@@ -247,7 +493,7 @@ class Catalog:
         VaultError
             When the database cannot be reached or the tables cannot be created.
         """
-        catalog = cls(url, busy_timeout_s=busy_timeout_s)
+        catalog = cls(url, busy_timeout_s=busy_timeout_s, synchronous=synchronous)
         catalog.create_tables()
         return catalog
 
@@ -416,143 +662,52 @@ class Catalog:
             When the study or series already belongs to another patient or
             study, or an object id or blob key is already used elsewhere.
         """
-        objs = [self._signed(o, instance, signer) for o in objects]
-        if len({o.kind for o in objs}) != len(objs) or len({o.object_id for o in objs}) != len(
-            objs
-        ):
-            raise ValueError("objects of one instance need distinct kinds and ids")
         try:
-            with self._writing() as session:
-                found = self._existing(session, instance)
-                if found is not None:
-                    return found
-                self._upsert_parents(session, instance)
-                now = utcnow()
-                inst_row = InstanceRow(
-                    instance_id=instance.instance_id,
-                    series_id=instance.series_id,
-                    study_id=instance.study_id,
-                    source_sha256=instance.source_sha256,
-                    source_format=instance.source_format,
-                    rows=instance.rows,
-                    cols=instance.cols,
-                    frames=instance.frames,
-                    pixel_sha256=instance.pixel_sha256,
-                    created_at=now,
-                )
-                obj_rows = [
-                    ObjectRow(
-                        object_id=o.object_id,
-                        instance_id=instance.instance_id,
-                        kind=o.kind,
-                        blob_key=o.blob_key,
-                        plain_size=o.plain_size,
-                        sealed_size=o.sealed_size,
-                        sealed_sha256=o.sealed_sha256,
-                        kek_id=o.kek_id,
-                        wrapped_key=o.wrapped_key,
-                        record_signature=o.record_signature,
-                        signer_key_id=o.signer_key_id,
-                        created_at=now,
-                    )
-                    for o in objs
-                ]
-                session.add(inst_row)
-                session.flush()
-                session.add_all(obj_rows)
-                session.flush()
-                return AddInstanceResult(
-                    instance=_to_instance(inst_row),
-                    objects=tuple(_to_object(r, instance.pixel_sha256) for r in obj_rows),
-                    created=True,
-                )
+            with self.writing() as writer:
+                return writer.add_instance_with_objects(instance, objects, signer=signer)
         except sa_exc.IntegrityError as exc:
             # A concurrent ingest of the same file won the race, or an id clashed.
             logger.debug("catalog insert refused: %s", type(exc.orig).__name__)
-            with self._reading() as session:
-                found = self._existing(session, instance)
+            with self._read_engine_begin() as conn:
+                found = _existing(conn, instance)
             if found is not None:
                 return found
             raise VaultError(
                 f"instance {instance.instance_id}: an object id or blob key is already cataloged"
             ) from None
 
-    @staticmethod
-    def _signed(obj: NewObject, instance: NewInstance, signer: Signer | None) -> NewObject:
-        if signer is not None:
-            return replace(
-                obj, record_signature=signer.sign(obj.message(instance)),
-                signer_key_id=signer.key_id,
-            )
-        if not obj.record_signature or not obj.signer_key_id:
-            raise ValueError(f"object {obj.object_id} carries no record signature")
-        return obj
+    @contextmanager
+    def writing(self) -> Iterator[CatalogWriter]:
+        """One write transaction for many catalog changes (group commit).
 
-    def _existing(self, session: Session, instance: NewInstance) -> AddInstanceResult | None:
-        row = session.scalar(
-            select(InstanceRow).where(InstanceRow.source_sha256 == instance.source_sha256)
-        )
-        how = "source_sha256"
-        if row is None:
-            row = session.get(InstanceRow, instance.instance_id)
-            how = "instance_id"
-        if row is None:
-            return None
-        objs = self._objects_where(session, ObjectRow.instance_id == row.instance_id)
-        return AddInstanceResult(_to_instance(row), tuple(objs), created=False, duplicate_of=how)
+        Everything done through the yielded :class:`CatalogWriter` commits
+        together when the block ends, or not at all. On SQLite the transaction
+        holds the database's write lock from its start (``BEGIN IMMEDIATE``),
+        so the audit trail can append in it too
+        (:meth:`radvault.vault.audit.AuditLog.appending`, entered first).
 
-    def _upsert_parents(self, session: Session, inst: NewInstance) -> None:
-        now = utcnow()
-        self._insert_ignore(
-            session, PatientRow, {"pseudonym": inst.patient_pseudonym, "created_at": now},
-            "pseudonym",
-        )
-        self._insert_ignore(
-            session,
-            StudyRow,
-            {
-                "study_id": inst.study_id,
-                "patient_pseudonym": inst.patient_pseudonym,
-                "site": inst.site,
-                "modality": inst.modality,
-                "body_part": inst.body_part,
-                "created_at": now,
-                "status": STUDY_ACTIVE,
-            },
-            "study_id",
-        )
-        study = session.get(StudyRow, inst.study_id)
-        assert study is not None
-        if study.patient_pseudonym != inst.patient_pseudonym:
-            raise VaultError(f"study {inst.study_id} belongs to another patient")
-        if study.status == STUDY_SHREDDED:
-            raise VaultError(f"study {inst.study_id} was shredded; it takes no new images")
-        self._insert_ignore(
-            session,
-            SeriesRow,
-            {
-                "series_id": inst.series_id,
-                "study_id": inst.study_id,
-                "modality": inst.modality,
-                "body_part": inst.body_part,
-                "created_at": now,
-            },
-            "series_id",
-        )
-        series = session.get(SeriesRow, inst.series_id)
-        assert series is not None
-        if series.study_id != inst.study_id:
-            raise VaultError(f"series {inst.series_id} belongs to another study")
+        Raises
+        ------
+        VaultError
+            When the database cannot be reached.
+        sqlalchemy.exc.IntegrityError
+            When a write clashed with a concurrent one (PostgreSQL); the whole
+            transaction is rolled back.
+        """
+        with self._write_engine.begin() as conn:
+            yield CatalogWriter(self.dialect_name, conn)
+
+    def _read_engine_begin(self) -> Any:
+        return self._engine.begin()
 
     # ------------------------------------------------------------------ look-ups
 
     def find_instance_by_source_sha256(self, source_sha256: str) -> InstanceRecord | None:
         """Return the instance ingested from the file with this sha-256, if any."""
-        with self._reading() as session:
-            row = session.scalar(
-                select(InstanceRow).where(InstanceRow.source_sha256 == source_sha256)
-            )
-            return None if row is None else _to_instance(row)
+        with self._engine.connect() as conn:
+            row = conn.execute(_INSTANCE_BY_SOURCE, {"source_sha256": source_sha256}).first()
+            conn.rollback()
+        return None if row is None else _instance_record(row)
 
     def _study_query(self) -> Any:
         n = (
@@ -633,10 +788,10 @@ class Catalog:
     @staticmethod
     def _objects_where(session: Session, *criteria: Any, limit: int | None = None
                        ) -> list[ObjectRecord]:
-        query = _OBJECT_WITH_PIXELS.where(*criteria).order_by(ObjectRow.object_id)
+        query = _OBJECT_WITH_BINDING.where(*criteria).order_by(ObjectRow.object_id)
         if limit is not None:
             query = query.limit(limit)
-        return [_to_object(row, pixels) for row, pixels in session.execute(query)]
+        return [_to_object(hit, hit, hit) for hit in session.execute(query)]
 
     def objects_of_instance(self, instance_id: str) -> list[ObjectRecord]:
         """Return the instance's sealed objects (empty if none)."""

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from radvault.errors import (
     VaultLocked,
 )
 from radvault.vault.audit import Action, AuditLog, Outcome
-from radvault.vault.blobstore import BlobStore, LocalFolderBlobStore
+from radvault.vault.blobstore import BlobStore, LocalFolderBlobStore, put_many
 from radvault.vault.catalog import (
     Catalog,
     NewObject,
@@ -75,6 +76,10 @@ class VaultPaths:
         return self.home / "audit.log"
 
 
+#: SQLite's ``synchronous`` pragma for each ``Settings.durability``.
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+
+
 def new_object_id() -> str:
     """A random, meaningless object id (never derived from content or PHI)."""
     return "o" + secrets.token_hex(16)
@@ -104,7 +109,10 @@ class Vault:
         blobs: BlobStore,
         audit: AuditLog,
         signer: Signer,
+        *,
+        read_only: bool = False,
     ) -> None:
+        self.read_only = read_only
         self.settings = settings
         self.paths = VaultPaths(settings.home)
         self.keys = keys
@@ -138,21 +146,40 @@ class Vault:
         keys = LocalKeyFile.create(paths.key_file, passphrase, kdf=kdf)
         signer = keys.signer()
         paths.public_key.write_text(signer.public_key_bytes.hex() + "\n", encoding="ascii")
-        catalog = Catalog.create(settings.resolved_catalog_url)
+        catalog = Catalog.create(settings.resolved_catalog_url,
+                                 synchronous=_SYNCHRONOUS[settings.durability])
         vault = cls._assemble(settings, keys, catalog, signer)
         vault.audit.append("system", Action.INIT, details={"kek_id": keys.current_kek_id})
         return vault
 
     @classmethod
-    def open(cls, settings: Settings, passphrase: str | bytes) -> Vault:
+    def open(cls, settings: Settings, passphrase: str | bytes, *,
+             read_only: bool = False) -> Vault:
         """Unlock the vault in ``settings.home``.
 
         A failed unlock is audited (without any secret) before the error is raised.
+
+        Parameters
+        ----------
+        settings : Settings
+            Where the vault is, and how it behaves.
+        passphrase : str or bytes
+            Unlocks the key file.
+        read_only : bool
+            Open for inspection only (``radvault verify``, ``radvault audit
+            verify``): the unlock is not audited, the audit trail refuses
+            appends, and closing signs no checkpoint. This is how a vault whose
+            audit trail was cut below a checkpoint (which refuses every
+            append, the unlock's included) can still be verified and its
+            damage reported.
 
         Raises
         ------
         VaultLocked
             No vault there, wrong passphrase, missing or corrupt key file.
+        AuditChainError
+            (Not read-only) the audit trail was cut below its last checkpoint,
+            so not even the unlock can be audited.
         """
         paths = VaultPaths(settings.home)
         if not paths.home.is_dir() or not (
@@ -170,8 +197,11 @@ class Vault:
             if recorded != signer.public_key_bytes.hex():
                 keys.close()
                 raise IntegrityError("vault.pub does not match the key file's signing key")
-        catalog = Catalog.create(settings.resolved_catalog_url)
-        vault = cls._assemble(settings, keys, catalog, signer)
+        catalog = Catalog.create(settings.resolved_catalog_url,
+                                 synchronous=_SYNCHRONOUS[settings.durability])
+        vault = cls._assemble(settings, keys, catalog, signer, read_only=read_only)
+        if read_only:
+            return vault
         try:
             vault.audit.append("system", Action.UNLOCK)
         except BaseException:  # e.g. AuditChainError: a trail cut below its checkpoint
@@ -181,14 +211,16 @@ class Vault:
 
     @classmethod
     def _assemble(
-        cls, settings: Settings, keys: LocalKeyFile, catalog: Catalog, signer: Signer
+        cls, settings: Settings, keys: LocalKeyFile, catalog: Catalog, signer: Signer,
+        *, read_only: bool = False,
     ) -> Vault:
         paths = VaultPaths(settings.home)
         audit = AuditLog(
             catalog, signer, signer.verifier(), settings.audit_checkpoint_every,
-            file_path=paths.audit_file,
+            file_path=paths.audit_file, read_only=read_only,
         )
-        return cls(settings, keys, catalog, LocalFolderBlobStore(paths.blobs), audit, signer)
+        return cls(settings, keys, catalog, LocalFolderBlobStore(paths.blobs), audit, signer,
+                   read_only=read_only)
 
     @staticmethod
     def _audit_failed_unlock(settings: Settings, reason: str) -> None:
@@ -216,7 +248,7 @@ class Vault:
             When the closing checkpoint finds the trail truncated (everything is
             released all the same).
         """
-        self._release(checkpoint=True)
+        self._release(checkpoint=not self.read_only)
 
     def _release(self, *, checkpoint: bool) -> None:
         try:
@@ -253,6 +285,40 @@ class Vault:
             kek_id=sealed.wrapped_key.kek_id,
             wrapped_key=sealed.wrapped_key.to_bytes(),
         )
+
+    def seal_objects(
+        self, items: Sequence[tuple[bytes | bytearray | memoryview, str]]
+    ) -> list[NewObject]:
+        """Seal several plaintexts (``(plaintext, kind)`` pairs) and store them as one batch.
+
+        As :meth:`seal_object` for each, but the blobs go to the store together
+        (:func:`~radvault.vault.blobstore.put_many`: on the local folder store,
+        one round of concurrent flushes and one flush per folder for the whole
+        batch). Every blob is stored when this returns.
+
+        Raises
+        ------
+        VaultError
+            When a blob cannot be stored (some of the batch may be stored:
+            orphans that ``verify`` notes as harmless).
+        KeyProviderError
+            When a data key cannot be wrapped.
+        """
+        rows: list[NewObject] = []
+        blobs: list[tuple[str, bytes]] = []
+        for plaintext, kind in items:
+            object_id = new_object_id()
+            sealed = seal(plaintext, object_id=object_id, provider=self.keys,
+                          chunk_size=self.settings.chunk_size)
+            blobs.append((object_id, sealed.blob))
+            rows.append(NewObject(
+                object_id=object_id, kind=kind, blob_key=object_id,
+                plain_size=sealed.plain_size, sealed_size=len(sealed.blob),
+                sealed_sha256=sealed.sealed_sha256, kek_id=sealed.wrapped_key.kek_id,
+                wrapped_key=sealed.wrapped_key.to_bytes(),
+            ))
+        put_many(self.blobs, blobs)
+        return rows
 
     def open_object(self, obj: ObjectRecord, *, actor: str) -> bytearray:
         """Back-verify one object and return its plaintext (the caller zeroises it).
