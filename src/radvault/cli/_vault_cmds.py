@@ -81,7 +81,12 @@ def opened_for_verify(settings: Settings) -> Iterator[object]:
         vault.close()
 
 
-def init(ctx: typer.Context) -> None:
+def init(
+    ctx: typer.Context,
+    tls: Annotated[bool, typer.Option(
+        "--tls", help="Also make a self-signed certificate for `radvault serve` (localhost).")
+    ] = False,
+) -> None:
     """Create a vault in RADVAULT_HOME: key file, catalog, blob folder, audit trail."""
 
     @handle_errors
@@ -92,6 +97,12 @@ def init(ctx: typer.Context) -> None:
         vault = Vault.init(settings, read_passphrase(confirm=True))
         vault.close()
         console.print(f"vault created in {settings.home}")
+        if tls:
+            from radvault.api.tls import make_self_signed
+
+            folder = settings.home / "tls"
+            cert, key = make_self_signed(folder / "cert.pem", folder / "key.pem")
+            console.print(f"self-signed certificate {cert} (key {key}, mode 0600)")
 
     run()
 
