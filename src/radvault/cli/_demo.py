@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -98,17 +100,18 @@ def demo(
             for problem in report.problems:
                 console.print(f"   [red]{problem}[/]")
             login = _demo_login(vault, settings.home)
+        exe = "radvault" if shutil.which("radvault") else sys.argv[0]
         env = f"RADVAULT_HOME={settings.home}"
         if not os.environ.get("RADVAULT_PASSPHRASE"):
             env += f" RADVAULT_PASSPHRASE=$(cat {settings.home / PASSPHRASE_FILE})"
         console.print(
             "\n4. log in: start the service on loopback with\n"
-            f"   [bold]{env} radvault serve --insecure-http --port 8000[/]\n"
+            f"   [bold]{env} {exe} serve --insecure-http --port 8000[/]\n"
             "   then open [bold]http://127.0.0.1:8000/[/] (web pages) or POST to "
             "http://127.0.0.1:8000/api/v1/auth/token (API; OpenAPI at /api/v1/openapi.json) as\n"
             f"   user [bold]{login[0]}[/] (radiologist, granted the demo site); password in "
             f"{settings.home / LOGINS_FILE}\n"
-            f"Also: `{env} radvault ls`, `radvault show ID`, `radvault audit tail`, "
+            f"Also: `{env} {exe} ls`, `radvault show ID`, `radvault audit tail`, "
             "`radvault --help`."
         )
         return 0 if report.ok else 1
