@@ -169,13 +169,15 @@ class Analyser:
             reasons=tuple(prediction.reasons),
             extra={"input": source, "refer_threshold": model.refer_threshold},
         )
-        stored = self.vault.catalog.add_result(instance_id, result.model_id, result.as_payload(),
-                                               result_id=result_id)
-        self.vault.audit.append(
-            self.actor, Action.ANALYSE, Outcome.OK,
-            object_ids=[instance.study_id, instance_id, stored.result_id],
-            details={"model_id": result.model_id, "refer": result.refer},
-        )
+        # The result and its audit entry commit together: one transaction, one fsync.
+        with self.vault.audit.appending() as chain, self.vault.catalog.writing() as writer:
+            stored = writer.add_result(instance_id, result.model_id, result.as_payload(),
+                                       result_id=result_id)
+            chain.append(
+                writer.connection, self.actor, Action.ANALYSE, Outcome.OK,
+                object_ids=[instance.study_id, instance_id, stored.result_id],
+                details={"model_id": result.model_id, "refer": result.refer},
+            )
         log.info("analysed instance %s with %s", instance_id, result.model_id)
         return AnalysisResult(**{**result.__dict__, "result_id": stored.result_id})
 

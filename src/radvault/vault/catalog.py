@@ -166,6 +166,7 @@ _STUDIES: Table = StudyRow.__table__  # type: ignore[assignment]
 _SERIES: Table = SeriesRow.__table__  # type: ignore[assignment]
 _INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
 _OBJECTS: Table = ObjectRow.__table__  # type: ignore[assignment]
+_RESULTS: Table = ResultRow.__table__  # type: ignore[assignment]
 
 #: Objects with what their signed records bind (the study joined outer: a deleted
 #: study row leaves the object listed, with a signature that no longer verifies).
@@ -300,6 +301,32 @@ class CatalogWriter:
     def connection(self) -> Any:
         """The transaction's connection (for the audit trail's appends)."""
         return self._conn
+
+    def add_result(self, instance_id: str, model_id: str, payload: Mapping[str, Any], *,
+                   result_id: str | None = None) -> ResultRecord:
+        """Store an analysis result in this transaction (see :meth:`Catalog.add_result`).
+
+        Raises
+        ------
+        ObjectNotFound
+            When no instance has this id.
+        ValueError
+            When the payload is not JSON data or an id is malformed.
+        """
+        result_id = result_id or uuid.uuid4().hex
+        check(ID, "result_id", result_id)
+        check(ID, "model_id", model_id)
+        body = json.loads(canonical_json(dict(payload)))
+        known = self._conn.execute(
+            select(_INSTANCES.c.instance_id).where(_INSTANCES.c.instance_id == instance_id)
+        ).first()
+        if known is None:
+            raise ObjectNotFound(f"no instance {instance_id!r}")
+        created = utcnow()
+        self._conn.execute(insert(_RESULTS).values(
+            result_id=result_id, instance_id=instance_id, model_id=model_id, payload=body,
+            created_at=created))
+        return ResultRecord(result_id, instance_id, model_id, body, created)
 
     def add_instance_with_objects(
         self,
