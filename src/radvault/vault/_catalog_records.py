@@ -8,13 +8,13 @@ come out, and none of them is tied to a database session.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol, runtime_checkable
 
 from radvault.errors import IntegrityError
+from radvault.vault.signing import canonical_json  # the one canonical encoding
 
 __all__ = [
     "OBJECT_RECORD_TYPE",
@@ -79,24 +79,6 @@ class Verifier(Protocol):
     def verify(self, message: bytes, signature: bytes) -> None:
         """Return quietly if ``signature`` signs ``message``; raise ``IntegrityError`` if not."""
         ...
-
-
-def canonical_json(value: Any) -> bytes:
-    """Encode ``value`` as canonical JSON: sorted keys, compact, UTF-8, no NaN.
-
-    The same value always gives the same bytes, which is what signatures and
-    hash chains need. Byte-for-byte the same encoding as
-    ``radvault.vault.signing.canonical_json`` (kept here so that the catalog
-    does not depend on the signing module).
-
-    Raises
-    ------
-    TypeError, ValueError
-        When ``value`` is not plain JSON data (or holds NaN/infinity).
-    """
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 # --------------------------------------------------------------------------- validation helpers
