@@ -9,21 +9,20 @@ argon2id hashes and refresh tokens as SHA-256 digests of 256-bit random strings.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
-    DateTime,
-    Dialect,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
-    TypeDecorator,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from radvault._sqltypes import UTCDateTime
 
 __all__ = [
     "AccessBase",
@@ -37,30 +36,6 @@ __all__ = [
 
 NAME_LENGTH = 64
 STUDY_ID_LENGTH = 128
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp stored in UTC and always read back as an aware UTC datetime.
-
-    SQLite has no time zones: values are stored there as naive UTC and given
-    their zone back on read, so both back ends return the same values.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise TypeError("access timestamps must be timezone-aware")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 _NAMING = {

@@ -22,18 +22,17 @@ No column holds PHI in the clear.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import (
-    DateTime,
-    Dialect,
     Index,
     LargeBinary,
     MetaData,
     String,
-    TypeDecorator,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from radvault._sqltypes import UTCDateTime
 
 __all__ = [
     "AnalysisRunRow",
@@ -45,26 +44,6 @@ __all__ = [
 
 ID_LENGTH = 128
 NAME_LENGTH = 128
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp stored in UTC and read back as an aware UTC datetime (SQLite too)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise TypeError("clinical timestamps must be timezone-aware")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 _NAMING = {
