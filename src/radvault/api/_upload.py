@@ -19,7 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from radvault.errors import ImageTooLarge
 from radvault.pipeline.clinical import InvalidRequest
 
-__all__ = ["UploadForm", "read_upload"]
+__all__ = ["FormCollector", "UploadForm", "parse_form", "read_upload"]
 
 FILE_FIELD = "file"
 TEXT_FIELDS = ("modality", "body_part")
@@ -40,11 +40,16 @@ class UploadForm:
         self.data[:] = b"\0" * len(self.data)
 
 
-class _Collector:
-    """Callbacks of the streaming parser: collect parts, enforce the caps."""
+class FormCollector:
+    """Callbacks of ``python-multipart``'s streaming parser: parts, headers, caps.
 
-    def __init__(self, max_bytes: int) -> None:
+    Subclasses decide what each part means (:meth:`headers_finished`,
+    :meth:`part_end`); the API's upload and the upload page share the rest.
+    """
+
+    def __init__(self, max_bytes: int, max_parts: int = _MAX_PARTS) -> None:
         self.max_bytes = max_bytes
+        self.max_parts = max_parts
         self.file: bytearray | None = None
         self.filename: str | None = None
         self.fields: dict[str, str] = {}
@@ -56,6 +61,7 @@ class _Collector:
         self._name: str | None = None
         self._buffer = bytearray()
         self._is_file = False
+        self._raw_filename = ""
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -71,7 +77,7 @@ class _Collector:
 
     def part_begin(self) -> None:
         self._parts += 1
-        if self._parts > _MAX_PARTS:
+        if self._parts > self.max_parts:
             raise InvalidRequest("too many parts in the upload form")
         self._headers = {}
         self._name = None
@@ -89,20 +95,26 @@ class _Collector:
         self._header_field.clear()
         self._header_value.clear()
 
-    def headers_finished(self) -> None:
+    def part_name(self) -> str:
+        """The finished part's field name (from its Content-Disposition)."""
         disposition, options = parse_options_header(self._headers.get(b"content-disposition"))
         if disposition != b"form-data" or b"name" not in options:
             raise InvalidRequest("each form part needs a Content-Disposition with a name")
         self._name = options[b"name"].decode("utf-8", "replace")
-        if self._name == FILE_FIELD:
-            if self.file is not None:
-                raise InvalidRequest("give exactly one file")
-            self._is_file = True
-            raw = options.get(b"filename")
-            self.filename = raw.decode("utf-8", "replace") if raw is not None else ""
-            self.file = self._buffer
-        elif self._name not in TEXT_FIELDS:
-            raise InvalidRequest("unknown form field (expected file, modality, body_part)")
+        raw = options.get(b"filename")
+        self._raw_filename = raw.decode("utf-8", "replace") if raw is not None else ""
+        return self._name
+
+    def start_file(self) -> None:
+        """Make the current part the form's one file."""
+        if self.file is not None:
+            raise InvalidRequest("give exactly one file")
+        self._is_file = True
+        self.filename = self._raw_filename
+        self.file = self._buffer
+
+    def headers_finished(self) -> None:
+        raise NotImplementedError
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         size = len(self._buffer) + (end - start)
@@ -113,15 +125,59 @@ class _Collector:
             raise InvalidRequest(f"form field is longer than {_TEXT_MAX} bytes")
         self._buffer += data[start:end]
 
+    def text_value(self) -> str:
+        """The finished text part's value."""
+        try:
+            return bytes(self._buffer).decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise InvalidRequest("form fields must be UTF-8 text") from None
+
     def part_end(self) -> None:
-        if self._name in TEXT_FIELDS:
-            try:
-                self.fields[str(self._name)] = bytes(self._buffer).decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise InvalidRequest("form fields must be UTF-8 text") from None
+        raise NotImplementedError
 
     def end(self) -> None:
         self.ended = True
+
+
+async def parse_form(content_type: str | None, stream: AsyncIterator[bytes],
+                     collector: FormCollector,
+                     passthrough: tuple[type[BaseException], ...] = ()) -> None:
+    """Feed a ``multipart/form-data`` body to ``collector`` as it streams in.
+
+    Raises
+    ------
+    InvalidRequest
+        If it is not multipart/form-data with a boundary, or is malformed.
+    """
+    kind, options = parse_options_header(content_type or "")
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise InvalidRequest("the upload must be multipart/form-data with a boundary")
+    try:
+        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+        async for chunk in stream:
+            if chunk:
+                parser.write(chunk)
+        parser.finalize()
+    except (InvalidRequest, ImageTooLarge, *passthrough):
+        raise
+    except (MultipartParseError, ValueError):
+        raise InvalidRequest("the upload form is malformed") from None
+
+
+class _Collector(FormCollector):
+    """The API's upload: one ``file`` part and the text fields ``modality``, ``body_part``."""
+
+    def headers_finished(self) -> None:
+        name = self.part_name()
+        if name == FILE_FIELD:
+            self.start_file()
+        elif name not in TEXT_FIELDS:
+            raise InvalidRequest("unknown form field (expected file, modality, body_part)")
+
+    def part_end(self) -> None:
+        if self._name in TEXT_FIELDS:
+            self.fields[str(self._name)] = self.text_value()
 
 
 async def read_upload(content_type: str | None, stream: AsyncIterator[bytes], *,
@@ -149,21 +205,8 @@ async def read_upload(content_type: str | None, stream: AsyncIterator[bytes], *,
     InvalidRequest
         If the body is not a well-formed form with exactly one ``file`` part.
     """
-    kind, options = parse_options_header(content_type or "")
-    boundary = options.get(b"boundary")
-    if kind != b"multipart/form-data" or not boundary:
-        raise InvalidRequest("the upload must be multipart/form-data with a boundary")
     collector = _Collector(max_bytes)
-    try:
-        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
-        async for chunk in stream:
-            if chunk:
-                parser.write(chunk)
-        parser.finalize()
-    except (InvalidRequest, ImageTooLarge):
-        raise
-    except (MultipartParseError, ValueError):
-        raise InvalidRequest("the upload form is malformed") from None
+    await parse_form(content_type, stream, collector)
     if not collector.ended or collector.file is None:
         raise InvalidRequest("the upload form has no complete file part")
     return UploadForm(collector.file, collector.filename or "", collector.fields)
