@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 
-from radvault.analysis.metrics import expected_calibration_error
 from radvault.errors import ModelError
 
 __all__ = ["Calibration", "fit_temperature", "nll", "softmax"]
+
+
+def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable log-softmax in numpy (serving must not import scipy/sklearn)."""
+    shifted = z - np.max(z, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
@@ -79,6 +82,10 @@ def fit_temperature(logits: Any, labels: Any, *, bounds: tuple[float, float] = (
     ModelError
         If shapes disagree or there is no data.
     """
+    from scipy.optimize import minimize_scalar
+
+    from radvault.analysis.metrics import expected_calibration_error
+
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     if z.ndim != 2 or z.shape[0] != y.shape[0] or z.shape[0] == 0:
