@@ -76,9 +76,11 @@ stage_breast0()   { run_task breast_us 0 30 10; }
 stage_small0() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 0 30 10; done; }
 stage_small1() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 1 30 10; done; }
 stage_small2() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 2 30 10; done; }
-stage_medmnist() {
-  run_medmnist pneumoniamnist DX CHEST 0
-  run_medmnist breastmnist US BREAST 0
+stage_medmnist() {  # three seeds each (SEEDS overrides)
+  for seed in ${SEEDS:-0 1 2}; do
+    run_medmnist pneumoniamnist DX CHEST "$seed"
+    run_medmnist breastmnist US BREAST "$seed"
+  done
 }
 
 stage_select() {

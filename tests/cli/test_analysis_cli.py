@@ -66,3 +66,49 @@ def test_data_fetch_knows_the_official_medmnist_files_and_refuses_others(
         medmnist_url("imagenet")
     assert main(["data", "fetch", "medmnist", "imagenet", "--out", str(tmp_path)]) == 2
     assert "unknown MedMNIST set" in capsys.readouterr().err
+
+
+@needs_models
+def test_analyze_a_study_runs_every_instance_and_reports_one_that_fails_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from radvault.config import load_settings
+    from radvault.pipeline.ingest import IngestItem, Ingestor
+    from radvault.vault.keys import KdfParams
+    from radvault.vault.vault import Vault
+
+    home = tmp_path / "vault"
+    monkeypatch.setenv("RADVAULT_HOME", str(home))
+    monkeypatch.setenv("RADVAULT_PASSPHRASE", "analyse a whole study")
+    ct = pydicom.dcmread(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm")
+    for n in range(3):
+        ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ct.InstanceNumber = n + 1
+        ct.save_as(tmp_path / f"ct{n}.dcm")
+    vault = Vault.init(load_settings(env={}, home=home), "analyse a whole study",
+                       kdf=KdfParams.fast())
+    try:
+        outcomes = Ingestor(vault, actor="tech").ingest_many(
+            [IngestItem(path) for path in sorted(tmp_path.glob("ct*.dcm"))])
+        study_id = vault.catalog.get_instance(outcomes[0].instance_id).study_id
+        victim = next(o for o in vault.catalog.objects_of_instance(outcomes[1].instance_id)
+                      if o.kind == "model_input")
+        blob = vault.blobs.path_of(victim.blob_key)
+    finally:
+        vault.close()
+
+    assert main(["analyze", study_id, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert sorted(r["target"] for r in first) == sorted(o.instance_id for o in outcomes)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-3 for r in first)
+
+    data = bytearray(blob.read_bytes())
+    data[-40] ^= 0x80
+    blob.write_bytes(bytes(data))
+    assert main(["analyze", study_id]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{outcomes[1].instance_id}: not analysed (IntegrityError" in out
+    assert "1 of 3 instances not analysed" in out

@@ -47,3 +47,60 @@ def test_the_heatmap_is_a_png_computed_in_memory(vault: Vault) -> None:
     png = Analyser.default(vault, actor="dr").heatmap_png(outcome.instance_id)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any(p.suffix == ".png" for p in vault.paths.home.rglob("*"))
+
+
+HINTS = {"brain_mri": ("MR", "BRAIN"), "breast_us": ("US", "BREAST"),
+         "chest_xray": ("DX", "CHEST")}
+
+
+def _ingest_samples(vault: Vault) -> list[str]:
+    ingestor = Ingestor(vault, actor="tech")
+    ids = []
+    for path in sorted(SAMPLE.parent.iterdir()):
+        modality, body_part = HINTS[path.name.split("__")[0]]
+        ids.append(ingestor.ingest_file(path, modality=modality, body_part=body_part).instance_id)
+    return ids
+
+
+def test_a_batch_gives_the_same_predictions_as_one_at_a_time_with_one_audit_entry_each(
+    vault: Vault,
+) -> None:
+    ids = _ingest_samples(vault)
+    analyser = Analyser.default(vault, actor="dr")
+    seen: list[int] = []
+    batch = analyser.analyse_many(ids, batch_size=2, progress=seen.append)
+    assert batch.failures == []
+    assert [r.instance_id for r in batch.results] == ids
+    assert seen == [2, 2, 1]
+    for result in batch.results:
+        single = analyser.analyse_instance(result.instance_id)
+        assert single.model_id == result.model_id
+        assert single.probabilities == pytest.approx(result.probabilities, abs=1e-5)
+    entries = vault.audit.query(action="analyse")
+    assert len(entries) == 2 * len(ids)
+    batch_entries = entries[len(ids):]  # newest first: the single runs came after
+    assert {e.object_ids[-1] for e in batch_entries} == {r.result_id for r in batch.results}
+    assert verify_vault(vault).ok
+
+
+def test_a_tampered_or_unknown_instance_is_refused_and_the_rest_of_the_batch_is_stored(
+    vault: Vault,
+) -> None:
+    ids = _ingest_samples(vault)
+    victim = ids[1]
+    model_input = next(o for o in vault.catalog.objects_of_instance(victim)
+                       if o.kind == "model_input")
+    blob = vault.blobs.path_of(model_input.blob_key)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+
+    batch = Analyser.default(vault, actor="dr").analyse_many([*ids, "0" * 32])
+    assert [r.instance_id for r in batch.results] == [i for i in ids if i != victim]
+    assert [f[0] for f in batch.failures] == [victim, "0" * 32]
+    assert "IntegrityError" in batch.failures[0][1]
+    assert vault.catalog.results_of_instance(victim) == []
+    refusals = vault.audit.query(action="integrity_failure")
+    assert any(model_input.object_id in e.object_ids for e in refusals)
+    errors = [e for e in vault.audit.query(action="analyse") if e.outcome == "error"]
+    assert [e.object_ids[-1] for e in errors] == [victim]

@@ -67,10 +67,16 @@ def analyze(
             results = [_analyze_file(path, model, modality, body_part, heatmap)]
         else:
             results = _analyze_vault(settings_from_context(ctx), target, model, heatmap)
+        failed = [r for r in results if "error" in r]
         if as_json:
             typer.echo(json.dumps(results, indent=2))
+            if failed:
+                raise typer.Exit(1)
             return
         for r in results:
+            if "error" in r:
+                console.print(f"[red]{r['target']}: not analysed[/] ({r['error']})")
+                continue
             table = Table(title=f"{r['target']}  model {r['model_id']}")
             table.add_column("class")
             table.add_column("probability", justify="right")
@@ -82,6 +88,9 @@ def analyze(
                 console.print(f"[yellow]refer to a radiologist[/] ({', '.join(r['reasons'])})")
             else:
                 console.print(f"prediction: [bold]{r['prediction']}[/] ({r['probability']:.2f})")
+        if failed:
+            console.print(f"[red]{len(failed)} of {len(results)} instances not analysed[/]")
+            raise typer.Exit(1)
 
     run()
 
@@ -127,15 +136,19 @@ def _analyze_vault(settings: object, target: str, model_dir: Path | None,
             from radvault.analysis.registry import ModelRegistry
 
             analyser = Analyser(vault, ModelRegistry(model_dir.parent), actor=ACTOR)
-        for instance_id in instances:
-            name = model_dir.name if model_dir is not None else None
-            r = analyser.analyse_instance(instance_id, model_name=name)
-            if heatmap is not None and len(instances) == 1:
-                heatmap.write_bytes(analyser.heatmap_png(instance_id, model_name=name))
-            out.append({"target": instance_id, "model_id": r.model_id,
-                        "prediction": r.predicted_class, "probability": r.probability,
-                        "probabilities": r.probabilities, "refer": r.refer,
-                        "reasons": list(r.reasons), "result_id": r.result_id})
+        name = model_dir.name if model_dir is not None else None
+        if len(instances) == 1:
+            results = [analyser.analyse_instance(instances[0], model_name=name)]
+            if heatmap is not None:
+                heatmap.write_bytes(analyser.heatmap_png(instances[0], model_name=name))
+        else:  # a study: batched inference, one commit per batch
+            batch = analyser.analyse_many(instances, model_name=name)
+            results = batch.results
+            out.extend({"target": i, "error": error} for i, error in batch.failures)
+        out[:0] = [{"target": r.instance_id, "model_id": r.model_id,
+                    "prediction": r.predicted_class, "probability": r.probability,
+                    "probabilities": r.probabilities, "refer": r.refer,
+                    "reasons": list(r.reasons), "result_id": r.result_id} for r in results]
     return out
 
 

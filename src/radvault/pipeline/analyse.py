@@ -11,7 +11,10 @@ no plaintext pixel ever reaches disk; heatmaps are recomputed on request, never 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,18 @@ from radvault.analysis.explain import gradcam_overlay
 from radvault.analysis.inference import LoadedModel, load_model
 from radvault.analysis.registry import ModelRegistry
 from radvault.errors import ModelError, RadVaultError
-from radvault.pipeline.retrieve import open_image, open_model_input
+from radvault.pipeline.ingest import MODEL_INPUT_KIND
+from radvault.pipeline.retrieve import (
+    open_image,
+    open_model_input,
+    open_model_input_object,
+    safe_error,
+)
 from radvault.vault.audit import Action, Outcome
+from radvault.vault.catalog import ObjectRecord
 from radvault.vault.vault import Vault
 
-__all__ = ["Analyser", "AnalysisResult"]
+__all__ = ["Analyser", "AnalysisResult", "BatchAnalysis"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,34 @@ class AnalysisResult:
             "probability": self.probability, "probabilities": self.probabilities,
             "refer": self.refer, "reasons": list(self.reasons), **self.extra,
         }
+
+
+def _batched(items: Iterable[str], size: int) -> Iterable[list[str]]:
+    """Successive lists of at most ``size`` items (itertools.batched is Python 3.12+)."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+@dataclass(frozen=True)
+class BatchAnalysis:
+    """What :meth:`Analyser.analyse_many` did: stored results, and instances it refused."""
+
+    results: list[AnalysisResult]
+    failures: list[tuple[str, str]]  # (instance id, error without PHI)
+
+
+@dataclass
+class _Prepared:
+    """One instance ready for inference: its verified model input in memory."""
+
+    instance_id: str
+    study_id: str
+    modality: str | None
+    body_part: str | None
+    model: LoadedModel
+    array: np.ndarray
+    source: str
 
 
 def _from_record(record: Any, study_id: str) -> AnalysisResult:
@@ -142,44 +180,205 @@ class Analyser:
         ObjectNotFound, IntegrityError, ModelError
             Unknown instance, failed back-verification, or no usable model.
         """
-        instance = self.vault.catalog.get_instance(instance_id)
-        study = self.vault.catalog.get_study(instance.study_id)
         if result_id is not None:
+            instance = self.vault.catalog.get_instance(instance_id)
             for earlier in self.vault.catalog.results_of_instance(instance_id):
                 if earlier.result_id == result_id:
-                    return _from_record(earlier, study.study_id)
+                    return _from_record(earlier, instance.study_id)
+        prepared = self._prepare(instance_id, model_name)
+        batch = prepared.array[None]
         try:
+            results = self._infer([prepared], batch)
+        except RadVaultError as exc:
+            self._audit_failure(prepared.instance_id, prepared.study_id, exc)
+            raise
+        finally:
+            batch.fill(0)
+        return self._store(results, result_ids=[result_id])[0]
+
+    def analyse_many(self, instance_ids: Iterable[str], *, model_name: str | None = None,
+                     batch_size: int = 32,
+                     progress: Callable[[int], None] | None = None) -> BatchAnalysis:
+        """Classify many instances: one inference call and one commit per batch.
+
+        Each instance is back-verified and audited exactly as by
+        :meth:`analyse_instance`; a batch shares the model call (images of one
+        model go through ONNX Runtime together) and one transaction for its
+        results and audit entries. While ONNX Runtime runs a batch (it releases
+        the GIL), one worker thread stores the previous batch and opens and
+        verifies the next, so the checks cost little wall time on a second
+        core. An instance that fails (unknown, tampered, no model) is audited,
+        reported in ``failures`` and skipped; the rest are stored.
+        ``progress`` is called with the number of instances finished after each batch.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        results: list[AnalysisResult] = []
+        failures: list[tuple[str, str]] = []
+        chunks = iter(_batched(instance_ids, batch_size))
+        stores: list[tuple[Future[list[AnalysisResult]], int]] = []
+
+        def settle(wait_all: bool) -> None:
+            while stores and (wait_all or stores[0][0].done()):
+                future, n = stores.pop(0)
+                results.extend(future.result())
+                if progress is not None:
+                    progress(n)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="radvault-analyse") as worker:
+            chunk = next(chunks, None)
+            pending = worker.submit(self._prepare_chunk, chunk, model_name) if chunk else None
+            finished: tuple[list[AnalysisResult], int] | None = None
+            try:
+                while pending is not None:
+                    prepared, refused = pending.result()
+                    failures.extend(refused)
+                    # Stack the batch before the worker starts again: the worker's
+                    # Python would otherwise fight this thread for the GIL here.
+                    batches = self._stack_by_model(prepared)
+                    if finished is not None:
+                        stores.append((worker.submit(self._store, finished[0]), finished[1]))
+                    chunk = next(chunks, None)
+                    pending = (worker.submit(self._prepare_chunk, chunk, model_name)
+                               if chunk else None)
+                    finished = (self._infer_batches(batches, failures),
+                                len(prepared) + len(refused))
+                    settle(wait_all=False)
+                if finished is not None:
+                    stores.append((worker.submit(self._store, finished[0]), finished[1]))
+                settle(wait_all=True)
+            finally:
+                if pending is not None:  # an error stopped the loop: wipe what was opened
+                    for p in pending.result()[0]:
+                        p.array.fill(0)
+        return BatchAnalysis(results, failures)
+
+    def _prepare_chunk(self, chunk: Sequence[str], model_name: str | None
+                       ) -> tuple[list[_Prepared], list[tuple[str, str]]]:
+        """Open and verify a batch's inputs; refused instances are listed, not raised.
+
+        The batch's catalog rows come in one query; an instance whose model
+        input row is not there takes the one-at-a-time path, which says why.
+        """
+        prepared: list[_Prepared] = []
+        refused: list[tuple[str, str]] = []
+        objects = self.vault.catalog.objects_of_instances(chunk)
+        for instance_id in chunk:
+            obj = next((o for o in objects.get(instance_id, ())
+                        if o.kind == MODEL_INPUT_KIND and o.study_id is not None), None)
+            try:
+                if obj is None:
+                    prepared.append(self._prepare(instance_id, model_name))
+                else:
+                    prepared.append(self._prepare_object(obj, model_name))
+            except RadVaultError as exc:
+                refused.append((instance_id, safe_error(exc)))
+        return prepared, refused
+
+    def _prepare_object(self, obj: ObjectRecord, model_name: str | None) -> _Prepared:
+        """Like :meth:`_prepare`, from the instance's model-input row already read."""
+        assert obj.study_id is not None
+        try:
+            model = self.model_for(obj.modality, obj.body_part, model_name)
+            sealed = open_model_input_object(self.vault, obj, actor=self.actor)
+            if dict(sealed.settings) == dict(model.card.preprocessing):
+                array, source = sealed.array, "sealed_model_input"
+            else:
+                sealed.array.fill(0)
+                array, source = self._model_input(model, obj.instance_id)
+        except RadVaultError as exc:
+            self._audit_failure(obj.instance_id, obj.study_id, exc)
+            raise
+        return _Prepared(obj.instance_id, obj.study_id, obj.modality or None,
+                         obj.body_part or None, model, array, source)
+
+    def _prepare(self, instance_id: str, model_name: str | None) -> _Prepared:
+        """Choose the model and open the instance's verified model input (audits failures)."""
+        instance = self.vault.catalog.get_instance(instance_id)
+        try:
+            study = self.vault.catalog.get_study(instance.study_id)
             model = self.model_for(study.modality, study.body_part, model_name)
             array, source = self._model_input(model, instance_id)
-            try:
-                prediction = model.predict(array[None], modality=study.modality or None,
-                                           body_part=study.body_part or None)[0]
-            finally:
-                array.fill(0)
         except RadVaultError as exc:
-            self.vault.audit.append(self.actor, Action.ANALYSE, Outcome.ERROR,
-                                    object_ids=[instance.study_id, instance_id],
-                                    details={"error": type(exc).__name__})
+            self._audit_failure(instance_id, instance.study_id, exc)
             raise
-        result = AnalysisResult(
-            result_id="", instance_id=instance_id, study_id=instance.study_id,
-            model_id=prediction.model_id, task=model.card.task,
-            predicted_class=prediction.label, probability=prediction.probability,
-            probabilities=dict(prediction.probabilities), refer=prediction.refer,
-            reasons=tuple(prediction.reasons),
-            extra={"input": source, "refer_threshold": model.refer_threshold},
-        )
-        # The result and its audit entry commit together: one transaction, one fsync.
-        with self.vault.audit.appending() as chain, self.vault.catalog.writing() as writer:
-            stored = writer.add_result(instance_id, result.model_id, result.as_payload(),
-                                       result_id=result_id)
-            chain.append(
-                writer.connection, self.actor, Action.ANALYSE, Outcome.OK,
-                object_ids=[instance.study_id, instance_id, stored.result_id],
-                details={"model_id": result.model_id, "refer": result.refer},
+        return _Prepared(instance_id, instance.study_id, study.modality or None,
+                         study.body_part or None, model, array, source)
+
+    def _audit_failure(self, instance_id: str, study_id: str, exc: RadVaultError) -> None:
+        self.vault.audit.append(self.actor, Action.ANALYSE, Outcome.ERROR,
+                                object_ids=[study_id, instance_id],
+                                details={"error": type(exc).__name__})
+
+    @staticmethod
+    def _stack_by_model(prepared: Sequence[_Prepared]
+                        ) -> list[tuple[list[_Prepared], np.ndarray]]:
+        """One input batch per model; each instance's own array is zeroed once copied."""
+        groups: dict[int, list[_Prepared]] = {}
+        for p in prepared:
+            groups.setdefault(id(p.model), []).append(p)
+        try:
+            return [(group, np.stack([p.array for p in group])) for group in groups.values()]
+        finally:
+            for p in prepared:
+                p.array.fill(0)
+
+    def _infer_batches(self, batches: Sequence[tuple[list[_Prepared], np.ndarray]],
+                       failures: list[tuple[str, str]]) -> list[AnalysisResult]:
+        """Run each model on its batch (zeroed after); a model that fails fails its group."""
+        done: list[AnalysisResult] = []
+        try:
+            for group, batch in batches:
+                try:
+                    done.extend(self._infer(group, batch))
+                except RadVaultError as exc:
+                    for p in group:
+                        self._audit_failure(p.instance_id, p.study_id, exc)
+                        failures.append((p.instance_id, safe_error(exc)))
+        finally:
+            for _, batch in batches:
+                batch.fill(0)
+        return done
+
+    @staticmethod
+    def _infer(group: Sequence[_Prepared], batch: np.ndarray) -> list[AnalysisResult]:
+        """Run one model on a stacked batch of a group's inputs."""
+        model = group[0].model
+        predictions = model.predict(batch, modality=[p.modality for p in group],
+                                    body_part=[p.body_part for p in group])
+        return [
+            AnalysisResult(
+                result_id="", instance_id=p.instance_id, study_id=p.study_id,
+                model_id=pred.model_id, task=model.card.task, predicted_class=pred.label,
+                probability=pred.probability, probabilities=dict(pred.probabilities),
+                refer=pred.refer, reasons=tuple(pred.reasons),
+                extra={"input": p.source, "refer_threshold": model.refer_threshold},
             )
-        log.info("analysed instance %s with %s", instance_id, result.model_id)
-        return AnalysisResult(**{**result.__dict__, "result_id": stored.result_id})
+            for p, pred in zip(group, predictions, strict=True)
+        ]
+
+    def _store(self, results: Sequence[AnalysisResult],
+               result_ids: Sequence[str | None] | None = None) -> list[AnalysisResult]:
+        """Store results with their audit entries: one transaction, one fsync."""
+        if not results:
+            return []
+        if result_ids is None:
+            result_ids = [None] * len(results)
+        stored_results = []
+        with self.vault.audit.appending() as chain, self.vault.catalog.writing() as writer:
+            for result, result_id in zip(results, result_ids, strict=True):
+                stored = writer.add_result(result.instance_id, result.model_id,
+                                           result.as_payload(), result_id=result_id)
+                chain.append(
+                    writer.connection, self.actor, Action.ANALYSE, Outcome.OK,
+                    object_ids=[result.study_id, result.instance_id, stored.result_id],
+                    details={"model_id": result.model_id, "refer": result.refer},
+                )
+                stored_results.append(
+                    AnalysisResult(**{**result.__dict__, "result_id": stored.result_id}))
+        for result in stored_results:
+            log.info("analysed instance %s with %s", result.instance_id, result.model_id)
+        return stored_results
 
     def heatmap_png(self, instance_id: str, *, model_name: str | None = None) -> bytes:
         """Class-activation overlay (PNG bytes) for the predicted class, computed in memory.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from radvault.vault.catalog import InstanceRecord, ObjectRecord
 from radvault.vault.secure_memory import zeroize
 from radvault.vault.vault import Vault
 
-__all__ = ["ExportedFile", "ModelInput", "export_study", "open_image", "open_model_input"]
+__all__ = ["ExportedFile", "ModelInput", "decode_model_input", "export_study", "open_image",
+           "open_model_input", "open_model_input_object"]
 
 
 @dataclass(frozen=True)
@@ -96,17 +98,46 @@ def open_image(vault: Vault, instance_id: str, *, actor: str) -> ImageRecord:
 
 def open_model_input(vault: Vault, instance_id: str, *, actor: str) -> ModelInput:
     """Back-verify and load the sealed preprocessed model input of an instance."""
-    obj = _object(vault, instance_id, (MODEL_INPUT_KIND,), actor=actor)
+    return open_model_input_object(
+        vault, _object(vault, instance_id, (MODEL_INPUT_KIND,), actor=actor), actor=actor)
+
+
+def open_model_input_object(vault: Vault, obj: ObjectRecord, *, actor: str) -> ModelInput:
+    """Back-verify and load a model-input object whose catalog row the caller has."""
+    if obj.kind != MODEL_INPUT_KIND:
+        raise ValueError(f"object {obj.object_id} is a {obj.kind}, not a model input")
     plain = vault.open_object(obj, actor=actor)
     try:
-        with np.load(io.BytesIO(bytes(plain)), allow_pickle=False) as npz:
-            array = np.array(npz["input"], dtype=np.float32)
-            settings = json.loads(npz["settings"].tobytes().decode())
-    except (ValueError, KeyError, OSError) as exc:
+        array, settings = decode_model_input(plain)
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
         raise IntegrityError(f"object {obj.object_id}: model input is unreadable") from exc
     finally:
         zeroize(plain)
     return ModelInput(array, settings)
+
+
+def decode_model_input(data: bytearray) -> tuple[np.ndarray, dict[str, object]]:
+    """Read what :func:`radvault.pipeline.ingest.encode_model_input` wrote.
+
+    The members are read with :mod:`zipfile` and :func:`numpy.lib.format.read_array`
+    directly: ``numpy.load`` on an in-memory npz costs about 0.7 ms per 200 kB
+    object, three times this, and analysis reads one per image.
+
+    Raises
+    ------
+    ValueError, KeyError, zipfile.BadZipFile
+        When the bytes are not such an npz.
+    """
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        raw = bytearray(archive.read("input.npy"))
+        try:
+            array = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+        finally:
+            zeroize(raw)
+        meta = np.lib.format.read_array(io.BytesIO(archive.read("settings.npy")),
+                                        allow_pickle=False)
+    settings = json.loads(meta.tobytes().decode())
+    return np.array(array, dtype=np.float32), settings
 
 
 def export_study(vault: Vault, study_id: str, out_dir: Path, *, actor: str) -> list[ExportedFile]:

@@ -825,6 +825,16 @@ class Catalog:
         with self._reading() as session:
             return self._objects_where(session, ObjectRow.instance_id == instance_id)
 
+    def objects_of_instances(self, instance_ids: Sequence[str]) -> dict[str, list[ObjectRecord]]:
+        """The sealed objects of many instances in one query (instances without any are absent)."""
+        out: dict[str, list[ObjectRecord]] = {}
+        if not instance_ids:
+            return out
+        with self._reading() as session:
+            for obj in self._objects_where(session, ObjectRow.instance_id.in_(list(instance_ids))):
+                out.setdefault(obj.instance_id, []).append(obj)
+        return out
+
     def get_object(self, object_id: str) -> ObjectRecord:
         """Return the object.
 
