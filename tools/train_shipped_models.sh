@@ -15,7 +15,8 @@
 #   (the 2-core CPU was shared with four other engineers' jobs, load 6-7: an epoch
 #   of chest_xray took 20 s alone and up to 200 s under that load)
 #   small sets (lung_ct, kidney_ct, breast_us):    at most 30 epochs, patience 10
-#   MedMNIST (28 px, no CLAHE/bilateral):          at most 14 epochs, patience 5
+#   MedMNIST (28 px, no CLAHE/bilateral, 3x3 stride-1 stem without max-pool):
+#                                                  at most 20 epochs, patience 6, three seeds
 #
 # The options are those of `radvault train` (same names) once the CLI wires it:
 #   radvault train --manifest M --task T --out DIR --size 128 --width 0.5 ...
@@ -60,7 +61,7 @@ run_medmnist() {  # name modality body_part seed
   echo "=== $name seed $seed ($(date -u +%H:%M:%S))"
   "$PY" -m radvault.analysis.commands train --medmnist "$MEDMNIST/$name.npz" \
     --modality "$2" --body-part "$3" --out "$RUNS/$name/seed$seed" --seed "$seed" \
-    --size 28 --epochs 14 --patience 5 --no-enhance --no-denoise \
+    --size 28 --stem small --epochs 20 --patience 6 --no-enhance --no-denoise \
     --checkpoint-dir "$RUNS/.ckpt/$name-seed$seed" --resume "${COMMON[@]}"
 }
 

@@ -28,6 +28,17 @@ def test_resnet_stem_has_stride_two():
     assert build_network("resnet18", 2, width=0.5).fc.in_features == 256
 
 
+def test_the_small_stem_keeps_a_28_pixel_image_big_enough_for_four_stages():
+    net = build_network("resnet18", 2, width=0.25, stem="small").eval()
+    conv1 = net.backbone[0]
+    assert conv1.stride == (1, 1) and conv1.kernel_size == (3, 3)
+    with torch.no_grad():
+        _, small = net.forward_features(torch.rand(1, 3, 28, 28))
+        _, imagenet = build_network("resnet18", 2, width=0.25).eval().forward_features(
+            torch.rand(1, 3, 28, 28))
+    assert small.shape[-2:] == (4, 4) and imagenet.shape[-2:] == (1, 1)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ModelError, match="unknown network"):
         build_network("vgg", 2)
@@ -35,3 +46,5 @@ def test_bad_arguments_are_refused():
         build_network("resnet18", 1)
     with pytest.raises(ModelError):
         build_network("resnet18", 2, dropout=1.0)
+    with pytest.raises(ModelError, match="unknown stem"):
+        build_network("resnet18", 2, stem="tiny")

@@ -46,6 +46,9 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     t.add_argument("--out", type=Path, required=True, help="model folder to write")
     t.add_argument("--network", default="resnet18")
     t.add_argument("--width", type=float, default=1.0, help="ResNet channel multiplier")
+    t.add_argument("--stem", choices=("imagenet", "small"), default="imagenet",
+                   help="ResNet stem: 7x7 stride 2 + max-pool, or 3x3 stride 1 for 28 px "
+                        "MedMNIST images")
     t.add_argument("--size", type=int, default=224)
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=32)
@@ -111,7 +114,7 @@ def build_train_config(args: argparse.Namespace, source: Any) -> Any:
     from radvault.analysis.training import Optimisation, TrainConfig
 
     return TrainConfig(
-        source=source, out_dir=args.out, network=args.network, width=args.width,
+        source=source, out_dir=args.out, network=args.network, width=args.width, stem=args.stem,
         preprocess=PreprocessSettings(size=args.size, enhance=not args.no_enhance,
                                       denoise=not args.no_denoise,
                                       clahe_tile_grid=min(8, args.size)),

@@ -11,7 +11,9 @@ Networks: ``resnet18`` (MONAI ResNet, basic blocks [2, 2, 2, 2], 7x7 stem with
 stride 2 and max-pooling, i.e. the ImageNet layout), ``densenet121`` and
 ``efficientnet-b0``. ``width`` scales the ResNet's channel counts (1.0 is
 standard ResNet-18; 0.5 has a quarter of the parameters and is what the
-shipped CPU models use).
+shipped CPU models use). ``stem="small"`` gives the ResNet a 3x3 stride-1 stem
+without max-pooling (the CIFAR layout MedMNIST v2 uses at 28x28): the ImageNet
+stem would shrink a 28-pixel image to 7 pixels before the first block.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["NETWORKS", "build_network"]
+__all__ = ["NETWORKS", "STEMS", "build_network"]
 
 NETWORKS = ("resnet18", "densenet121", "efficientnet-b0")
+STEMS = ("imagenet", "small")
 
 
 def _classifier_class() -> type:
@@ -62,17 +65,19 @@ def _classifier_class() -> type:
     return Classifier
 
 
-def _resnet_backbone(width: float) -> tuple[nn.Module, int]:
+def _resnet_backbone(width: float, stem: str) -> tuple[nn.Module, int]:
     from monai.networks.nets import ResNet
     from monai.networks.nets.resnet import ResNetBlock
     from torch import nn
 
     planes = [max(8, round(c * width)) for c in (64, 128, 256, 512)]
+    small = stem == "small"
     net = ResNet(block=ResNetBlock, layers=[2, 2, 2, 2], block_inplanes=planes,
-                 spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2,
-                 no_max_pool=False, shortcut_type="B", feed_forward=False)
-    body = nn.Sequential(net.conv1, net.bn1, net.act, net.maxpool,
-                         net.layer1, net.layer2, net.layer3, net.layer4)
+                 spatial_dims=2, n_input_channels=3, conv1_t_size=3 if small else 7,
+                 conv1_t_stride=1 if small else 2, no_max_pool=small, shortcut_type="B",
+                 feed_forward=False)
+    stem_layers = [net.conv1, net.bn1, net.act] + ([] if small else [net.maxpool])
+    body = nn.Sequential(*stem_layers, net.layer1, net.layer2, net.layer3, net.layer4)
     return body, planes[3]
 
 
@@ -107,7 +112,7 @@ def _efficientnet_backbone() -> tuple[nn.Module, int]:
 
 
 def build_network(name: str, num_classes: int, *, dropout: float = 0.30,
-                  width: float = 1.0) -> nn.Module:
+                  width: float = 1.0, stem: str = "imagenet") -> nn.Module:
     """Build an untrained classifier.
 
     Parameters
@@ -118,6 +123,9 @@ def build_network(name: str, num_classes: int, *, dropout: float = 0.30,
         Dropout before the linear layer (paper: 0.30).
     width : float
         Channel multiplier for ``resnet18`` (ignored by the others).
+    stem : {"imagenet", "small"}
+        ``resnet18`` stem: 7x7 stride 2 + max-pool, or 3x3 stride 1 for small
+        images (ignored by the others).
 
     Returns
     -------
@@ -133,10 +141,12 @@ def build_network(name: str, num_classes: int, *, dropout: float = 0.30,
         raise ModelError("a classifier needs at least two classes")
     if not 0.0 <= dropout < 1.0:
         raise ModelError("dropout must be within [0, 1)")
+    if stem not in STEMS:
+        raise ModelError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
     if name == "resnet18":
         if not 0.05 <= width <= 4.0:
             raise ModelError("width must be within 0.05..4")
-        backbone, channels = _resnet_backbone(width)
+        backbone, channels = _resnet_backbone(width, stem)
     elif name == "densenet121":
         backbone, channels = _densenet_backbone()
     elif name in ("efficientnet-b0", "efficientnet_b0"):

@@ -135,9 +135,12 @@ class TrainConfig:
     out_dir : path
         The model folder to write (``model.onnx``, ``model_card.json``, ``signature.json``).
     network : str
-        ``resnet18`` (stride-2 stem), ``densenet121`` or ``efficientnet-b0``.
+        ``resnet18``, ``densenet121`` or ``efficientnet-b0``.
     width : float
         ResNet channel multiplier (1.0 = standard ResNet-18).
+    stem : str
+        ResNet stem: ``imagenet`` (7x7 stride 2 + max-pool) or ``small``
+        (3x3 stride 1, for 28-pixel MedMNIST images).
     preprocess : PreprocessSettings
         The imaging layer's settings; ``size`` is the network input size.
     epochs, batch_size, lr, dropout, weight_decay, seed
@@ -169,6 +172,7 @@ class TrainConfig:
     out_dir: Path
     network: str = "resnet18"
     width: float = 1.0
+    stem: str = "imagenet"
     preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
     epochs: int = 30
     batch_size: int = 32
@@ -212,7 +216,7 @@ class TrainConfig:
         """What must match for a checkpoint to be resumed."""
         from radvault.imaging.preprocess import settings_to_dict
 
-        return {"network": self.network, "width": self.width, "classes": list(
+        return {"network": self.network, "width": self.width, "stem": self.stem, "classes": list(
             self.source.task.class_names), "data_sha256": self.source.sha256,
             "preprocess": settings_to_dict(self.preprocess), "seed": self.seed,
             "batch_size": self.batch_size, "lr": self.lr, "dropout": self.dropout,
@@ -409,7 +413,7 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
 
         _seed_everything(config.seed)
         model = build_network(config.network, len(classes), dropout=config.dropout,
-                              width=config.width)
+                              width=config.width, stem=config.stem)
         optimiser = torch.optim.Adam(model.parameters(), lr=config.lr,
                                      weight_decay=config.weight_decay)
         scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs,
@@ -557,7 +561,8 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
         "task_definition": task.to_dict(),
         "classes": list(classes),
         "network": {"name": config.network, "width": config.width, "dropout": config.dropout,
-                    "stem_stride": 2, "fp16_weights": config.fp16_weights},
+                    "stem": config.stem, "stem_stride": 1 if config.stem == "small" else 2,
+                    "fp16_weights": config.fp16_weights},
         "input": input_spec(config.size),
         "preprocessing": settings_to_dict(config.preprocess),
         "training": {
