@@ -12,6 +12,7 @@
 #   radbench6:                                     seed 0 at most 10 epochs, patience 4;
 #                                                  seed 1 at most 18, patience 5 (shipped)
 #   brain_mri:                                     at most 8 epochs, patience 4
+#   brain_mri, radbench6 seeds 2 and 3 (large2):   at most 20 epochs, patience 6
 #   (the 2-core CPU was shared with four other engineers' jobs, load 6-7: an epoch
 #   of chest_xray took 20 s alone and up to 200 s under that load)
 #   small sets (lung_ct, kidney_ct, breast_us):    at most 30 epochs, patience 10
@@ -22,7 +23,7 @@
 #   radvault train --manifest M --task T --out DIR --size 128 --width 0.5 ...
 #
 # Usage: tools/train_shipped_models.sh [STAGE...]
-#   stages: chest brain radbench6 small0 medmnist small1 small2 large1 select
+#   stages: chest brain radbench6 small0 medmnist small1 small2 large1 large2 select
 #   default: small0 select chest brain radbench6 select medmnist select small1 small2 select
 #   (the shipped models were trained as two lanes after "chest":
 #     THREADS=2: radbench6 select medmnist select
@@ -72,6 +73,10 @@ stage_large1() {
   run_task chest_xray 1 14 5
   run_task brain_mri 1 18 5
   run_task radbench6 1 18 5
+}
+stage_large2() {  # session 2, on an otherwise idle CPU: the longer budget the first runs lacked
+  for seed in 2 3; do run_task brain_mri "$seed" 20 6; done
+  for seed in 2 3; do run_task radbench6 "$seed" 20 6; done
 }
 stage_breast0()   { run_task breast_us 0 30 10; }
 stage_small0() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 0 30 10; done; }

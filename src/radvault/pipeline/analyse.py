@@ -249,7 +249,8 @@ class Analyser:
                 settle(wait_all=True)
             finally:
                 if pending is not None:  # an error stopped the loop: wipe what was opened
-                    for p in pending.result()[0]:
+                    leftover = [] if pending.exception() else pending.result()[0]
+                    for p in leftover:
                         p.array.fill(0)
         return BatchAnalysis(results, failures)
 
@@ -277,7 +278,7 @@ class Analyser:
 
     def _prepare_object(self, obj: ObjectRecord, model_name: str | None) -> _Prepared:
         """Like :meth:`_prepare`, from the instance's model-input row already read."""
-        assert obj.study_id is not None
+        study_id = obj.study_id or ""
         try:
             model = self.model_for(obj.modality, obj.body_part, model_name)
             sealed = open_model_input_object(self.vault, obj, actor=self.actor)
@@ -287,9 +288,9 @@ class Analyser:
                 sealed.array.fill(0)
                 array, source = self._model_input(model, obj.instance_id)
         except RadVaultError as exc:
-            self._audit_failure(obj.instance_id, obj.study_id, exc)
+            self._audit_failure(obj.instance_id, study_id, exc)
             raise
-        return _Prepared(obj.instance_id, obj.study_id, obj.modality or None,
+        return _Prepared(obj.instance_id, study_id, obj.modality or None,
                          obj.body_part or None, model, array, source)
 
     def _prepare(self, instance_id: str, model_name: str | None) -> _Prepared:
