@@ -121,6 +121,61 @@ def test_unknown_user_costs_a_hash_verification(store, audit, clock):
     assert len(calls) == 1  # the dummy hash, so timing matches a real account
 
 
+def test_the_password_is_checked_outside_any_transaction(tmp_path, audit, clock):
+    # The access tables share the catalog's database: a login must not hold it
+    # (on SQLite, its one write lock) while argon2 runs, or every writer waits.
+    from sqlalchemy import text
+
+    from radvault.access.store import AccessStore
+    from radvault.vault.catalog import Catalog
+
+    catalog = Catalog.create(f"sqlite:///{tmp_path / 'vault.sqlite3'}", busy_timeout_s=0.2)
+    writes = []
+
+    class WriterDuringVerify(PasswordHasher):
+        def verify(self, hash, password):
+            # another writer of the vault's database, while the password is checked
+            with catalog.write_engine().begin() as conn:
+                conn.execute(text("CREATE TABLE IF NOT EXISTS probe (n INTEGER)"))
+                conn.execute(text("INSERT INTO probe VALUES (1)"))
+            writes.append(1)
+            return super().verify(hash, password)
+
+    store = AccessStore.create(catalog.write_engine())  # as the clinical service does
+    accounts = Accounts(store, hasher=WriterDuringVerify(time_cost=1, memory_cost=8,
+                                                          parallelism=1),
+                        audit=audit, clock=clock)
+    accounts.add_site("setup", "north")
+    accounts.add_user("admin1", "rad", Role.RADIOLOGIST, site="north", password=PASSWORD)
+    assert accounts.verify_credentials("rad", PASSWORD).username == "rad"
+    with pytest.raises(AuthenticationFailed):
+        accounts.verify_credentials("rad", "wrong-password-123")
+    assert accounts.get_user("rad").failed_attempts == 1
+    assert len(writes) == 2
+    catalog.close()
+
+
+def test_a_password_changed_during_a_login_refuses_that_login(store, audit, clock):
+    hooks = []
+
+    class ResetDuringVerify(PasswordHasher):
+        def verify(self, hash, password):
+            while hooks:
+                hooks.pop()()
+            return super().verify(hash, password)
+
+    accounts = Accounts(store, hasher=ResetDuringVerify(time_cost=1, memory_cost=8,
+                                                        parallelism=1),
+                        audit=audit, clock=clock)
+    accounts.add_site("setup", "north")
+    accounts.add_user("admin1", "rad", Role.RADIOLOGIST, site="north", password=PASSWORD)
+    hooks.append(lambda: accounts.set_password("admin1", "rad", OTHER))  # an admin, meanwhile
+    with pytest.raises(AuthenticationFailed):
+        accounts.verify_credentials("rad", PASSWORD)
+    assert accounts.get_user("rad").failed_attempts == 0  # not counted against the account
+    assert accounts.verify_credentials("rad", OTHER).username == "rad"
+
+
 def test_unknown_usernames_are_audited_only_as_a_digest(accounts, audit):
     typed = "Vivid-Lantern-42!-typed-in-the-wrong-field"
     with pytest.raises(AuthenticationFailed):

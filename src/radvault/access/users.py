@@ -667,38 +667,60 @@ class Accounts:
         outcome: str
         details: dict[str, object] = {}
         user: User | None = None
-        with self.store.session() as session:
-            row = _user_row(session, username) if _NAME.fullmatch(username or "") else None
-            if row is None or row.password_hash is None:
-                self._burn(password)
-                outcome = "unknown"
-            elif row.locked_by_admin or (row.locked_until is not None and row.locked_until > now):
-                self._burn(password)
-                outcome = "locked"
-            elif self._verify(row.password_hash, password):
-                row.failed_attempts = 0
-                row.locked_until = None
-                if self.hasher.check_needs_rehash(row.password_hash):
-                    row.password_hash = self.hasher.hash(password)
-                    details["rehashed"] = True
-                outcome = "ok"
-                session.flush()
-                user = User._from_row(row)
-            else:
-                # One atomic increment, so concurrent failures are all counted.
-                failures = session.scalar(
-                    update(UserRow)
-                    .where(UserRow.id == row.id)
-                    .values(failed_attempts=UserRow.failed_attempts + 1)
-                    .returning(UserRow.failed_attempts)
-                    .execution_options(synchronize_session=False)
-                )
-                details["failures"] = failures
-                lock = self.lockout.lock_for(int(failures or 0))
-                if lock is not None:
-                    row.locked_until = now + lock
-                    details["locked_seconds"] = int(lock.total_seconds())
-                outcome = "wrong_password"
+        # The argon2 work runs outside any transaction: the access tables share the
+        # catalog's database, and on SQLite a transaction here holds its one write
+        # lock, which would stall every ingest, analysis and audit append (and every
+        # other login) for the length of a verification.
+        seen: tuple[int, str, bool, datetime | None] | None = None
+        if _NAME.fullmatch(username or ""):
+            with self.store.session() as session:
+                row = _user_row(session, username)
+                if row is not None and row.password_hash is not None:
+                    seen = (row.id, row.password_hash, row.locked_by_admin, row.locked_until)
+        if seen is None:
+            self._burn(password)
+            outcome = "unknown"
+        elif seen[2] or (seen[3] is not None and seen[3] > now):
+            self._burn(password)
+            outcome = "locked"
+        else:
+            user_id, password_hash = seen[0], seen[1]
+            good = self._verify(password_hash, password)
+            new_hash = (self.hasher.hash(password)
+                        if good and self.hasher.check_needs_rehash(password_hash) else None)
+            with self.store.session() as session:
+                row = session.get(UserRow, user_id)
+                if row is None or row.deleted_at is not None or row.password_hash != password_hash:
+                    # Removed or given a new password while this attempt was checked:
+                    # refuse it, without counting it against the account.
+                    outcome = "unknown"
+                elif row.locked_by_admin or (row.locked_until is not None
+                                             and row.locked_until > now):
+                    outcome = "locked"
+                elif good:
+                    row.failed_attempts = 0
+                    row.locked_until = None
+                    if new_hash is not None:
+                        row.password_hash = new_hash
+                        details["rehashed"] = True
+                    outcome = "ok"
+                    session.flush()
+                    user = User._from_row(row)
+                else:
+                    # One atomic increment, so concurrent failures are all counted.
+                    failures = session.scalar(
+                        update(UserRow)
+                        .where(UserRow.id == row.id)
+                        .values(failed_attempts=UserRow.failed_attempts + 1)
+                        .returning(UserRow.failed_attempts)
+                        .execution_options(synchronize_session=False)
+                    )
+                    details["failures"] = failures
+                    lock = self.lockout.lock_for(int(failures or 0))
+                    if lock is not None:
+                        row.locked_until = now + lock
+                        details["locked_seconds"] = int(lock.total_seconds())
+                    outcome = "wrong_password"
         self._audit_login(username, outcome, details)
         if user is None:
             raise AuthenticationFailed(LOGIN_FAILED)
