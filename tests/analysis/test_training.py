@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -114,3 +115,32 @@ def test_class_without_training_images_is_refused(toy_manifest, tiny_settings, t
                       TaskClass("ghost", {"label": "ghost"})))
     with pytest.raises(ModelError, match="a class has no training images"):
         train(_config(toy_manifest, task, tiny_settings, tmp_path, epochs=1), progress=False)
+
+
+def test_a_run_can_start_from_another_runs_backbone(toy_manifest, toy_task_file, tiny_settings,
+                                                   tmp_path):
+    from radvault.analysis.networks import build_network
+    from radvault.analysis.training import load_backbone
+
+    opt = Optimisation(early_stopping=False)
+    train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path / "a", epochs=1,
+                  optimisation=opt), progress=False)
+    checkpoint = tmp_path / "a" / "ckpt" / "checkpoint.pt"
+    source = torch.load(checkpoint, weights_only=True)["best_state"]
+
+    five_classes = build_network("resnet18", 5, width=0.125)
+    load_backbone(five_classes, checkpoint)
+    loaded = five_classes.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in source.items() if not k.startswith("fc."))
+    assert loaded["fc.weight"].shape == (5, source["fc.weight"].shape[1])
+
+    with pytest.raises(ModelError, match="network differs"):
+        load_backbone(build_network("resnet18", 3, width=0.25), checkpoint)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="not a training checkpoint"):
+        load_backbone(five_classes, tmp_path / "junk.pt")
+
+    tuned = train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path / "b", epochs=1,
+                          optimisation=opt, init_from=checkpoint), progress=False)
+    assert tuned.card["training"]["init_from_sha256"] == hashlib.sha256(
+        checkpoint.read_bytes()).hexdigest()

@@ -46,6 +46,9 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     t.add_argument("--out", type=Path, required=True, help="model folder to write")
     t.add_argument("--network", default="resnet18")
     t.add_argument("--width", type=float, default=1.0, help="ResNet channel multiplier")
+    t.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                   help="start from another run's checkpoint.pt (same network, width and "
+                        "stem; transfer learning); the linear layer starts fresh")
     t.add_argument("--stem", choices=("imagenet", "small"), default="imagenet",
                    help="ResNet stem: 7x7 stride 2 + max-pool, or 3x3 stride 1 for 28 px "
                         "MedMNIST images")
@@ -115,6 +118,7 @@ def build_train_config(args: argparse.Namespace, source: Any) -> Any:
 
     return TrainConfig(
         source=source, out_dir=args.out, network=args.network, width=args.width, stem=args.stem,
+        init_from=args.init_from,
         preprocess=PreprocessSettings(size=args.size, enhance=not args.no_enhance,
                                       denoise=not args.no_denoise,
                                       clahe_tile_grid=min(8, args.size)),

@@ -29,6 +29,7 @@ file**, so the model card reports exactly what service will do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -61,7 +62,8 @@ if TYPE_CHECKING:
 
     from radvault.analysis.tasks import Task
 
-__all__ = ["DataSource", "Optimisation", "TrainConfig", "TrainResult", "augment_batch", "train"]
+__all__ = ["DataSource", "Optimisation", "TrainConfig", "TrainResult", "augment_batch",
+           "load_backbone", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,10 @@ class TrainConfig:
         ``torch.set_num_threads``.
     fp16_weights : bool
         Store the ONNX weights as float16 (metrics are computed on that file).
+    init_from : path, optional
+        Start from the best weights of another run's ``checkpoint.pt`` (same
+        network, width and stem; any classes): transfer learning from a model
+        trained on more data. The linear layer starts fresh.
 
     Raises
     ------
@@ -190,11 +196,14 @@ class TrainConfig:
     finish_now: bool = False
     threads: int | None = None
     fp16_weights: bool = False
+    init_from: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         if self.checkpoint_dir is not None:
             object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+        if self.init_from is not None:
+            object.__setattr__(self, "init_from", Path(self.init_from))
         if self.epochs < 1 or self.batch_size < 1:
             raise ModelError("epochs and batch_size must be at least 1")
         if not self.lr > 0:
@@ -220,7 +229,8 @@ class TrainConfig:
             self.source.task.class_names), "data_sha256": self.source.sha256,
             "preprocess": settings_to_dict(self.preprocess), "seed": self.seed,
             "batch_size": self.batch_size, "lr": self.lr, "dropout": self.dropout,
-            "epochs": self.epochs, "optimisation": asdict(self.optimisation)}
+            "epochs": self.epochs, "optimisation": asdict(self.optimisation),
+            "init_from": None if self.init_from is None else _file_sha256(self.init_from)}
 
 
 @dataclass
@@ -414,6 +424,9 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
         _seed_everything(config.seed)
         model = build_network(config.network, len(classes), dropout=config.dropout,
                               width=config.width, stem=config.stem)
+        if config.init_from is not None:
+            load_backbone(model, config.init_from)
+            rep.line(f"backbone initialised from {config.init_from.name}")
         optimiser = torch.optim.Adam(model.parameters(), lr=config.lr,
                                      weight_decay=config.weight_decay)
         scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs,
@@ -575,6 +588,8 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
             "batch_size": config.batch_size, "optimizer": "Adam", "lr": config.lr,
             "weight_decay": config.weight_decay, "loss": "cross-entropy",
             "optimisation": asdict(config.optimisation), "seconds": round(seconds, 1),
+            "init_from_sha256": (None if config.init_from is None
+                                 else _file_sha256(config.init_from)),
         },
         "temperature": temperature,
         "calibration": calibration,
@@ -591,3 +606,45 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
 def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
     """A copy of a config with some fields changed (for sweeps and the ablation)."""
     return replace(config, **changes)
+
+
+def _file_sha256(path: Path) -> str:
+    """The sha-256 of a file (a checkpoint named by ``init_from``), read in chunks."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the checkpoint ({exc.strerror})") from None
+    return digest.hexdigest()
+
+
+def load_backbone(model: Any, checkpoint: Path) -> None:
+    """Copy every weight but the linear layer's from a training checkpoint into ``model``.
+
+    Raises
+    ------
+    ModelError
+        If the file is not a training checkpoint or its network differs
+        (layers missing, extra or of another shape).
+    """
+    import pickle
+
+    import torch
+
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = ckpt.get("best_state") or ckpt["model"]
+    except (OSError, RuntimeError, KeyError, AttributeError, EOFError,
+            pickle.UnpicklingError) as exc:
+        raise ModelError(f"{checkpoint}: not a training checkpoint "
+                         f"({type(exc).__name__})") from None
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    wrong = sorted(k for k in own if k not in backbone or backbone[k].shape != own[k].shape)
+    extra = sorted(k for k in backbone if k not in own)
+    if wrong or extra:
+        raise ModelError(f"{checkpoint}: its network differs from this one "
+                         f"({len(wrong)} layers missing or reshaped, {len(extra)} extra)")
+    model.load_state_dict(backbone, strict=False)
