@@ -13,6 +13,7 @@
 #                                                  seed 1 at most 18, patience 5 (shipped)
 #   brain_mri:                                     at most 8 epochs, patience 4
 #   brain_mri, radbench6 seeds 2 and 3 (large2):   at most 20 epochs, patience 6
+#   lung_ct, kidney_ct, breast_us from the radbench6 backbone (finetune): 30 epochs, patience 10
 #   (the 2-core CPU was shared with four other engineers' jobs, load 6-7: an epoch
 #   of chest_xray took 20 s alone and up to 200 s under that load)
 #   small sets (lung_ct, kidney_ct, breast_us):    at most 30 epochs, patience 10
@@ -23,7 +24,7 @@
 #   radvault train --manifest M --task T --out DIR --size 128 --width 0.5 ...
 #
 # Usage: tools/train_shipped_models.sh [STAGE...]
-#   stages: chest brain radbench6 small0 medmnist small1 small2 large1 large2 select
+#   stages: chest brain radbench6 small0 medmnist small1 small2 large1 large2 finetune select
 #   default: small0 select chest brain radbench6 select medmnist select small1 small2 select
 #   (the shipped models were trained as two lanes after "chest":
 #     THREADS=2: radbench6 select medmnist select
@@ -77,6 +78,30 @@ stage_large1() {
 stage_large2() {  # session 2, on an otherwise idle CPU: the longer budget the first runs lacked
   for seed in 2 3; do run_task brain_mri "$seed" 20 6; done
   for seed in 2 3; do run_task radbench6 "$seed" 20 6; done
+}
+stage_finetune() {
+  # Transfer learning: the small sets start from the backbone of the radbench6 run with the
+  # best VALIDATION AUC (radbench6 trains on the train split of every dataset only); each
+  # result competes with the from-scratch seeds in `select`, on validation AUC.
+  local init
+  init=$("$PY" - "$RUNS" <<'EOF'
+import json, sys
+from pathlib import Path
+runs = Path(sys.argv[1])
+best = max((d for d in (runs / "radbench6").glob("seed*")
+            if (runs / ".ckpt" / f"radbench6-{d.name}" / "checkpoint.pt").is_file()),
+           key=lambda d: json.loads((d / "model_card.json").read_text())["metrics"]["val"]
+           ["auc_macro"])
+print(runs / ".ckpt" / f"radbench6-{best.name}" / "checkpoint.pt")
+EOF
+)
+  echo "=== fine-tuning from $init"
+  for task in kidney_ct lung_ct breast_us; do
+    echo "=== $task from radbench6 ($(date -u +%H:%M:%S))"
+    "$PY" -m radvault.analysis.commands train --manifest "$RADBENCH" --task "$task" \
+      --out "$RUNS/$task/seed0ft" --seed 0 --size 128 --epochs 30 --patience 10 \
+      --init-from "$init" --checkpoint-dir "$RUNS/.ckpt/$task-seed0ft" --resume "${COMMON[@]}"
+  done
 }
 stage_breast0()   { run_task breast_us 0 30 10; }
 stage_small0() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 0 30 10; done; }
