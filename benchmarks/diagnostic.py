@@ -6,6 +6,9 @@ Runtime: radbench tasks on ``../shared/data/radbench``, MedMNIST models
 (28 x 28) on ``../shared/data/medmnist``. Prints MCC, JI %, BA %, CK, AUC %, DRI % beside
 the paper's figures, the plain baseline of ``radbench/BASELINE.md`` and the
 MedMNIST v2 published baselines, and writes ``benchmarks/results/diagnostic.json``.
+For a model whose test split spans modalities (``radbench6``), accuracy, MCC and
+per-class recall are also given per modality (the per-dataset models are one
+modality each).
 
 With ``--runs DIR`` (the ``RUNS`` folder of ``tools/train_shipped_models.sh``)
 every trained seed is evaluated too, and the spread over seeds is reported.
@@ -24,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -76,7 +81,7 @@ def evaluate_dir(model_dir: Path, manifest: Any, keyring: Any, cache: Path | Non
     t0 = time.perf_counter()
     metrics = evaluate_model(model, source_for(model.card.task, manifest), "test",
                              cache_dir=cache)
-    metrics.pop("predictions")
+    predictions = metrics.pop("predictions")
     card = model.card.raw
     return {
         "model_dir": str(model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT)
@@ -91,7 +96,29 @@ def evaluate_dir(model_dir: Path, manifest: Any, keyring: Any, cache: Path | Non
         "per_class_recall": {c: v["sensitivity"] for c, v in metrics["per_class"].items()},
         "ece": metrics["ece"], "referred_fraction": metrics["referred_fraction"],
         "confusion_matrix": metrics["confusion_matrix"], "metrics": metrics,
+        "by_modality": by_modality(predictions, list(model.card.classes)),
     }
+
+
+def by_modality(predictions: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    """Accuracy, MCC and per-class recall on each modality's share of a multi-modal test split."""
+    from sklearn.metrics import matthews_corrcoef
+
+    y = np.asarray(predictions["y_true"])
+    pred = np.asarray(predictions["probs"]).argmax(axis=1)
+    mods = np.asarray(predictions["modalities"])
+    out: dict[str, Any] = {}
+    if len(set(mods.tolist())) < 2:
+        return out
+    for mod in sorted(set(mods.tolist())):
+        sel = mods == mod
+        yt, yp = y[sel], pred[sel]
+        out[mod] = {
+            "images": int(sel.sum()), "accuracy": float((yt == yp).mean()),
+            "mcc": float(matthews_corrcoef(yt, yp)) if len(set(yt.tolist())) > 1 else None,
+            "recall": {classes[c]: float((yp[yt == c] == c).mean()) for c in sorted(set(yt))},
+        }
+    return out
 
 
 def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         ours = f"ACC {t['dri'] / 100:.3f} AUC {auc:.3f} MCC {t['mcc']:.3f}"
         theirs = " ".join(f"{k.upper()} {v:.3f}" for k, v in ref.items())
         print(f"{r['task']:<16}ours {ours}   reference {theirs}")
+    for r in shipped:
+        for mod, m in r["by_modality"].items():
+            mcc = "n/a" if m["mcc"] is None else f"{m['mcc']:.3f}"
+            recall = ", ".join(f"{c} {v:.2f}" for c, v in m["recall"].items())
+            print(f"{r['task']:<16}{mod:<4} {m['images']:4d} images: ACC {m['accuracy']:.3f} "
+                  f"MCC {mcc}  recall {recall}")
     for task, s in seeds.items():
         sp = s["spread"]
         print(f"{task:<16}seeds {sp['seeds']}: AUC {sp['auc']['mean']:.2f} "

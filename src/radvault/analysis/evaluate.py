@@ -47,7 +47,7 @@ def evaluate_model(model: LoadedModel, source: DataSource, split: str = "test", 
     dict
         :func:`~radvault.analysis.metrics.compute_metrics` output plus
         ``model_id``, ``task``, ``split``, ``referred_fraction``, and the raw
-        ``y_true`` / ``probs`` lists under ``predictions``.
+        ``y_true`` / ``probs`` / ``modalities`` lists under ``predictions``.
 
     Raises
     ------
@@ -68,6 +68,7 @@ def evaluate_model(model: LoadedModel, source: DataSource, split: str = "test", 
         "model_id": model.card.model_id, "task": source.task.name, "split": split,
         "referred_fraction": float((probs.max(axis=1) < thr).mean()),
         "refer_threshold": thr,
-        "predictions": {"y_true": data.labels.tolist(), "probs": probs.round(6).tolist()},
+        "predictions": {"y_true": data.labels.tolist(), "probs": probs.round(6).tolist(),
+                        "modalities": list(data.modalities)},
     })
     return metrics
