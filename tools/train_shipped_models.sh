@@ -114,6 +114,8 @@ stage_medmnist() {  # three seeds each (SEEDS overrides)
   done
 }
 
+stage_breastonly() { for seed in ${SEEDS:-0 1 2}; do run_medmnist breastmnist US BREAST "$seed"; done; }
+
 stage_select() {
   # Ship, per task, the seed with the best VALIDATION macro AUC (test is never looked at).
   "$PY" - "$RUNS" <<'EOF'

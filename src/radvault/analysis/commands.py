@@ -38,7 +38,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse.ArgumentParser:
-    """The argument parser (sub-commands ``train`` and ``evaluate``)."""
+    """The argument parser (sub-commands ``train``, ``ensemble`` and ``evaluate``)."""
     parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train, calibrate, export and sign a model")
@@ -78,6 +78,14 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     t.add_argument("--fp16-weights", action="store_true")
     t.add_argument("--signing-key", type=Path, help="Ed25519 PKCS#8 PEM model signing key")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    n = sub.add_parser("ensemble", help="combine trained models of one task into one "
+                                        "calibrated, signed model (mean of their logits)")
+    n.add_argument("members", type=Path, nargs="+", help="model folders (two or more)")
+    _add_data_options(n)
+    n.add_argument("--out", type=Path, required=True, help="model folder to write")
+    n.add_argument("--val-split", default="val", help="split that calibrates the ensemble")
+    n.add_argument("--test-split", default="test", help="split measured only ('' for none)")
+    n.add_argument("--signing-key", type=Path, help="Ed25519 PKCS#8 PEM model signing key")
     e = sub.add_parser("evaluate", help="metrics of a model on one split")
     _add_data_options(e)
     e.add_argument("--model", type=Path, required=True)
@@ -164,6 +172,20 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             print("val : " + _summary(result.val_metrics))
             if result.test_metrics:
                 print("test: " + _summary(result.test_metrics))
+            return 0
+        if args.command == "ensemble":
+            from radvault.analysis.ensemble import build_ensemble
+            from radvault.analysis.export import Ed25519Signer
+
+            signer = Ed25519Signer.from_pem(args.signing_key) if args.signing_key else None
+            card = build_ensemble(args.members, source, args.out, signer=signer,
+                                  val_split=args.val_split, test_split=args.test_split,
+                                  cache_dir=args.cache_dir)
+            print(f"ensemble {card['model_id']} of {len(args.members)} models written to "
+                  f"{args.out} (T={card['temperature']:.3f})")
+            print("val : " + _summary(card["metrics"]["val"]))
+            if card["metrics"]["test"]:
+                print("test: " + _summary(card["metrics"]["test"]))
             return 0
         from radvault.analysis.evaluate import evaluate_model
         from radvault.analysis.inference import load_model

@@ -1,4 +1,4 @@
-"""Analysis commands: train, evaluate, analyze, and `data fetch` for public datasets."""
+"""Analysis commands: train, ensemble, evaluate, analyze, and `data fetch` for public datasets."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def train(ctx: typer.Context) -> None:
     from radvault.analysis.commands import main as analysis_main
 
     raise typer.Exit(analysis_main(["train", *ctx.args], prog="radvault"))
+
+
+def ensemble(ctx: typer.Context) -> None:
+    """Combine trained models of one task into one signed model (`radvault ensemble --help`)."""
+    from radvault.analysis.commands import main as analysis_main
+
+    raise typer.Exit(analysis_main(["ensemble", *ctx.args], prog="radvault"))
 
 
 def evaluate(ctx: typer.Context) -> None:
@@ -195,6 +202,7 @@ def data_fetch(
 def register(app: typer.Typer) -> None:
     """Add the analysis commands to the root application."""
     app.command(context_settings=_PASSTHROUGH, add_help_option=False)(train)
+    app.command(context_settings=_PASSTHROUGH, add_help_option=False)(ensemble)
     app.command(context_settings=_PASSTHROUGH, add_help_option=False)(evaluate)
     app.command()(analyze)
     app.add_typer(data_app, name="data")
