@@ -86,6 +86,9 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     n.add_argument("--val-split", default="val", help="split that calibrates the ensemble")
     n.add_argument("--test-split", default="test", help="split measured only ('' for none)")
     n.add_argument("--signing-key", type=Path, help="Ed25519 PKCS#8 PEM model signing key")
+    n.add_argument("--keys", type=Path,
+                   help="folder of trusted model public keys (<key id>.pub) that verify the "
+                        "members (default: each member's ../keys)")
     e = sub.add_parser("evaluate", help="metrics of a model on one split")
     _add_data_options(e)
     e.add_argument("--model", type=Path, required=True)
@@ -175,10 +178,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             return 0
         if args.command == "ensemble":
             from radvault.analysis.ensemble import build_ensemble
-            from radvault.analysis.export import Ed25519Signer
+            from radvault.analysis.export import Ed25519Signer, ModelKeyring
 
             signer = Ed25519Signer.from_pem(args.signing_key) if args.signing_key else None
-            card = build_ensemble(args.members, source, args.out, signer=signer,
+            keyring = ModelKeyring.from_dir(args.keys) if args.keys else None
+            card = build_ensemble(args.members, source, args.out, signer=signer, keyring=keyring,
                                   val_split=args.val_split, test_split=args.test_split,
                                   cache_dir=args.cache_dir)
             print(f"ensemble {card['model_id']} of {len(args.members)} models written to "
