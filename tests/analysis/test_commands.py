@@ -31,6 +31,22 @@ def test_train_then_evaluate_round_trip(toy_manifest, toy_task_file, tmp_path, c
     assert metrics["accuracy"] == card["metrics"]["test"]["accuracy"]
     assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
+    # a second seed, then both as one ensemble, verified with the key folder
+    other = tmp_path / "runs" / "toy-seed1"
+    assert main(["train", "--manifest", str(toy_manifest), "--task", str(toy_task_file),
+                 "--out", str(other), "--size", "32", "--width", "0.125", "--epochs", "1",
+                 "--seed", "1", "--threads", "1", "--no-denoise", "--signing-key", str(key),
+                 "--quiet", "--checkpoint-dir", str(tmp_path / "ckpt1")]) == 0
+    ensemble = tmp_path / "models" / "toy-ensemble"
+    rc = main(["ensemble", str(out), str(other), "--manifest", str(toy_manifest),
+               "--task", str(toy_task_file), "--out", str(ensemble),
+               "--keys", str(tmp_path / "models" / "keys"), "--signing-key", str(key)])
+    assert rc == 0
+    assert "of 2 models written" in capsys.readouterr().out
+    assert json.loads((ensemble / "model_card.json").read_text())["network"]["name"] == "ensemble"
+    assert main(["evaluate", "--model", str(ensemble), "--manifest", str(toy_manifest),
+                 "--task", str(toy_task_file)]) == 0
+
 
 def test_errors_become_exit_status_2(toy_manifest, tmp_path, capsys):
     rc = main(["evaluate", "--model", str(tmp_path), "--manifest", str(toy_manifest),
