@@ -1,36 +1,36 @@
 #!/usr/bin/env bash
-# Train the models shipped under models/ (CPU only; about 70 minutes on 2 shared cores).
+# Train the models shipped under models/ (CPU only; about 2 hours on an idle 2-core CPU).
 #
-# Every model: MONAI ResNet-18 (7x7 stem with stride 2 + max-pool, basic blocks
-# [2,2,2,2]) at half width (channels 32-64-128-256, 2.8 M parameters),
-# 128x128x3 input after the imaging layer's full preprocessing (min-max,
-# CLAHE, bilateral filter), Adam 1e-3, batch 32, dropout 0.30, cross-entropy,
-# class-balanced sampling, light augmentation, cosine schedule, early stopping
-# on validation macro AUC, temperature scaling on val, ONNX weights stored as
-# float16. Trained on train, selected on val only, reported on test.
-#   chest_xray:                                    at most 14 epochs, patience 5
-#   radbench6:                                     seed 0 at most 10 epochs, patience 4;
-#                                                  seed 1 at most 18, patience 5 (shipped)
-#   brain_mri:                                     at most 8 epochs, patience 4
-#   brain_mri, radbench6 seeds 2 and 3 (large2):   at most 20 epochs, patience 6
-#   lung_ct, kidney_ct, breast_us from the radbench6 backbone (finetune): 30 epochs, patience 10
-#   (the 2-core CPU was shared with four other engineers' jobs, load 6-7: an epoch
-#   of chest_xray took 20 s alone and up to 200 s under that load)
-#   small sets (lung_ct, kidney_ct, breast_us):    at most 30 epochs, patience 10
-#   MedMNIST (28 px, no CLAHE/bilateral, 3x3 stride-1 stem without max-pool):
-#                                                  at most 20 epochs, patience 6, three seeds
+# Every radbench model: MONAI ResNet-18 (7x7 stem with stride 2 + max-pool, basic blocks
+# [2,2,2,2]) at half width (channels 32-64-128-256, 2.8 M parameters), 128x128x3 input
+# after the imaging layer's preprocessing (min-max, CLAHE, bilateral filter; "plain" runs
+# without the last two), Adam 1e-3, batch 32, dropout 0.30, cross-entropy, class-balanced
+# sampling, light augmentation, cosine schedule, early stopping on validation macro AUC,
+# temperature scaling on val, ONNX weights stored as float16. Trained on train, selected
+# on val only (`select`), reported on test (benchmarks/diagnostic.py).
 #
-# The options are those of `radvault train` (same names) once the CLI wires it:
-#   radvault train --manifest M --task T --out DIR --size 128 --width 0.5 ...
+# Stages (each run resumes from its checkpoint in RUNS/.ckpt, so re-running is safe):
+#   chest      chest_xray seed 0: at most 14 epochs, patience 5
+#   brain      brain_mri seed 0: at most 8 epochs, patience 4
+#   radbench6  radbench6 seed 0: at most 10 epochs, patience 4
+#   small0/1/2 lung_ct, kidney_ct, breast_us seed 0/1/2: at most 30 epochs, patience 10
+#   large1     chest_xray, brain_mri, radbench6 seed 1: at most 14/18/18 epochs, patience 5
+#   large2     brain_mri, radbench6 seeds 2 and 3: at most 20 epochs, patience 6
+#   plain      brain_mri, radbench6 seed 4 without CLAHE/bilateral: 20 epochs, patience 6
+#   finetune   lung_ct, kidney_ct, breast_us from the val-best radbench6 run's backbone
+#   medmnist   PneumoniaMNIST and BreastMNIST at 28 px (no CLAHE/bilateral, 3x3 stride-1
+#              stem without max-pool), seeds $SEEDS (default 0 1 2): 20 epochs, patience 6
+#   breastonly BreastMNIST only, seeds $SEEDS
+#   ensemble   radbench6 and brain_mri: the two val-best runs with equal preprocessing as
+#              one signed model (two ensembles fit the 60 MB budget)
+#   select     ship per task the run (seed or ensemble) with the best VALIDATION AUC
+# Session 1 ran, on a CPU shared with other jobs: small0 select chest brain radbench6 select
+# small1 large1 select. Session 2, on an idle CPU (an epoch of radbench6: about 25 s):
+# medmnist (seeds 0 and 1) large2 finetune "SEEDS=2 breastonly" small2 plain ensemble select.
 #
-# Usage: tools/train_shipped_models.sh [STAGE...]
-#   stages: chest brain radbench6 small0 medmnist small1 small2 large1 large2 finetune select
-#   default: small0 select chest brain radbench6 select medmnist select small1 small2 select
-#   (the shipped models were trained as two lanes after "chest":
-#     THREADS=2: radbench6 select medmnist select
-#     THREADS=1: small0 (lung_ct, kidney_ct, breast_us), then THREADS=2: brain select)
-#   THREADS     torch threads per run (default 2)
+# Usage: tools/train_shipped_models.sh [STAGE...]   (default: every stage, then select)
 # Environment:
+#   THREADS     torch threads per run (default 2)
 #   RADBENCH    manifest (default ../shared/data/radbench/manifest.csv)
 #   MEDMNIST    folder of MedMNIST .npz (default ../shared/data/medmnist)
 #   RUNS        where every run's model folder goes (default /tmp/radvault-runs)
@@ -103,6 +103,40 @@ EOF
       --init-from "$init" --checkpoint-dir "$RUNS/.ckpt/$task-seed0ft" --resume "${COMMON[@]}"
   done
 }
+stage_plain() {  # seed 4 of the large tasks without CLAHE and bilateral filter (as BASELINE.md)
+  for task in brain_mri radbench6; do
+    echo "=== $task seed 4 plain ($(date -u +%H:%M:%S))"
+    "$PY" -m radvault.analysis.commands train --manifest "$RADBENCH" --task "$task" \
+      --out "$RUNS/$task/seed4plain" --seed 4 --size 128 --epochs 20 --patience 6 \
+      --no-enhance --no-denoise --checkpoint-dir "$RUNS/.ckpt/$task-seed4plain" --resume \
+      "${COMMON[@]}"
+  done
+}
+stage_ensemble() {
+  # Seed ensembles for the two large tasks (the 60 MB budget allows two): the two runs with
+  # the best VALIDATION AUC among those with the same preprocessing, as one signed model.
+  # `select` ships the ensemble only if its validation AUC beats every single run's.
+  for task in radbench6 brain_mri; do
+    mapfile -t pair < <("$PY" - "$RUNS/$task" <<'EOF'
+import json, sys
+from pathlib import Path
+runs = [d for d in Path(sys.argv[1]).glob("seed*") if (d / "signature.json").is_file()]
+card = {d: json.loads((d / "model_card.json").read_text()) for d in runs}
+by_prep = {}
+for d in runs:
+    by_prep.setdefault(json.dumps(card[d]["preprocessing"], sort_keys=True), []).append(d)
+best = max((sorted(g, key=lambda d: -card[d]["metrics"]["val"]["auc_macro"])[:2]
+            for g in by_prep.values() if len(g) >= 2),
+           key=lambda pair: sum(card[d]["metrics"]["val"]["auc_macro"] for d in pair))
+print("\n".join(str(d) for d in best))
+EOF
+)
+    echo "=== $task ensemble of ${pair[*]} ($(date -u +%H:%M:%S))"
+    "$PY" -m radvault.analysis.commands ensemble "${pair[@]}" --manifest "$RADBENCH" \
+      --task "$task" --out "$RUNS/$task/ensemble" --cache-dir "$CACHE" --keys models/keys \
+      --signing-key "$SIGNING_KEY"
+  done
+}
 stage_breast0()   { run_task breast_us 0 30 10; }
 stage_small0() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 0 30 10; done; }
 stage_small1() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 1 30 10; done; }
@@ -117,13 +151,15 @@ stage_medmnist() {  # three seeds each (SEEDS overrides)
 stage_breastonly() { for seed in ${SEEDS:-0 1 2}; do run_medmnist breastmnist US BREAST "$seed"; done; }
 
 stage_select() {
-  # Ship, per task, the seed with the best VALIDATION macro AUC (test is never looked at).
+  # Ship, per task, the run (a seed, or the ensemble) with the best VALIDATION macro AUC;
+  # test is never looked at.
   "$PY" - "$RUNS" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
 runs, dest = Path(sys.argv[1]), Path("models")
 for task_dir in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")):
-    seeds = [d for d in sorted(task_dir.glob("seed*")) if (d / "signature.json").is_file()]
+    seeds = [d for d in [*sorted(task_dir.glob("seed*")), task_dir / "ensemble"]
+             if (d / "signature.json").is_file()]
     if not seeds:
         continue
     def val_auc(d):
@@ -141,6 +177,6 @@ EOF
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(small0 select chest brain radbench6 select medmnist select
-                                   small1 small2 select)
+[ ${#stages[@]} -eq 0 ] && stages=(chest brain radbench6 small0 small1 small2 large1 large2
+                                   plain finetune medmnist ensemble select)
 for s in "${stages[@]}"; do "stage_$s"; done
