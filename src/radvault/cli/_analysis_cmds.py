@@ -62,10 +62,13 @@ def analyze(
     model: Annotated[Path | None, typer.Option(help="A model folder (default: registry).")] = None,
     modality: Annotated[str | None, typer.Option(help="Modality of a PNG/JPEG file.")] = None,
     body_part: Annotated[str | None, typer.Option(help="Body part of a PNG/JPEG file.")] = None,
-    heatmap: Annotated[Path | None, typer.Option(help="Write the CAM overlay PNG here.")] = None,
+    heatmap: Annotated[Path | None, typer.Option(
+        help="Write the CAM overlay PNG here (one image or instance).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Classify an image: calibrated probabilities and the decision-support flag."""
+    """Classify an image, or every instance of a vault study (in batches): calibrated
+    probabilities and the decision-support flag. Exit status 1 if an instance failed
+    verification (the others are still analysed)."""
 
     @handle_errors
     def run() -> None:
