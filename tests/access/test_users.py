@@ -173,6 +173,8 @@ def test_a_password_changed_during_a_login_refuses_that_login(store, audit, cloc
     with pytest.raises(AuthenticationFailed):
         accounts.verify_credentials("rad", PASSWORD)
     assert accounts.get_user("rad").failed_attempts == 0  # not counted against the account
+    (refusal,) = audit.of("login_failed")
+    assert refusal[0] == "rad" and refusal[4] == {"reason": "account changed during login"}
     assert accounts.verify_credentials("rad", OTHER).username == "rad"
 
 

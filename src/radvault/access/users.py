@@ -693,7 +693,7 @@ class Accounts:
                 if row is None or row.deleted_at is not None or row.password_hash != password_hash:
                     # Removed or given a new password while this attempt was checked:
                     # refuse it, without counting it against the account.
-                    outcome = "unknown"
+                    outcome = "changed"
                 elif row.locked_by_admin or (row.locked_until is not None
                                              and row.locked_until > now):
                     outcome = "locked"
@@ -736,6 +736,9 @@ class Accounts:
                        {"reason": "unknown user", "username_sha256": digest})
         elif outcome == "locked":
             emit_audit(self.audit, username, "login_failed", "refused", [], {"reason": "locked"})
+        elif outcome == "changed":
+            emit_audit(self.audit, username, "login_failed", "refused", [],
+                       {"reason": "account changed during login"})
         else:
             emit_audit(self.audit, username, "login_failed", "refused", [],
                        {"reason": "wrong password", **details})
