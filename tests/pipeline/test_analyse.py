@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from radvault.config import load_settings
+from radvault.errors import IntegrityError, ObjectNotFound
 from radvault.pipeline.analyse import Analyser
 from radvault.pipeline.ingest import Ingestor
 from radvault.pipeline.maintenance import verify_vault
@@ -98,7 +99,8 @@ def test_a_tampered_or_unknown_instance_is_refused_and_the_rest_of_the_batch_is_
     batch = Analyser.default(vault, actor="dr").analyse_many([*ids, "0" * 32])
     assert [r.instance_id for r in batch.results] == [i for i in ids if i != victim]
     assert [f[0] for f in batch.failures] == [victim, "0" * 32]
-    assert "IntegrityError" in batch.failures[0][1]
+    assert isinstance(batch.failures[0][1], IntegrityError)
+    assert isinstance(batch.failures[1][1], ObjectNotFound)
     assert vault.catalog.results_of_instance(victim) == []
     refusals = vault.audit.query(action="integrity_failure")
     assert any(model_input.object_id in e.object_ids for e in refusals)

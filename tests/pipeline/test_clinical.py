@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -282,3 +283,29 @@ def test_malformed_ids_and_parameters_are_refused(clinic, kit, tmp_path):
         s.render_image(rad, study, instance, window_center=40.0)
     png = s.render_image(rad, study, instance, max_size=64)
     assert png.startswith(b"\x89PNG")
+
+
+def test_one_tampered_instance_fails_the_job_after_the_others_are_stored(clinic, tmp_path):
+    from pydicom.uid import generate_uid
+
+    s, rad = clinic.service, clinic.p["rad-n"]
+    ct = pydicom.dcmread(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm")
+    study = None
+    for n in range(2):
+        ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ct.save_as(tmp_path / f"ct{n}.dcm")
+        study = s.upload(clinic.p["tech-n"], (tmp_path / f"ct{n}.dcm").read_bytes(),
+                         f"ct{n}.dcm").study_id
+    good, bad = (i.instance_id for i in s.vault.catalog.instances_of_study(study))
+    victim = next(o for o in s.vault.catalog.objects_of_instance(bad) if o.kind == "model_input")
+    blob = s.vault.blobs.path_of(victim.blob_key)
+    data = bytearray(blob.read_bytes())
+    data[-20] ^= 0x01
+    blob.write_bytes(bytes(data))
+
+    job = s.start_analysis(rad, study)
+    s.run_pending_jobs()
+    failed = s.job(rad, job.job_id)
+    assert failed.status == "failed" and failed.error == "IntegrityError"
+    assert len(s.results(rad, study, good)) == 1  # analysed and kept
+    assert s.results(rad, study, bad) == []

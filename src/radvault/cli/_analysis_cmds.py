@@ -132,6 +132,7 @@ def _analyze_vault(settings: object, target: str, model_dir: Path | None,
                    heatmap: Path | None) -> list[dict[str, object]]:
     from radvault.cli._vault_cmds import ACTOR, opened_vault
     from radvault.pipeline.analyse import Analyser
+    from radvault.pipeline.retrieve import safe_error
 
     out: list[dict[str, object]] = []
     with opened_vault(settings) as vault:
@@ -154,7 +155,7 @@ def _analyze_vault(settings: object, target: str, model_dir: Path | None,
         else:  # a study: batched inference, one commit per batch
             batch = analyser.analyse_many(instances, model_name=name)
             results = batch.results
-            out.extend({"target": i, "error": error} for i, error in batch.failures)
+            out.extend({"target": i, "error": safe_error(exc)} for i, exc in batch.failures)
         out[:0] = [{"target": r.instance_id, "model_id": r.model_id,
                     "prediction": r.predicted_class, "probability": r.probability,
                     "probabilities": r.probabilities, "refer": r.refer,

@@ -29,7 +29,6 @@ from radvault.pipeline.retrieve import (
     open_image,
     open_model_input,
     open_model_input_object,
-    safe_error,
 )
 from radvault.vault.audit import Action, Outcome
 from radvault.vault.catalog import ObjectRecord
@@ -79,7 +78,7 @@ class BatchAnalysis:
     """What :meth:`Analyser.analyse_many` did: stored results, and instances it refused."""
 
     results: list[AnalysisResult]
-    failures: list[tuple[str, str]]  # (instance id, error without PHI)
+    failures: list[tuple[str, RadVaultError]]  # (instance id, why: its message holds no PHI)
 
 
 @dataclass
@@ -214,7 +213,7 @@ class Analyser:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         results: list[AnalysisResult] = []
-        failures: list[tuple[str, str]] = []
+        failures: list[tuple[str, RadVaultError]] = []
         chunks = iter(_batched(instance_ids, batch_size))
         stores: list[tuple[Future[list[AnalysisResult]], int]] = []
 
@@ -255,14 +254,14 @@ class Analyser:
         return BatchAnalysis(results, failures)
 
     def _prepare_chunk(self, chunk: Sequence[str], model_name: str | None
-                       ) -> tuple[list[_Prepared], list[tuple[str, str]]]:
+                       ) -> tuple[list[_Prepared], list[tuple[str, RadVaultError]]]:
         """Open and verify a batch's inputs; refused instances are listed, not raised.
 
         The batch's catalog rows come in one query; an instance whose model
         input row is not there takes the one-at-a-time path, which says why.
         """
         prepared: list[_Prepared] = []
-        refused: list[tuple[str, str]] = []
+        refused: list[tuple[str, RadVaultError]] = []
         objects = self.vault.catalog.objects_of_instances(chunk)
         for instance_id in chunk:
             obj = next((o for o in objects.get(instance_id, ())
@@ -273,7 +272,7 @@ class Analyser:
                 else:
                     prepared.append(self._prepare_object(obj, model_name))
             except RadVaultError as exc:
-                refused.append((instance_id, safe_error(exc)))
+                refused.append((instance_id, exc))
         return prepared, refused
 
     def _prepare_object(self, obj: ObjectRecord, model_name: str | None) -> _Prepared:
@@ -325,7 +324,7 @@ class Analyser:
                 p.array.fill(0)
 
     def _infer_batches(self, batches: Sequence[tuple[list[_Prepared], np.ndarray]],
-                       failures: list[tuple[str, str]]) -> list[AnalysisResult]:
+                       failures: list[tuple[str, RadVaultError]]) -> list[AnalysisResult]:
         """Run each model on its batch (zeroed after); a model that fails fails its group."""
         done: list[AnalysisResult] = []
         try:
@@ -335,7 +334,7 @@ class Analyser:
                 except RadVaultError as exc:
                     for p in group:
                         self._audit_failure(p.instance_id, p.study_id, exc)
-                        failures.append((p.instance_id, safe_error(exc)))
+                        failures.append((p.instance_id, exc))
         finally:
             for _, batch in batches:
                 batch.fill(0)

@@ -797,15 +797,25 @@ class ClinicalService(AdminCases, ReportCases, DicomWebCases):
         principal = self._principal_of(info.actor)
         study = self._study(principal, Action.ANALYSE, study_id)
         analyser = self._analyser(info.actor)
-        out = []
         for instance_id in instance_ids:
             inst = self.vault.catalog.get_instance(instance_id)
             if inst.study_id != study.study_id:
                 raise ObjectNotFound(f"study {study.study_id} has no instance {instance_id}")
+        # What an earlier run of this job stored is kept (a resumed job redoes only what is
+        # missing); the rest go in batches: one model call and one commit per batch. A
+        # failed instance fails the job once the others are stored and recorded.
+        pending = [i for i in dict.fromkeys(instance_ids) if self._run_of(info.job_id, i) is None]
+        if pending:
+            batch = analyser.analyse_many(pending, model_name=model)
+            for result in batch.results:
+                self._record_run(info.job_id, result.instance_id, result.result_id)
+            if batch.failures:
+                raise batch.failures[0][1]
+        out = []
+        for instance_id in instance_ids:
             done = self._run_of(info.job_id, instance_id)
             if done is None:
-                result = analyser.analyse_instance(instance_id, model_name=model)
-                done = self._record_run(info.job_id, instance_id, result.result_id)
+                raise IntegrityError(f"job {info.job_id} has no result for {instance_id}")
             record = next((r for r in self.vault.catalog.results_of_instance(instance_id)
                            if r.result_id == done), None)
             if record is None:
