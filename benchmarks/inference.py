@@ -14,7 +14,10 @@ vault whose model-input preprocessing equals the default model's card:
 
 Reports images/s of each pair and their ratios (issue 4 target: >= 0.90 for
 throughput, which is the batched pair), and the single-image latency (median,
-p95). Repeated rounds, interleaved, median taken.
+p95). Repeated rounds, interleaved, median taken. ``--threads`` sets ONNX
+Runtime's threads for both paths: with 1 (the default) the batched path's
+checks run on the other core; run it with ``--threads 2`` too, which is what a
+2-core machine does by default (``benchmarks/results/inference_threads2.json``).
 """
 
 from __future__ import annotations
