@@ -25,9 +25,11 @@
 #   ensemble   radbench6 and brain_mri: the two val-best runs with equal preprocessing as
 #              one signed model (two ensembles fit the 60 MB budget)
 #   select     ship per task the run (seed or ensemble) with the best VALIDATION AUC
+#   release    mark shipped models that fail on held-out data (kidney_ct): always refer
 # Session 1 ran, on a CPU shared with other jobs: small0 select chest brain radbench6 select
 # small1 large1 select. Session 2, on an idle CPU (an epoch of radbench6: about 25 s):
-# medmnist (seeds 0 and 1) large2 finetune "SEEDS=2 breastonly" small2 plain ensemble select.
+# medmnist (seeds 0 and 1) large2 finetune "SEEDS=2 breastonly" small2 plain ensemble select
+# release.
 #
 # Usage: tools/train_shipped_models.sh [STAGE...]   (default: every stage, then select)
 # Environment:
@@ -140,6 +142,19 @@ EOF
       --signing-key "$SIGNING_KEY"
   done
 }
+stage_release() {
+  # The release maintainer's verdict, after `select`: a shipped model that fails on held-out
+  # data refers every image to a radiologist (reason "model_not_validated").
+  "$PY" - "$SIGNING_KEY" <<'EOF'
+import sys
+from radvault.analysis.export import Ed25519Signer, mark_release
+signer = Ed25519Signer.from_pem(sys.argv[1])
+mark_release("models/kidney_ct", refer_always=True, signer=signer,
+             why="test AUC 0.547 (baseline 0.769), stone and tumor recall 0: six training "
+                 "series; see docs/models.md")
+print("kidney_ct: marked refer_always")
+EOF
+}
 stage_breast0()   { run_task breast_us 0 30 10; }
 stage_small0() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 0 30 10; done; }
 stage_small1() { for t in lung_ct kidney_ct breast_us; do run_task "$t" 1 30 10; done; }
@@ -181,5 +196,5 @@ EOF
 
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(chest brain radbench6 small0 small1 small2 large1 large2
-                                   plain finetune medmnist ensemble select)
+                                   plain finetune medmnist ensemble select release)
 for s in "${stages[@]}"; do "stage_$s"; done

@@ -69,6 +69,24 @@ def test_refer_reasons_table():
                                                               "modality_not_trained")
 
 
+def test_a_model_marked_not_validated_refers_every_image(trained, signer, test_images,
+                                                          tmp_path):
+    import shutil
+
+    from radvault.analysis.export import mark_release
+
+    shutil.copytree(trained.model_dir, tmp_path / "m")
+    mark_release(tmp_path / "m", refer_always=True, why="fails on held-out series",
+                 signer=signer)
+    marked = load_model(tmp_path / "m", signer.verifier())
+    assert marked.card.model_id == trained.card["model_id"]  # same network, new signed card
+    assert marked.card.raw["release"] == {"refer_always": True,
+                                          "why": "fails on held-out series"}
+    x = test_images.images[:3].astype(np.float32)
+    for p in marked.predict(x, threshold=1e-9):
+        assert p.refer and p.reasons == ("model_not_validated",)
+
+
 def test_default_threshold_comes_from_settings(loaded):
     assert loaded.refer_threshold == pytest.approx(0.80)
 

@@ -496,3 +496,32 @@ def cam_spec(model: nn.Module) -> dict[str, Any]:
     fc = model.fc
     return {"output": "features", "weight": fc.weight.detach().cpu().numpy().tolist(),
             "bias": fc.bias.detach().cpu().numpy().tolist()}
+
+
+def mark_release(model_dir: str | PathLike[str], *, refer_always: bool, why: str,
+                 signer: Signer) -> dict[str, Any]:
+    """Record the release maintainer's verdict in a model's card and sign it again.
+
+    ``refer_always`` makes every prediction of the model carry the referral reason
+    ``model_not_validated`` (for a model that failed on held-out data but has to
+    ship, so that no answer of it reaches a clinician unflagged). The ONNX file is
+    untouched; the card keeps every field, plus ``release``.
+
+    Raises
+    ------
+    ModelError
+        If the folder is not a model (its current signature is not checked here:
+        the new one replaces it, so only run this on a model you trust).
+    """
+    import json
+
+    out = Path(model_dir)
+    try:
+        card = json.loads((out / CARD_FILE).read_text(encoding="utf-8"))
+        onnx_bytes = (out / ONNX_FILE).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{out}: not a model folder ({type(exc).__name__})") from None
+    if hashlib.sha256(onnx_bytes).hexdigest() != card.get("onnx_sha256"):
+        raise ModelError(f"{out}: the ONNX file does not match its card")
+    card["release"] = {"refer_always": bool(refer_always), "why": str(why)}
+    return write_model(out, onnx_bytes, card, signer)

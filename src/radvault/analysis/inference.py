@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 REASON_LOW_CONFIDENCE = "low_confidence"
 REASON_MODALITY = "modality_not_trained"
 REASON_BODY_PART = "body_part_not_trained"
+REASON_NOT_VALIDATED = "model_not_validated"
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,10 @@ def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
     are not checked; an empty string or ``OT`` counts as not trained on.
     """
     reasons = []
+    if (card.raw.get("release") or {}).get("refer_always"):
+        # The release maintainer marked the model as failing on held-out data: every
+        # answer goes to a radiologist, however confident it looks.
+        reasons.append(REASON_NOT_VALIDATED)
     if top_probability < threshold:
         reasons.append(REASON_LOW_CONFIDENCE)
     if modality is not None and card.trained_on:

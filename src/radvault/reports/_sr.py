@@ -85,6 +85,7 @@ _REASON_WORDS = {
     _text.REASON_LOW_CONFIDENCE: "Confidence under the referral threshold",
     _text.REASON_MODALITY: "Modality not in the model's training data",
     _text.REASON_BODY_PART: "Body part not in the model's training data",
+    _text.REASON_NOT_VALIDATED: "Model not validated for decisions",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")

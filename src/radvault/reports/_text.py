@@ -13,6 +13,7 @@ from radvault.reports._model import (
 REASON_LOW_CONFIDENCE = "low_confidence"
 REASON_MODALITY = "modality_not_trained"
 REASON_BODY_PART = "body_part_not_trained"
+REASON_NOT_VALIDATED = "model_not_validated"
 
 AWAITING_SIGN_OFF = "Awaiting radiologist sign-off"
 
@@ -41,6 +42,8 @@ def reason_text(report: ReportInput, reason: str) -> str:
         part = report.body_part or "unknown"
         modality = report.modality or "this modality"
         return f"the model was not trained on body part {part} for {modality}"
+    if reason == REASON_NOT_VALIDATED:
+        return "the model failed validation on held-out data and is not fit for decisions"
     return reason.replace("_", " ")
 
 
