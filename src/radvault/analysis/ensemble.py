@@ -26,7 +26,7 @@ import numpy as np
 
 from radvault.analysis.calibration import fit_temperature, softmax
 from radvault.analysis.export import ONNX_FILE, Signer, write_model
-from radvault.analysis.inference import LoadedModel, load_model, onnx_session
+from radvault.analysis.inference import LoadedModel, load_model, onnx_logits
 from radvault.analysis.metrics import compute_metrics
 from radvault.errors import ModelError
 
@@ -91,14 +91,6 @@ def merge_onnx(members: Sequence[bytes]) -> bytes:
     return merged.SerializeToString()
 
 
-def _logits(onnx_bytes: bytes, images: np.ndarray, batch: int = 128) -> np.ndarray:
-    session = onnx_session(onnx_bytes, None)
-    out = [session.run(["logits"], {"image": np.ascontiguousarray(images[i:i + batch],
-                                                                   dtype=np.float32)})[0]
-           for i in range(0, len(images), batch)]
-    return np.concatenate(out).astype(np.float64)
-
-
 def _check_compatible(models: Sequence[LoadedModel]) -> None:
     first = models[0].card
     for model in models[1:]:
@@ -153,7 +145,7 @@ def build_ensemble(member_dirs: Sequence[str | PathLike[str]], source: DataSourc
     settings = members[0].card.preprocess_settings
     classes = tuple(members[0].card.classes)
     val = source.load(val_split, settings, cache_dir=cache_dir)
-    val_logits = _logits(onnx_bytes, val.images)
+    val_logits = onnx_logits(onnx_bytes, val.images)
     calibration = fit_temperature(val_logits, val.labels)
     temperature = calibration.temperature
     metrics: dict[str, Any] = {
@@ -161,7 +153,7 @@ def build_ensemble(member_dirs: Sequence[str | PathLike[str]], source: DataSourc
         "test": None}
     if test_split:
         test = source.load(test_split, settings, cache_dir=cache_dir)
-        test_logits = _logits(onnx_bytes, test.images)
+        test_logits = onnx_logits(onnx_bytes, test.images)
         metrics["test"] = compute_metrics(test.labels, softmax(test_logits, temperature),
                                           classes)
         metrics["test"]["ece_uncalibrated"] = compute_metrics(

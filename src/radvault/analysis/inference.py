@@ -40,7 +40,8 @@ from radvault.config import PreprocessSettings, Settings
 from radvault.errors import IntegrityError, ModelError, ModelIntegrityError
 from radvault.imaging.records import ImageRecord
 
-__all__ = ["LoadedModel", "ModelCard", "Prediction", "load_model", "onnx_session"]
+__all__ = ["LoadedModel", "ModelCard", "Prediction", "load_model", "onnx_logits",
+           "onnx_session"]
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,16 @@ def onnx_session(model: bytes | str | PathLike[str], threads: int | None = None)
         return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own unrelated exception types
         raise ModelError(f"ONNX Runtime cannot load the model ({type(exc).__name__})") from None
+
+
+def onnx_logits(model: bytes, images: np.ndarray, threads: int | None = None,
+                batch: int = 128) -> np.ndarray:
+    """Raw logits (float64) of an ONNX classifier on preprocessed images, in batches."""
+    session = onnx_session(model, threads)
+    out = [session.run(["logits"], {"image": np.ascontiguousarray(images[i:i + batch],
+                                                                   dtype=np.float32)})[0]
+           for i in range(0, len(images), batch)]
+    return np.concatenate(out).astype(np.float64)
 
 
 def refer_reasons(top_probability: float, threshold: float, card: ModelCard,

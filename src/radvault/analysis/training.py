@@ -51,6 +51,7 @@ from radvault.analysis.export import (
     onnx_bytes_from_torch,
     write_model,
 )
+from radvault.analysis.inference import onnx_logits
 from radvault.analysis.metrics import compute_metrics
 from radvault.analysis.networks import build_network
 from radvault.config import PreprocessSettings
@@ -299,18 +300,6 @@ def _predict_torch(model: nn.Module, images: np.ndarray, batch: int = 128) -> np
     return np.concatenate(out).astype(np.float64)
 
 
-def _onnx_logits(onnx_bytes: bytes, images: np.ndarray, threads: int | None,
-                 batch: int = 128) -> np.ndarray:
-    from radvault.analysis.inference import onnx_session
-
-    sess = onnx_session(onnx_bytes, threads)
-    out = []
-    for i in range(0, len(images), batch):
-        x = np.ascontiguousarray(images[i:i + batch], dtype=np.float32)
-        out.append(sess.run(["logits"], {"image": x})[0])
-    return np.concatenate(out).astype(np.float64)
-
-
 def _score(metrics: dict[str, Any]) -> float:
     auc = metrics.get("auc_macro")
     return float(auc) if auc is not None else float(metrics["balanced_accuracy"])
@@ -555,7 +544,7 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
     task = config.source.task
     classes = task.class_names
     onnx_bytes = onnx_bytes_from_torch(model, config.size, fp16_weights=config.fp16_weights)
-    val_logits = _onnx_logits(onnx_bytes, va.images, config.threads)
+    val_logits = onnx_logits(onnx_bytes, va.images, config.threads)
     if config.optimisation.calibration:
         cal = fit_temperature(val_logits, va.labels)
         temperature, calibration = cal.temperature, cal.as_dict()
@@ -564,7 +553,7 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
     val_metrics = compute_metrics(va.labels, softmax(val_logits, temperature), classes)
     test_metrics = None
     if te is not None:
-        test_logits = _onnx_logits(onnx_bytes, te.images, config.threads)
+        test_logits = onnx_logits(onnx_bytes, te.images, config.threads)
         test_metrics = compute_metrics(te.labels, softmax(test_logits, temperature), classes)
         test_metrics["ece_uncalibrated"] = compute_metrics(
             te.labels, softmax(test_logits), classes)["ece"]
@@ -609,15 +598,12 @@ def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
 
 
 def _file_sha256(path: Path) -> str:
-    """The sha-256 of a file (a checkpoint named by ``init_from``), read in chunks."""
-    digest = hashlib.sha256()
+    """The sha-256 of a file (a checkpoint named by ``init_from``)."""
     try:
         with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+            return hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the checkpoint ({exc.strerror})") from None
-    return digest.hexdigest()
 
 
 def load_backbone(model: Any, checkpoint: Path) -> None:

@@ -155,8 +155,12 @@ class Analyser:
             self._models[path] = model
         return self._models[path]
 
-    def _model_input(self, model: LoadedModel, instance_id: str) -> tuple[np.ndarray, str]:
-        sealed = open_model_input(self.vault, instance_id, actor=self.actor)
+    def _model_input(self, model: LoadedModel, instance_id: str,
+                     obj: ObjectRecord | None = None) -> tuple[np.ndarray, str]:
+        """The model's input for an instance: the sealed one (``obj``, when its row is
+        already read), or the image preprocessed again in memory if settings differ."""
+        sealed = (open_model_input(self.vault, instance_id, actor=self.actor) if obj is None
+                  else open_model_input_object(self.vault, obj, actor=self.actor))
         if dict(sealed.settings) == dict(model.card.preprocessing):
             return sealed.array, "sealed_model_input"
         sealed.array.fill(0)
@@ -280,12 +284,7 @@ class Analyser:
         study_id = obj.study_id or ""
         try:
             model = self.model_for(obj.modality, obj.body_part, model_name)
-            sealed = open_model_input_object(self.vault, obj, actor=self.actor)
-            if dict(sealed.settings) == dict(model.card.preprocessing):
-                array, source = sealed.array, "sealed_model_input"
-            else:
-                sealed.array.fill(0)
-                array, source = self._model_input(model, obj.instance_id)
+            array, source = self._model_input(model, obj.instance_id, obj)
         except RadVaultError as exc:
             self._audit_failure(obj.instance_id, study_id, exc)
             raise

@@ -804,18 +804,18 @@ class ClinicalService(AdminCases, ReportCases, DicomWebCases):
         # What an earlier run of this job stored is kept (a resumed job redoes only what is
         # missing); the rest go in batches: one model call and one commit per batch. A
         # failed instance fails the job once the others are stored and recorded.
-        pending = [i for i in dict.fromkeys(instance_ids) if self._run_of(info.job_id, i) is None]
+        runs = {i: self._run_of(info.job_id, i) for i in instance_ids}
+        pending = [i for i, done in runs.items() if done is None]
         if pending:
             batch = analyser.analyse_many(pending, model_name=model)
             for result in batch.results:
-                self._record_run(info.job_id, result.instance_id, result.result_id)
+                runs[result.instance_id] = self._record_run(info.job_id, result.instance_id,
+                                                            result.result_id)
             if batch.failures:
                 raise batch.failures[0][1]
         out = []
         for instance_id in instance_ids:
-            done = self._run_of(info.job_id, instance_id)
-            if done is None:
-                raise IntegrityError(f"job {info.job_id} has no result for {instance_id}")
+            done = runs[instance_id]
             record = next((r for r in self.vault.catalog.results_of_instance(instance_id)
                            if r.result_id == done), None)
             if record is None:
