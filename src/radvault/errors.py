@@ -17,7 +17,8 @@ also subclasses the builtin it resembles, so callers may catch either::
     ├── VaultError                            the vault cannot do what was asked
     │   ├── VaultLocked(PermissionError)      wrong passphrase, missing or corrupt key file
     │   ├── KeyProviderError                  a key could not be wrapped, unwrapped or found
-    │   └── ObjectShredded                    the object's data key was destroyed
+    │   ├── ObjectShredded                    the object's data key was destroyed
+    │   └── ConcurrentWriteConflict           another writer changed what a batch relied on
     ├── IntegrityError                        tampering detected (digest, signature, AEAD tag)
     │   ├── AuditChainError                   the audit trail was altered
     │   └── ModelIntegrityError               a model file or card does not match its signature
@@ -51,6 +52,7 @@ __all__ = [
     "AuditChainError",
     "AuthenticationFailed",
     "BurnedInAnnotationRefused",
+    "ConcurrentWriteConflict",
     "ConfigurationError",
     "CorruptImage",
     "DatasetError",
@@ -136,6 +138,14 @@ class DeidentificationError(RadVaultError, ValueError):
 
 class VaultError(RadVaultError):
     """The vault cannot do what was asked."""
+
+
+class ConcurrentWriteConflict(VaultError):
+    """A concurrent writer changed what a batch of catalog writes relied on (PostgreSQL).
+
+    The batch's transaction must be rolled back; one image at a time, the
+    conflict becomes a precise answer (a duplicate, or a refusal).
+    """
 
 
 class VaultLocked(VaultError, PermissionError):

@@ -14,7 +14,11 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
 from radvault.config import Settings
-from radvault.errors import BurnedInAnnotationRefused
+from radvault.errors import (
+    BurnedInAnnotationRefused,
+    ConcurrentWriteConflict,
+    IntegrityError,
+)
 from radvault.imaging.reading import read_image
 from radvault.pipeline.ingest import (
     DICOM_KIND,
@@ -254,7 +258,7 @@ def test_identity_record_is_sealed_and_holds_the_removed_values(
     assert identity["PatientName"] == [marker]
     assert identity["PatientID"] == ["QZXW-ID-55821"]
     # the identity record is bound to its patient: it does not open as another one's
-    with pytest.raises(Exception):  # noqa: B017 (IntegrityError or KeyProviderError)
+    with pytest.raises(IntegrityError, match="does not authenticate"):
         vault.keys.open_identity(patient.identity_blob, context=b"RV-OTHERPATIENT")
     home = vault.settings.home
     for db_file in home.glob("catalog.sqlite3*"):
@@ -395,29 +399,34 @@ def test_a_conflicting_image_is_refused_without_failing_its_batch(
     assert len(kit.blob_files(vault.settings.home)) == 4
 
 
+@pytest.mark.parametrize("race", [
+    sa_exc.IntegrityError("INSERT", {}, Exception("unique violation")),
+    ConcurrentWriteConflict("study 2.25.1 belongs to another patient"),
+], ids=["lost-insert", "parent-taken"])
 def test_a_batch_that_races_another_writer_falls_back_to_one_image_at_a_time(
     kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, race: Exception,
 ) -> None:
-    # PostgreSQL aborts a transaction whose insert lost a race: nothing of the batch
-    # was written, and each image is then cataloged in its own transaction.
-    real = CatalogWriter.add_instance_with_objects
-    calls = 0
+    # PostgreSQL aborts a transaction whose insert lost a race (and a batch whose new
+    # study or series another writer created first is rolled back): nothing of the
+    # batch was written, and each image is then cataloged in its own transaction.
+    real = CatalogWriter.add_many
+    calls: list[int] = []
 
-    def racing(self: CatalogWriter, *args: object, **kwargs: object) -> object:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise sa_exc.IntegrityError("INSERT", {}, Exception("unique violation"))
-        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+    def racing(self: CatalogWriter, images: list, **kwargs: object) -> object:
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise race
+        return real(self, images, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(CatalogWriter, "add_instance_with_objects", racing)
+    monkeypatch.setattr(CatalogWriter, "add_many", racing)
     pngs = [kit.make_raster(tmp_path / f"{i}.png", seed=500 + i) for i in range(3)]
     prepared = [ingestor._check_and_prepare(p.read_bytes(), p.name, "MR", None, None)
                 for p in pngs]
 
     outcomes = ingestor._store_batch(prepared)
 
+    assert calls == [3, 1, 1, 1]
     assert [o.status for o in outcomes] == ["stored"] * 3
     assert kit.count_rows(vault.settings.home, "instances") == 3
     assert len(kit.blob_files(vault.settings.home)) == 6

@@ -26,6 +26,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
+from sqlalchemy.exc import NoResultFound
 
 from radvault.errors import AuditChainError, ConfigurationError, IntegrityError
 from radvault.vault.audit import (
@@ -142,7 +143,7 @@ class Vault:
         while True:
             try:
                 row = self.row(seq)
-            except Exception:
+            except NoResultFound:  # past the last entry
                 return
             fields = {k: row[k] for k in ("ts", "actor", "action", "outcome")}
             fields |= {"object_ids": json.loads(row["object_ids"]),

@@ -18,7 +18,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import event, text
 
 from radvault.config import load_settings
-from radvault.errors import ConfigurationError, IntegrityError, ObjectNotFound, VaultError
+from radvault.errors import (
+    ConcurrentWriteConflict,
+    ConfigurationError,
+    IntegrityError,
+    ObjectNotFound,
+    VaultError,
+)
+from radvault.vault import catalog as catalog_module
 from radvault.vault._catalog_models import Base
 from radvault.vault.catalog import (
     STUDY_SHREDDED,
@@ -255,21 +262,60 @@ def test_another_file_with_the_same_instance_is_recognised(catalog: Catalog,
         False, "instance_id", first.instance)
 
 
-def test_a_lost_insert_race_returns_the_winner_cleanly(catalog_url: str,
-                                                       signer: Ed25519Signer) -> None:
-    class BlindCatalog(Catalog):
-        """Skips the look-up, as a racing process whose check ran before the winner's commit."""
+def _blind_look_ups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers see nothing cataloged: as a racing process whose look-up ran before the
+    winner's commit."""
+    monkeypatch.setattr(catalog_module._Known, "look_up",
+                        classmethod(lambda cls, conn, instances: cls()))
 
-        def _existing(self, session, instance):
-            if session.bind.get_execution_options().get("radvault_write"):
-                return None
-            return super()._existing(session, instance)
 
-    with Catalog.create(catalog_url) as winner, BlindCatalog(catalog_url) as loser:
+def test_a_lost_insert_race_returns_the_winner_cleanly(catalog_url: str, signer: Ed25519Signer,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    with Catalog.create(catalog_url) as winner, Catalog(catalog_url) as loser:
         won = ingest(winner, signer, 1)
+        _blind_look_ups(monkeypatch)
         lost = ingest(loser, signer, 1)
     assert not lost.created and lost.duplicate_of == "source_sha256"
     assert lost.instance == won.instance
+
+
+def test_a_batch_whose_new_study_a_racing_writer_gave_another_patient_raises_a_conflict(
+        catalog_url: str, signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Catalog.create(catalog_url) as other, Catalog(catalog_url) as cat:
+        ingest(other, signer, 1, patient="PSN-OTHER")
+        _blind_look_ups(monkeypatch)
+        inst = new_instance(2)
+        with pytest.raises(ConcurrentWriteConflict, match="belongs to another patient"), \
+                cat.writing() as writer:
+            writer.add_many([(inst, [new_object(inst, "dicom")])], signer=signer)
+        assert cat.find_instance_by_source_sha256(inst.source_sha256) is None  # rolled back
+
+
+def test_a_batch_catalogs_images_in_order_with_duplicates_and_conflicts_in_place(
+        catalog: Catalog, signer: Ed25519Signer) -> None:
+    before = ingest(catalog, signer, 1)
+    ingest(catalog, signer, 1, study="2.25.200", patient="PSN-0002")
+    images = [new_instance(1), new_instance(2), new_instance(2),
+              new_instance(3, study="2.25.200"), new_instance(4)]
+    renamed = NewInstance(**{**images[2].__dict__, "source_sha256": sha("another file")})
+    images[2] = renamed  # same instance id as images[1], another file
+
+    with catalog.writing() as writer:
+        results = writer.add_many([(i, [new_object(i, "dicom")]) for i in images],
+                                  signer=signer)
+
+    dup_old, new2, dup_new, conflict, new4 = results
+    assert (dup_old.created, dup_old.duplicate_of, dup_old.instance) == (
+        False, "source_sha256", before.instance)
+    assert new2.created and new4.created
+    assert (dup_new.created, dup_new.duplicate_of, dup_new.instance) == (
+        False, "instance_id", new2.instance)
+    assert dup_new.objects == new2.objects
+    assert isinstance(conflict, VaultError) and "another patient" in str(conflict)
+    assert catalog.find_instance_by_source_sha256(images[3].source_sha256) is None
+    for result in (new2, new4):
+        for obj in catalog.objects_of_instance(result.instance.instance_id):
+            verify_object_record(obj, signer)
 
 
 def test_concurrent_ingests_of_one_file_store_it_once(catalog_url: str,

@@ -41,6 +41,7 @@ from sqlalchemy import exc as sa_exc
 from radvault.errors import (
     AuditChainError,
     BurnedInAnnotationRefused,
+    ConcurrentWriteConflict,
     ImageInputError,
     ImageTooLarge,
     ObjectNotFound,
@@ -391,7 +392,7 @@ class Ingestor:
         objects = [sealed[2 * i:2 * i + 2] for i in range(len(batch))]
         try:
             outcomes, drop = self._catalog_batch(batch, objects)
-        except sa_exc.IntegrityError:
+        except (sa_exc.IntegrityError, ConcurrentWriteConflict):
             # A concurrent writer (PostgreSQL) got in first: nothing of the batch was
             # written; catalog the images one by one, which resolves such races.
             log.debug("batch insert refused; cataloging %d images one at a time", len(batch))
@@ -419,15 +420,15 @@ class Ingestor:
         with vault.audit.appending() as chain, vault.catalog.writing() as writer:
             conn = writer.connection
             identities: dict[str, list[dict[str, str]]] = {}
-            for prepared, objs in zip(batch, objects, strict=True):
+            added_all = writer.add_many([(p.instance, objs) for p, objs in zip(
+                batch, objects, strict=True)], signer=vault.signer)
+            for prepared, objs, added in zip(batch, objects, added_all, strict=True):
                 instance = prepared.instance
-                try:
-                    added = writer.add_instance_with_objects(instance, objs, signer=vault.signer)
-                except VaultError as exc:  # a conflict: nothing of this image was written
+                if isinstance(added, VaultError):  # a conflict: nothing of this image written
                     drop += objs
                     chain.append(conn, self.actor, Action.INGEST_REFUSED, Outcome.REFUSED,
-                                 details=_refusal_details(exc))
-                    outcomes.append(_refusal(prepared.name, exc))
+                                 details=_refusal_details(added))
+                    outcomes.append(_refusal(prepared.name, added))
                     continue
                 if not added.created:  # a duplicate of a cataloged image, or of one in this batch
                     drop += objs
@@ -460,6 +461,8 @@ class Ingestor:
         try:
             outcomes, drop = self._catalog_batch([prepared], [objs])
             return outcomes[0], drop
+        except ConcurrentWriteConflict as exc:  # its study or series went to another
+            return self._refused(prepared.name, exc), list(objs)
         except sa_exc.IntegrityError:
             pass
         found = self.vault.catalog.find_instance_by_source_sha256(

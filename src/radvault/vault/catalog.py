@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from radvault.errors import (
+    ConcurrentWriteConflict,
     ConfigurationError,
     ObjectNotFound,
     VaultError,
@@ -181,10 +182,8 @@ _OBJECT_WITH_BINDING = select(
 )
 
 # Hot-path statements of the write path, built once so SQLAlchemy compiles each once.
-_STUDY_BY_ID = select(_STUDIES.c.patient_pseudonym, _STUDIES.c.site, _STUDIES.c.modality,
-                      _STUDIES.c.body_part, _STUDIES.c.status).where(
-    _STUDIES.c.study_id == bindparam("study_id"))
-_SERIES_STUDY = select(_SERIES.c.study_id).where(_SERIES.c.series_id == bindparam("series_id"))
+_STUDY_ROWS = select(_STUDIES.c.study_id, _STUDIES.c.patient_pseudonym, _STUDIES.c.site,
+                     _STUDIES.c.modality, _STUDIES.c.body_part, _STUDIES.c.status)
 _INSTANCE_BY_SOURCE = select(_INSTANCES).where(
     _INSTANCES.c.source_sha256 == bindparam("source_sha256"))
 _INSTANCE_BY_ID = select(_INSTANCES).where(_INSTANCES.c.instance_id == bindparam("instance_id"))
@@ -285,12 +284,120 @@ def _existing(conn: Any, instance: NewInstance) -> AddInstanceResult | None:
                              duplicate_of=how)
 
 
+def _check_objects(objects: Sequence[NewObject], signer: Signer | None) -> None:
+    if len({o.kind for o in objects}) != len(objects) or len(
+        {o.object_id for o in objects}
+    ) != len(objects):
+        raise ValueError("objects of one instance need distinct kinds and ids")
+    if signer is None:
+        for obj in objects:
+            if not obj.record_signature or not obj.signer_key_id:
+                raise ValueError(f"object {obj.object_id} carries no record signature")
+
+
+def _rows_where_in(conn: Any, query: Any, column: Any, values: set[str]) -> list[Any]:
+    return conn.execute(query.where(column.in_(sorted(values)))).all() if values else []
+
+
+class _Known:
+    """What a batch of new images meets in the catalog: fetched once, then kept up to date.
+
+    Duplicates (by source file or instance id) and the studies and series the
+    images go into, whether cataloged before the batch or created by an
+    earlier image of it.
+    """
+
+    def __init__(self) -> None:
+        self.by_source: dict[str, AddInstanceResult] = {}
+        self.by_id: dict[str, AddInstanceResult] = {}
+        self.studies: dict[str, Any] = {}  # study_id -> row (pseudonym, site, ..., status)
+        self.series: dict[str, str] = {}  # series_id -> study_id
+
+    @classmethod
+    def look_up(cls, conn: Any, instances: Sequence[NewInstance]) -> _Known:
+        known = cls()
+        hits = {row.instance_id: (row, "source_sha256") for row in _rows_where_in(
+            conn, select(_INSTANCES), _INSTANCES.c.source_sha256,
+            {i.source_sha256 for i in instances})}
+        for row in _rows_where_in(conn, select(_INSTANCES), _INSTANCES.c.instance_id,
+                                  {i.instance_id for i in instances}):
+            hits.setdefault(row.instance_id, (row, "instance_id"))
+        objects: dict[str, list[ObjectRecord]] = {}
+        for hit in _rows_where_in(conn, _OBJECT_WITH_BINDING.order_by(ObjectRow.object_id),
+                                  _OBJECTS.c.instance_id, set(hits)):
+            objects.setdefault(hit.instance_id, []).append(_to_object(hit, hit, hit))
+        for instance_id, (row, _) in hits.items():
+            record = _instance_record(row)
+            objs = tuple(objects.get(instance_id, ()))
+            known.by_source[row.source_sha256] = AddInstanceResult(
+                record, objs, created=False, duplicate_of="source_sha256")
+            known.by_id[instance_id] = AddInstanceResult(
+                record, objs, created=False, duplicate_of="instance_id")
+        known.studies = {row.study_id: row for row in _rows_where_in(
+            conn, _STUDY_ROWS, _STUDIES.c.study_id, {i.study_id for i in instances})}
+        known.series = {row.series_id: row.study_id for row in _rows_where_in(
+            conn, select(_SERIES.c.series_id, _SERIES.c.study_id), _SERIES.c.series_id,
+            {i.series_id for i in instances})}
+        return known
+
+    def duplicate(self, instance: NewInstance) -> AddInstanceResult | None:
+        """The cataloged image ``instance`` is a copy of (same file first, then same id)."""
+        return self.by_source.get(instance.source_sha256) or self.by_id.get(instance.instance_id)
+
+    def study_for(self, instance: NewInstance) -> StudyBinding:
+        """The study binding of a new image; :class:`VaultError` if its study or series conflict."""
+        study = self.studies.get(instance.study_id)
+        if study is not None:
+            if study.patient_pseudonym != instance.patient_pseudonym:
+                raise VaultError(f"study {instance.study_id} belongs to another patient")
+            if study.status == STUDY_SHREDDED:
+                raise VaultError(f"study {instance.study_id} was shredded; it takes no new images")
+        series_study = self.series.get(instance.series_id)
+        if series_study is not None and series_study != instance.study_id:
+            raise VaultError(f"series {instance.series_id} belongs to another study")
+        if study is None:
+            return StudyBinding(instance.patient_pseudonym, instance.site, instance.modality,
+                                instance.body_part)
+        return StudyBinding(study.patient_pseudonym, study.site, study.modality, study.body_part)
+
+    def add(self, instance: NewInstance, study: StudyBinding) -> None:
+        """Record that ``instance`` creates its study and series if they are new."""
+        if instance.study_id not in self.studies:
+            self.studies[instance.study_id] = SimpleNamespace(
+                patient_pseudonym=study.patient_pseudonym, site=study.site,
+                modality=study.modality, body_part=study.body_part, status=STUDY_ACTIVE)
+        self.series.setdefault(instance.series_id, instance.study_id)
+
+    def created(self, instance: NewInstance, result: AddInstanceResult) -> None:
+        """Record a new image, so that a later copy in the batch is its duplicate."""
+        self.by_source[instance.source_sha256] = replace(
+            result, created=False, duplicate_of="source_sha256")
+        self.by_id[instance.instance_id] = replace(
+            result, created=False, duplicate_of="instance_id")
+
+
+def _check_no_concurrent_parents(conn: Any, studies: Mapping[str, Mapping[str, Any]],
+                                 series: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise if a concurrent writer created one of these studies or series differently.
+
+    The inserts skip rows that exist (``ON CONFLICT DO NOTHING``); on SQLite the
+    write lock rules that out, on PostgreSQL another transaction may have won.
+    """
+    for row in _rows_where_in(conn, _STUDY_ROWS, _STUDIES.c.study_id, set(studies)):
+        if row.patient_pseudonym != studies[row.study_id]["patient_pseudonym"]:
+            raise ConcurrentWriteConflict(f"study {row.study_id} belongs to another patient")
+    for row in _rows_where_in(conn, select(_SERIES.c.series_id, _SERIES.c.study_id),
+                              _SERIES.c.series_id, set(series)):
+        if row.study_id != series[row.series_id]["study_id"]:
+            raise ConcurrentWriteConflict(f"series {row.series_id} belongs to another study")
+
+
 class CatalogWriter:
     """Catalog changes inside one write transaction; made by :meth:`Catalog.writing`.
 
     Plain SQL (SQLAlchemy Core) on one connection with statements compiled
-    once: ingesting a batch of images costs a few indexed look-ups and inserts
-    per image and one commit for all.
+    once: ingesting a batch of images (:meth:`add_many`) costs one look-up and
+    one multi-row insert per table, and one commit for all.
     """
 
     def __init__(self, dialect_name: str, conn: Any) -> None:
@@ -355,83 +462,117 @@ class CatalogWriter:
             When an object id or blob key is already used, or a concurrent
             writer got in first (PostgreSQL).
         """
-        if len({o.kind for o in objects}) != len(objects) or len(
-            {o.object_id for o in objects}
-        ) != len(objects):
-            raise ValueError("objects of one instance need distinct kinds and ids")
-        if signer is None:
-            for obj in objects:
-                if not obj.record_signature or not obj.signer_key_id:
-                    raise ValueError(f"object {obj.object_id} carries no record signature")
-        conn = self._conn
-        found = _existing(conn, instance)
-        if found is not None:
-            return found
-        study = self._parents(instance)
-        objs = [
-            replace(o, record_signature=signer.sign(o.message(instance, study)),
-                    signer_key_id=signer.key_id) if signer is not None else o
-            for o in objects
-        ]
-        now = utcnow()
-        inst_values = {
-            "instance_id": instance.instance_id, "series_id": instance.series_id,
-            "study_id": instance.study_id, "source_sha256": instance.source_sha256,
-            "source_format": instance.source_format, "rows": instance.rows,
-            "cols": instance.cols, "frames": instance.frames,
-            "pixel_sha256": instance.pixel_sha256, "created_at": now,
-        }
-        conn.execute(_INSERT_INSTANCE, inst_values)
-        obj_values = [
-            {"object_id": o.object_id, "instance_id": instance.instance_id, "kind": o.kind,
-             "blob_key": o.blob_key, "plain_size": o.plain_size, "sealed_size": o.sealed_size,
-             "sealed_sha256": o.sealed_sha256, "kek_id": o.kek_id, "wrapped_key": o.wrapped_key,
-             "record_signature": o.record_signature, "signer_key_id": o.signer_key_id,
-             "created_at": now}
-            for o in objs
-        ]
-        if obj_values:
-            conn.execute(_INSERT_OBJECT, obj_values)
-        inst_ns = SimpleNamespace(**inst_values)
-        return AddInstanceResult(
-            instance=_instance_record(inst_ns),
-            objects=tuple(_to_object(SimpleNamespace(**v), inst_ns, study) for v in obj_values),
-            created=True,
-        )
+        result = self.add_many([(instance, objects)], signer=signer)[0]
+        if isinstance(result, VaultError):
+            raise result
+        return result
 
-    def _parents(self, inst: NewInstance) -> StudyBinding:
-        """Check, then create if new, the image's patient, study and series; return the study."""
+    def add_many(
+        self,
+        images: Sequence[tuple[NewInstance, Sequence[NewObject]]],
+        *,
+        signer: Signer | None = None,
+    ) -> list[AddInstanceResult | VaultError]:
+        """Catalog several images and their objects in this transaction, in order.
+
+        Each image as with :meth:`add_instance_with_objects`, but the look-ups
+        and inserts of the whole batch take a few statements per table, not a
+        few per image (what a batch costs in round trips and in Python). An
+        image that conflicts gets its :class:`VaultError` in its place in the
+        returned list and nothing of it is written; a second copy of an image
+        (same file, or same instance id) returns as a duplicate of the first,
+        whether the first was cataloged before or earlier in this batch.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`add_instance_with_objects` (nothing written).
+        sqlalchemy.exc.IntegrityError
+            When an object id or blob key is already used, or a concurrent
+            writer inserted one of these instances first (PostgreSQL).
+        ConcurrentWriteConflict
+            When a concurrent writer (PostgreSQL) created one of the new
+            studies or series for another patient or study meanwhile. In both
+            cases the caller rolls back and catalogs the images one at a time.
+        """
+        for _, objects in images:
+            _check_objects(objects, signer)
         conn = self._conn
-        study = conn.execute(_STUDY_BY_ID, {"study_id": inst.study_id}).first()
-        if study is not None:
-            if study.patient_pseudonym != inst.patient_pseudonym:
-                raise VaultError(f"study {inst.study_id} belongs to another patient")
-            if study.status == STUDY_SHREDDED:
-                raise VaultError(f"study {inst.study_id} was shredded; it takes no new images")
-        series_study = conn.scalar(_SERIES_STUDY, {"series_id": inst.series_id})
-        if series_study is not None and series_study != inst.study_id:
-            raise VaultError(f"series {inst.series_id} belongs to another study")
+        found = _Known.look_up(conn, [instance for instance, _ in images])
         now = utcnow()
-        if study is None:
-            conn.execute(_INSERT_IGNORE[self._dialect, "patients"],
-                         {"pseudonym": inst.patient_pseudonym, "created_at": now})
-            conn.execute(_INSERT_IGNORE[self._dialect, "studies"], {
-                "study_id": inst.study_id, "patient_pseudonym": inst.patient_pseudonym,
-                "site": inst.site, "modality": inst.modality, "body_part": inst.body_part,
-                "created_at": now, "status": STUDY_ACTIVE,
-            })
-            study = conn.execute(_STUDY_BY_ID, {"study_id": inst.study_id}).first()
-            if study is None or study.patient_pseudonym != inst.patient_pseudonym:
-                raise VaultError(f"study {inst.study_id} belongs to another patient")
-        if series_study is None:
-            conn.execute(_INSERT_IGNORE[self._dialect, "series"], {
-                "series_id": inst.series_id, "study_id": inst.study_id,
-                "modality": inst.modality, "body_part": inst.body_part, "created_at": now,
-            })
-            if conn.scalar(_SERIES_STUDY, {"series_id": inst.series_id}) != inst.study_id:
-                raise VaultError(f"series {inst.series_id} belongs to another study")
-        return StudyBinding(study.patient_pseudonym, study.site, study.modality,
-                            study.body_part)
+        results: list[AddInstanceResult | VaultError] = []
+        patients: dict[str, dict[str, Any]] = {}
+        studies: dict[str, dict[str, Any]] = {}
+        series: dict[str, dict[str, Any]] = {}
+        instance_rows: list[dict[str, Any]] = []
+        object_rows: list[dict[str, Any]] = []
+        for instance, objects in images:
+            duplicate = found.duplicate(instance)
+            if duplicate is not None:
+                results.append(duplicate)
+                continue
+            try:
+                study = found.study_for(instance)
+            except VaultError as exc:
+                results.append(exc)
+                continue
+            if instance.study_id not in found.studies:
+                patients.setdefault(instance.patient_pseudonym, {
+                    "pseudonym": instance.patient_pseudonym, "created_at": now})
+                studies[instance.study_id] = {
+                    "study_id": instance.study_id, "patient_pseudonym": instance.patient_pseudonym,
+                    "site": instance.site, "modality": instance.modality,
+                    "body_part": instance.body_part, "created_at": now, "status": STUDY_ACTIVE,
+                }
+            if instance.series_id not in found.series:
+                series[instance.series_id] = {
+                    "series_id": instance.series_id, "study_id": instance.study_id,
+                    "modality": instance.modality, "body_part": instance.body_part,
+                    "created_at": now,
+                }
+            found.add(instance, study)
+            objs = [
+                replace(o, record_signature=signer.sign(o.message(instance, study)),
+                        signer_key_id=signer.key_id) if signer is not None else o
+                for o in objects
+            ]
+            inst_values = {
+                "instance_id": instance.instance_id, "series_id": instance.series_id,
+                "study_id": instance.study_id, "source_sha256": instance.source_sha256,
+                "source_format": instance.source_format, "rows": instance.rows,
+                "cols": instance.cols, "frames": instance.frames,
+                "pixel_sha256": instance.pixel_sha256, "created_at": now,
+            }
+            obj_values = [
+                {"object_id": o.object_id, "instance_id": instance.instance_id, "kind": o.kind,
+                 "blob_key": o.blob_key, "plain_size": o.plain_size,
+                 "sealed_size": o.sealed_size, "sealed_sha256": o.sealed_sha256,
+                 "kek_id": o.kek_id, "wrapped_key": o.wrapped_key,
+                 "record_signature": o.record_signature, "signer_key_id": o.signer_key_id,
+                 "created_at": now}
+                for o in objs
+            ]
+            instance_rows.append(inst_values)
+            object_rows += obj_values
+            inst_ns = SimpleNamespace(**inst_values)
+            result = AddInstanceResult(
+                instance=_instance_record(inst_ns),
+                objects=tuple(_to_object(SimpleNamespace(**v), inst_ns, study)
+                              for v in obj_values),
+                created=True,
+            )
+            found.created(instance, result)
+            results.append(result)
+        for name, rows in (("patients", patients), ("studies", studies), ("series", series)):
+            if rows:
+                conn.execute(_INSERT_IGNORE[self._dialect, name], list(rows.values()))
+        if instance_rows:
+            conn.execute(_INSERT_INSTANCE, instance_rows)
+        if object_rows:
+            conn.execute(_INSERT_OBJECT, object_rows)
+        if studies or series:
+            _check_no_concurrent_parents(conn, studies, series)
+        return results
 
     def identity_of(self, pseudonym: str) -> tuple[bytes | None, str | None] | None:
         """The patient's sealed identity record and its key id; ``None`` if no such patient."""
