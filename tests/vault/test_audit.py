@@ -35,6 +35,7 @@ from radvault.vault.audit import (
     Action,
     AuditLog,
     Checkpoint,
+    EntryDraft,
     Outcome,
     checkpoint_message,
     entry_hash,
@@ -411,6 +412,34 @@ def test_malformed_entries_are_refused_and_nothing_is_written(tmp_path: Path, kw
         with pytest.raises(error):
             log.append(**call)
         assert log.tail() == []
+        log.close()
+
+
+def test_a_batch_of_entries_is_one_chain_with_checkpoints_where_due(catalog_url: str) -> None:
+    with Catalog.create(catalog_url) as catalog:
+        log = AuditLog(catalog, KEY, KEY, checkpoint_every=5)
+        log.append("alice", Action.READ)
+        drafts = [EntryDraft("bob", Action.INGEST, object_ids=[f"2.25.{i}"], details={"n": i})
+                  for i in range(11)]
+        with log.appending() as chain, catalog.writing() as writer:
+            entries = chain.append_many(writer.connection, drafts)
+
+        assert [e.seq for e in entries] == list(range(2, 13))
+        assert [e.prev_hash for e in entries[1:]] == [e.entry_hash for e in entries[:-1]]
+        assert [e.details["n"] for e in log.tail(11)] == list(range(11))
+        report = log.verify()
+        assert report.ok and report.checkpoints_checked == 2  # at 5 and 10, inside the batch
+        log.close()
+
+
+def test_a_batch_with_one_malformed_entry_appends_none(tmp_path: Path) -> None:
+    with Catalog.create(f"sqlite:///{tmp_path / 'c.sqlite3'}") as catalog:
+        log = AuditLog(catalog, KEY, KEY)
+        drafts = [EntryDraft("alice", Action.READ), EntryDraft("Jane Doe", Action.READ)]
+        with pytest.raises(ValueError), log.appending() as chain, catalog.writing() as writer:
+            chain.append_many(writer.connection, drafts)
+        assert log.tail() == []
+        assert log.verify().ok
         log.close()
 
 

@@ -318,6 +318,23 @@ def test_a_batch_catalogs_images_in_order_with_duplicates_and_conflicts_in_place
             verify_object_record(obj, signer)
 
 
+def test_results_of_a_batch_are_stored_together_or_not_at_all(catalog: Catalog,
+                                                             signer: Ed25519Signer) -> None:
+    first, second = ingest(catalog, signer, 1), ingest(catalog, signer, 2)
+    ids = [first.instance.instance_id, second.instance.instance_id]
+    with catalog.writing() as writer:
+        records = writer.add_results([(ids[0], "model-a", {"p": 0.9}, None),
+                                      (ids[1], "model-a", {"p": 0.2}, "job-7")])
+    assert [r.result_id for r in catalog.results_of_instance(ids[1])] == ["job-7"]
+    assert [r.payload for r in catalog.results_of_instance(ids[0])] == [{"p": 0.9}]
+    assert records[0].result_id != records[1].result_id
+
+    with pytest.raises(ObjectNotFound, match=r"2\.25\.100\.1\.99"), catalog.writing() as writer:
+        writer.add_results([(ids[0], "model-b", {"p": 0.5}, None),
+                            ("2.25.100.1.99", "model-b", {"p": 0.5}, None)])
+    assert len(catalog.results_of_instance(ids[0])) == 1  # nothing of the batch stored
+
+
 def test_concurrent_ingests_of_one_file_store_it_once(catalog_url: str,
                                                       signer: Ed25519Signer) -> None:
     Catalog.create(catalog_url).close()

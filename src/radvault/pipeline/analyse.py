@@ -30,7 +30,7 @@ from radvault.pipeline.retrieve import (
     open_model_input,
     open_model_input_object,
 )
-from radvault.vault.audit import Action, Outcome
+from radvault.vault.audit import Action, EntryDraft, Outcome
 from radvault.vault.catalog import ObjectRecord
 from radvault.vault.vault import Vault
 
@@ -363,18 +363,17 @@ class Analyser:
             return []
         if result_ids is None:
             result_ids = [None] * len(results)
-        stored_results = []
         with self.vault.audit.appending() as chain, self.vault.catalog.writing() as writer:
-            for result, result_id in zip(results, result_ids, strict=True):
-                stored = writer.add_result(result.instance_id, result.model_id,
-                                           result.as_payload(), result_id=result_id)
-                chain.append(
-                    writer.connection, self.actor, Action.ANALYSE, Outcome.OK,
-                    object_ids=[result.study_id, result.instance_id, stored.result_id],
-                    details={"model_id": result.model_id, "refer": result.refer},
-                )
-                stored_results.append(
-                    AnalysisResult(**{**result.__dict__, "result_id": stored.result_id}))
+            records = writer.add_results([
+                (r.instance_id, r.model_id, r.as_payload(), result_id)
+                for r, result_id in zip(results, result_ids, strict=True)])
+            chain.append_many(writer.connection, [
+                EntryDraft(self.actor, Action.ANALYSE, Outcome.OK,
+                           object_ids=[r.study_id, r.instance_id, record.result_id],
+                           details={"model_id": r.model_id, "refer": r.refer})
+                for r, record in zip(results, records, strict=True)])
+        stored_results = [AnalysisResult(**{**r.__dict__, "result_id": record.result_id})
+                          for r, record in zip(results, records, strict=True)]
         for result in stored_results:
             log.info("analysed instance %s with %s", result.instance_id, result.model_id)
         return stored_results

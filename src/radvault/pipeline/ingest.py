@@ -57,7 +57,7 @@ from radvault.imaging.reading import (
     sniff_format,
 )
 from radvault.imaging.records import ImageRecord, SourceFormat
-from radvault.vault.audit import Action, Outcome
+from radvault.vault.audit import Action, EntryDraft, Outcome
 from radvault.vault.catalog import CatalogWriter, NewInstance, NewObject
 from radvault.vault.secure_memory import zeroize
 from radvault.vault.vault import Vault
@@ -418,37 +418,40 @@ class Ingestor:
         stored: list[IngestOutcome] = []
         vault = self.vault
         with vault.audit.appending() as chain, vault.catalog.writing() as writer:
-            conn = writer.connection
             identities: dict[str, list[dict[str, str]]] = {}
+            entries: list[EntryDraft] = []
             added_all = writer.add_many([(p.instance, objs) for p, objs in zip(
                 batch, objects, strict=True)], signer=vault.signer)
             for prepared, objs, added in zip(batch, objects, added_all, strict=True):
                 instance = prepared.instance
                 if isinstance(added, VaultError):  # a conflict: nothing of this image written
                     drop += objs
-                    chain.append(conn, self.actor, Action.INGEST_REFUSED, Outcome.REFUSED,
-                                 details=_refusal_details(added))
+                    entries.append(EntryDraft(self.actor, Action.INGEST_REFUSED, Outcome.REFUSED,
+                                              details=_refusal_details(added)))
                     outcomes.append(_refusal(prepared.name, added))
                     continue
                 if not added.created:  # a duplicate of a cataloged image, or of one in this batch
                     drop += objs
-                    chain.append(conn, self.actor, Action.INGEST, Outcome.OK,
-                                 object_ids=[added.instance.study_id, added.instance.instance_id],
-                                 details={"duplicate": True})
+                    entries.append(EntryDraft(
+                        self.actor, Action.INGEST, Outcome.OK,
+                        object_ids=[added.instance.study_id, added.instance.instance_id],
+                        details={"duplicate": True}))
                     outcomes.append(IngestOutcome(prepared.name, "duplicate",
                                                   added.instance.study_id,
                                                   added.instance.instance_id))
                     continue
                 if prepared.removed:
                     identities.setdefault(instance.patient_pseudonym, []).append(prepared.removed)
-                chain.append(conn, self.actor, Action.INGEST, Outcome.OK,
-                             object_ids=[instance.study_id, instance.instance_id,
-                                         *(o.object_id for o in objs)],
-                             details=_ingest_details(prepared))
+                entries.append(EntryDraft(
+                    self.actor, Action.INGEST, Outcome.OK,
+                    object_ids=[instance.study_id, instance.instance_id,
+                                *(o.object_id for o in objs)],
+                    details=_ingest_details(prepared)))
                 outcome = IngestOutcome(prepared.name, "stored", instance.study_id,
                                         instance.instance_id, instance.modality or "OT")
                 outcomes.append(outcome)
                 stored.append(outcome)
+            chain.append_many(writer.connection, entries)
             for pseudonym, removed in identities.items():
                 self._merge_identity(writer, pseudonym, removed)
         for outcome in stored:

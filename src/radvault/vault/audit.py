@@ -30,8 +30,9 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -72,6 +73,7 @@ __all__ = [
     "AuditLog",
     "AuditReport",
     "Checkpoint",
+    "EntryDraft",
     "Outcome",
     "checkpoint_message",
     "entry_hash",
@@ -632,6 +634,17 @@ class AuditLog:
 
 
 
+@dataclass(frozen=True)
+class EntryDraft:
+    """An audit entry to append: its fields before the chain numbers and hashes it."""
+
+    actor: str
+    action: Action | str
+    outcome: Outcome | str = Outcome.OK
+    object_ids: Iterable[str] = ()
+    details: Mapping[str, Any] | None = None
+
+
 class AuditAppender:
     """Appends entries inside one caller's transaction; made by :meth:`AuditLog.appending`.
 
@@ -672,15 +685,56 @@ class AuditAppender:
             When the chain was truncated below its last checkpoint, or this
             appender's block has ended.
         """
-        actor = _check_actor(actor)
-        action_name = _check_action(action)
-        outcome_name = Outcome(outcome).value
-        ids = _check_object_ids(object_ids)
-        body = _check_details(details)
+        return self.append_many(conn, [EntryDraft(actor, action, outcome, object_ids,
+                                                  details)])[0]
+
+    def append_many(self, conn: Any, drafts: Sequence[EntryDraft]) -> list[AuditEntry]:
+        """Insert several entries, in order, with one multi-row insert (as :meth:`append`).
+
+        Every draft is checked before anything is inserted: a malformed one
+        raises and none of them is appended.
+        """
+        checked = [(_check_actor(d.actor), _check_action(d.action), Outcome(d.outcome).value,
+                    _check_object_ids(d.object_ids), _check_details(d.details))
+                   for d in drafts]
         if self._done:
             raise AuditChainError("this audit appender's transaction has ended")
         log = self._log
+        head_seq, head_hash = self._chain_head(conn)
+        entries: list[AuditEntry] = []
+        rows: list[dict[str, Any]] = []
+        for actor, action_name, outcome_name, ids, body in checked:
+            seq = head_seq + 1
+            ts = log._clock()
+            digest = entry_hash(
+                head_hash,
+                entry_message(seq=seq, ts=ts, actor=actor, action=action_name,
+                              outcome=outcome_name, object_ids=ids, details=body),
+            )
+            rows.append({"seq": seq, "ts": ts, "actor": actor, "action": action_name,
+                         "outcome": outcome_name,
+                         "object_ids": canonical_json(list(ids)).decode("utf-8"),
+                         "details": canonical_json(body).decode("utf-8"),
+                         "prev_hash": head_hash, "entry_hash": digest})
+            entry = AuditEntry(seq, ts, actor, action_name, outcome_name, ids, body,
+                               head_hash, digest)
+            entries.append(entry)
+            self._lines.append({"type": "entry", **entry.to_dict()})
+            head_seq, head_hash = self._head = (seq, digest)
+            if seq % log._every == 0:  # the checkpoint signs entries already inserted
+                conn.execute(_INSERT_ENTRY, rows)
+                rows = []
+                checkpoint = log._sign_head(conn, seq, digest)
+                self._lines.append({"type": "checkpoint", **checkpoint.to_dict()})
+                self._signed = True
+        if rows:
+            conn.execute(_INSERT_ENTRY, rows)
+        return entries
+
+    def _chain_head(self, conn: Any) -> tuple[int, str]:
+        """The chain head: read (and checked) on the first append, then carried forward."""
         if self._head is None:
+            log = self._log
             log._lock_chain(conn)
             head_seq, head_hash = log._head(conn)
             last_cp = conn.scalar(select(func.max(_CHECKPOINTS.c.seq))) or 0
@@ -691,31 +745,7 @@ class AuditAppender:
             if HEX64.fullmatch(head_hash) is None:
                 raise AuditChainError("audit chain head is malformed; run audit verify")
             self._head = (head_seq, head_hash)
-        head_seq, head_hash = self._head
-        seq = head_seq + 1
-        ts = log._clock()
-        digest = entry_hash(
-            head_hash,
-            entry_message(seq=seq, ts=ts, actor=actor, action=action_name,
-                          outcome=outcome_name, object_ids=ids, details=body),
-        )
-        conn.execute(
-            _INSERT_ENTRY,
-            {"seq": seq, "ts": ts, "actor": actor, "action": action_name,
-             "outcome": outcome_name,
-             "object_ids": canonical_json(list(ids)).decode("utf-8"),
-             "details": canonical_json(body).decode("utf-8"),
-             "prev_hash": head_hash, "entry_hash": digest},
-        )
-        self._head = (seq, digest)
-        entry = AuditEntry(seq, ts, actor, action_name, outcome_name, ids, body,
-                           head_hash, digest)
-        self._lines.append({"type": "entry", **entry.to_dict()})
-        if seq % log._every == 0:
-            checkpoint = log._sign_head(conn, seq, digest)
-            self._lines.append({"type": "checkpoint", **checkpoint.to_dict()})
-            self._signed = True
-        return entry
+        return self._head
 
 
 class _Snapshot:

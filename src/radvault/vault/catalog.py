@@ -189,6 +189,7 @@ _INSTANCE_BY_SOURCE = select(_INSTANCES).where(
 _INSTANCE_BY_ID = select(_INSTANCES).where(_INSTANCES.c.instance_id == bindparam("instance_id"))
 _INSERT_INSTANCE = insert(_INSTANCES)
 _INSERT_OBJECT = insert(_OBJECTS)
+_INSERT_RESULT = insert(_RESULTS)
 _PATIENT_IDENTITY = select(_PATIENTS.c.identity_blob, _PATIENTS.c.identity_kek_id).where(
     _PATIENTS.c.pseudonym == bindparam("pseudonym"))
 _SET_IDENTITY = (
@@ -420,20 +421,34 @@ class CatalogWriter:
         ValueError
             When the payload is not JSON data or an id is malformed.
         """
-        result_id = result_id or uuid.uuid4().hex
-        check(ID, "result_id", result_id)
-        check(ID, "model_id", model_id)
-        body = json.loads(canonical_json(dict(payload)))
-        known = self._conn.execute(
-            select(_INSTANCES.c.instance_id).where(_INSTANCES.c.instance_id == instance_id)
-        ).first()
-        if known is None:
-            raise ObjectNotFound(f"no instance {instance_id!r}")
+        return self.add_results([(instance_id, model_id, payload, result_id)])[0]
+
+    def add_results(
+        self, results: Sequence[tuple[str, str, Mapping[str, Any], str | None]]
+    ) -> list[ResultRecord]:
+        """Store several ``(instance_id, model_id, payload, result_id)`` results at once.
+
+        As :meth:`add_result` for each, in one look-up and one multi-row insert;
+        any error and none of them is stored (the caller's transaction rolls back).
+        """
+        records: list[ResultRecord] = []
         created = utcnow()
-        self._conn.execute(insert(_RESULTS).values(
-            result_id=result_id, instance_id=instance_id, model_id=model_id, payload=body,
-            created_at=created))
-        return ResultRecord(result_id, instance_id, model_id, body, created)
+        for instance_id, model_id, payload, result_id in results:
+            result_id = result_id or uuid.uuid4().hex
+            check(ID, "result_id", result_id)
+            check(ID, "model_id", model_id)
+            body = json.loads(canonical_json(dict(payload)))
+            records.append(ResultRecord(result_id, instance_id, model_id, body, created))
+        wanted = {r.instance_id for r in records}
+        known = {row.instance_id for row in _rows_where_in(
+            self._conn, select(_INSTANCES.c.instance_id), _INSTANCES.c.instance_id, wanted)}
+        if missing := sorted(wanted - known):
+            raise ObjectNotFound(f"no instance {missing[0]!r}")
+        if records:
+            self._conn.execute(_INSERT_RESULT, [
+                {"result_id": r.result_id, "instance_id": r.instance_id, "model_id": r.model_id,
+                 "payload": r.payload, "created_at": r.created_at} for r in records])
+        return records
 
     def add_instance_with_objects(
         self,
