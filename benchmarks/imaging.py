@@ -129,7 +129,7 @@ def bench_dicom(root: Path, preprocess: Preprocessor) -> dict[str, Timings]:
 def _dicom_steps(path: Path, deidentify: Deidentifier, preprocess: Preprocessor):
     return (
         ("read", lambda _: read_dicom_dataset(path)),
-        ("deid", lambda ds: deidentify(ds).dataset),
+        ("deid", lambda ds: deidentify(ds, in_place=True).dataset),  # as ingest does
         ("decode", lambda ds: record_from_dataset(ds, str(path))),
         ("preprocess", preprocess),
     )

@@ -173,7 +173,8 @@ class PlainPipeline:
         name = str(item.path)
         data = item.path.read_bytes()
         if sniff_format(data[:132]) is SourceFormat.DICOM:
-            ds = self.deid(read_dicom_dataset(data, limits=limits, name=name)).dataset
+            ds = self.deid(read_dicom_dataset(data, limits=limits, name=name),
+                           in_place=True).dataset  # as ingest does
             for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
                 if not str(ds.get(keyword, "") or ""):  # as ingest does: some files lack them
                     setattr(ds, keyword, generate_uid())

@@ -45,6 +45,7 @@ from radvault.imaging.deid import (
     assess_burned_in,
     pseudonym_for,
 )
+from radvault.imaging.reading import read_dicom_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / ".." / "shared" / "data" / "dicom"
@@ -292,6 +293,17 @@ def test_input_is_not_modified_and_pixels_are_untouched():
     assert to_bytes(ds) == before
     assert result.dataset is not ds
     assert result.dataset.PixelData == ds.PixelData
+
+
+def test_in_place_gives_the_same_result_without_a_copy(dicom_corpus):
+    deidentifier = Deidentifier(SECRET, DeidOptions(accept_burned_in=True))
+    for source in [synthetic(), *(read_dicom_dataset(p) for p in sorted(
+            (dicom_corpus / "nema_wg04").glob("*.dcm"))[:3])]:
+        copied = deidentifier(source)
+        same = deidentifier(source, in_place=True)
+        assert same.dataset is source
+        assert to_bytes(same.dataset) == to_bytes(copied.dataset)
+        assert (same.pseudonym, same.removed) == (copied.pseudonym, copied.removed)
 
 
 def test_patient_becomes_the_pseudonym_and_identifiers_are_gone():

@@ -177,7 +177,8 @@ class DeidResult:
     Attributes
     ----------
     dataset : pydicom.Dataset
-        The de-identified copy (the input is not modified).
+        The de-identified dataset: a copy (the input is not modified), or the input
+        itself when called with ``in_place=True``.
     pseudonym : str
         The patient's pseudonym, now its PatientID and PatientName.
     removed : dict of str to str
@@ -316,8 +317,14 @@ class Deidentifier:
     def __repr__(self) -> str:  # never show the secret
         return f"Deidentifier(options={self.options!r})"
 
-    def __call__(self, ds: Dataset) -> DeidResult:
+    def __call__(self, ds: Dataset, *, in_place: bool = False) -> DeidResult:
         """De-identify ``ds``.
+
+        By default ``ds`` is left as it was and the result holds a copy; with
+        ``in_place=True`` (for a caller that owns a freshly read dataset and
+        keeps no other reference to it) ``ds`` itself is de-identified and
+        returned, which spares the copy: about a third of the time for a
+        typical image.
 
         Raises
         ------
@@ -335,7 +342,7 @@ class Deidentifier:
         if burned_in.risk and not self.options.accept_burned_in:
             raise BurnedInAnnotationRefused(source, f"{burned_in.reason}; refused by policy")
         try:
-            return self._deidentify(ds, burned_in)
+            return self._deidentify(ds if in_place else _copy(ds), burned_in)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             logger.warning("de-identification failed: %s", type(exc).__name__)
             raise DeidentificationError(
@@ -343,11 +350,11 @@ class Deidentifier:
                 f"({type(exc).__name__})"
             ) from None
 
-    def _deidentify(self, ds: Dataset, burned_in: BurnedInAssessment) -> DeidResult:
-        key = patient_key(ds)
+    def _deidentify(self, out: Dataset, burned_in: BurnedInAssessment) -> DeidResult:
+        """De-identify ``out`` itself (the caller copied it if the input must stay)."""
+        key = patient_key(out)
         patient = pseudonym(self._secret, key)
         shift = date_shift_days(self._secret, key) if self.options.retain_dates_shifted else None
-        out = _copy(ds)
         walk = _Walk(self._secret, self._table, self.options, patient, shift)
         walk.dataset(out, top=True)
         self._stamp(out, patient, shift)

@@ -101,7 +101,7 @@ def deidentify_to_folder(
         try:
             ds = read_dicom_dataset(path, limits=limits)
             record_from_dataset(ds, str(path), limits=limits)  # proves the pixels decode
-            result = deidentifier(ds)
+            result = deidentifier(ds, in_place=True)  # ds is ours alone
             buffer = io.BytesIO()
             result.dataset.save_as(buffer, enforce_file_format=True)
             name = f"{result.dataset.SOPInstanceUID}.dcm"

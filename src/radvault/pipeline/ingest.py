@@ -323,7 +323,7 @@ class Ingestor:
         if fmt is SourceFormat.DICOM:
             # Pixels are decoded once, from the de-identified dataset (de-identification
             # never touches them): an undecodable file is refused there all the same.
-            result = self._deid(read_dicom_dataset(data, limits=limits, name=name))
+            result = self._deid(read_dicom_dataset(data, limits=limits, name=name), in_place=True)
             ds = result.dataset
             burned_in = result.burned_in_risk
             removed = dict(result.removed)
