@@ -699,6 +699,8 @@ class AuditAppender:
                    for d in drafts]
         if self._done:
             raise AuditChainError("this audit appender's transaction has ended")
+        if not checked:
+            return []
         log = self._log
         head_seq, head_hash = self._chain_head(conn)
         entries: list[AuditEntry] = []
