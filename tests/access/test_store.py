@@ -80,8 +80,10 @@ def test_the_database_refuses_a_grant_with_two_targets(backend_accounts, backend
 
 def _grant_to_mars(store: AccessStore, accounts, clock) -> None:
     accounts.add_user("admin1", "rad", Role.RADIOLOGIST, site="north")
-    with pytest.raises(SQLIntegrityError), store.session() as session:
+    with pytest.raises(SQLIntegrityError, match=r"(?i)foreign key"), \
+            store.session() as session:
         user_id = session.scalar(select(UserRow.id).where(UserRow.username == "rad"))
+        assert user_id is not None  # only the unknown site can be what is refused
         session.add(GrantRow(user_id=user_id, site="mars", created_at=clock.now))
 
 

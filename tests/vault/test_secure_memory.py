@@ -114,8 +114,9 @@ def test_mlock_reports_a_boolean_and_munlock_follows():
     buf = bytearray(4096)
     locked = mlock(buf)
     assert isinstance(locked, bool)
-    if locked:
-        assert munlock(buf) is True
+    if not locked:
+        pytest.skip("this machine refuses to lock memory (RLIMIT_MEMLOCK is 0)")
+    assert munlock(buf) is True
 
 
 class _RefusingLibc:
