@@ -1,0 +1,85 @@
+"""The scale-out path: two ingest services share one PostgreSQL catalog.
+
+Both ingest the same files at once, in batches; every file must end up
+stored exactly once, the rest reported as duplicates, and the vault must
+verify clean (catalog rows, signatures, blobs, audit chain).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from radvault.pipeline.ingest import Ingestor, IngestOutcome
+from radvault.pipeline.maintenance import verify_vault
+from radvault.vault.vault import Vault
+
+PG_URL = os.environ.get("RADVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_catalog_url() -> Iterator[str]:
+    """A throwaway schema on the test PostgreSQL server (skips when it is not reachable)."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=2):
+            pass
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL test server unreachable ({type(exc).__name__})")
+    schema = f"rv_ingest_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_two_ingest_services_on_one_postgres_catalog_store_each_file_once(
+        kit: Any, tmp_path: Path, pg_catalog_url: str) -> None:
+    settings = kit.new_settings(tmp_path / "home", catalog_url=pg_catalog_url)
+    kit.init_vault(settings).close()
+    files = [kit.make_raster(tmp_path / "in" / f"{i}.png", seed=700 + i) for i in range(40)]
+    files += [kit.ct_small()]
+    vaults = [Vault.open(settings, kit.PASSPHRASE) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    outcomes: list[list[IngestOutcome]] = [[], []]
+    errors: list[BaseException] = []
+
+    def service(n: int) -> None:
+        try:
+            ingestor = Ingestor(vaults[n], actor=f"service{n}")
+            barrier.wait()
+            order = files if n == 0 else list(reversed(files))  # meet in the middle
+            outcomes[n] = ingestor.ingest_paths(order, modality="MR")
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=service, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        by_file: dict[str, list[str]] = {}
+        for result in outcomes:
+            assert len(result) == len(files)
+            for outcome in result:
+                by_file.setdefault(outcome.name, []).append(outcome.status)
+        assert all(sorted(s) == ["duplicate", "stored"] for s in by_file.values()), by_file
+        stored = {o.instance_id for result in outcomes for o in result if o.status == "stored"}
+        assert len(stored) == len(files)  # each file stored by exactly one service
+        report = verify_vault(vaults[0])
+        assert report.ok, report
+        assert report.objects_checked == 2 * len(files)
+    finally:
+        for vault in vaults:
+            vault.close()
