@@ -498,11 +498,17 @@ class Ingestor:
             finally:
                 zeroize(plain)
         changed = False
+        seen: dict[str, set[str]] = {}  # membership by set: a record holds thousands of UIDs
         for values in removed:
             for key, value in values.items():
+                if not value:
+                    continue
                 known = merged.setdefault(key, [])
-                if value and value not in known:
+                if key not in seen:
+                    seen[key] = set(known)
+                if value not in seen[key]:
                     known.append(value)
+                    seen[key].add(value)
                     changed = True
         if not changed:
             return
