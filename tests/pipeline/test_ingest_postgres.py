@@ -7,44 +7,18 @@ verify clean (catalog rows, signatures, blobs, audit chain).
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from radvault.pipeline.ingest import Ingestor, IngestOutcome
 from radvault.pipeline.maintenance import verify_vault
 from radvault.vault.vault import Vault
 
-PG_URL = os.environ.get("RADVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture
-def pg_catalog_url() -> Iterator[str]:
-    """A throwaway schema on the test PostgreSQL server (skips when it is not reachable)."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=2):
-            pass
-    except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL test server unreachable ({type(exc).__name__})")
-    schema = f"rv_ingest_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
 
 def test_two_ingest_services_on_one_postgres_catalog_store_each_file_once(
-        kit: Any, tmp_path: Path, pg_catalog_url: str) -> None:
-    settings = kit.new_settings(tmp_path / "home", catalog_url=pg_catalog_url)
+        kit: Any, tmp_path: Path, pg_schema_url: str) -> None:
+    settings = kit.new_settings(tmp_path / "home", catalog_url=pg_schema_url)
     kit.init_vault(settings).close()
     files = [kit.make_raster(tmp_path / "in" / f"{i}.png", seed=700 + i) for i in range(40)]
     files += [kit.ct_small()]

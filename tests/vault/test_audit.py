@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import stat
 import subprocess
 import sys
 import textwrap
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,6 @@ from radvault.vault.audit import (
 )
 from radvault.vault.catalog import Catalog
 
-PG_URL = os.environ.get("RADVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SEED = bytes(range(32))
 
 
@@ -69,36 +66,12 @@ KEY = Ed25519Signer()
 MALLORY = Ed25519Signer(seed=b"m" * 32, key_id="audit-key-1")
 
 
-def _pg_reachable() -> str | None:
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed"
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=2):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL test server unreachable ({type(exc).__name__})"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
         return
-    why = _pg_reachable()
-    if why:
-        pytest.skip(why)
-    import psycopg
-
-    schema = f"rv_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    yield request.getfixturevalue("pg_schema_url")
 
 
 def fill(log: AuditLog, n: int, start: int = 1) -> None:

@@ -37,9 +37,6 @@ from radvault.vault.catalog import (
     verify_object_record,
 )
 
-PG_URL = os.environ.get("RADVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -104,36 +101,12 @@ def ingest(catalog: Catalog, signer: Ed25519Signer, n: int, **kw: str):
     )
 
 
-def _pg_reachable() -> str | None:
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed"
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=2):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL test server unreachable ({type(exc).__name__})"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def catalog_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
         return
-    why = _pg_reachable()
-    if why:
-        pytest.skip(why)
-    import psycopg
-
-    schema = f"rv_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    yield request.getfixturevalue("pg_schema_url")
 
 
 @pytest.fixture
