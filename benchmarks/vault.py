@@ -360,15 +360,15 @@ def bench_seal(buffers: Sequence[bytes], chunk: int, repeats: int) -> dict[str, 
             out.append(chunks)
         return out
 
+    def sha256_of(chunks: list[tuple[bytes, bytes]]) -> str:
+        digest = hashlib.sha256()
+        for nonce, ciphertext in chunks:
+            digest.update(nonce)
+            digest.update(ciphertext)
+        return digest.hexdigest()
+
     def raw_encrypt_sha256() -> list[str]:
-        digests = []
-        for chunks in raw_encrypt():
-            digest = hashlib.sha256()
-            for nonce, ciphertext in chunks:
-                digest.update(nonce)
-                digest.update(ciphertext)
-            digests.append(digest.hexdigest())
-        return digests
+        return [sha256_of(chunks) for chunks in raw_encrypt()]
 
     encrypted = raw_encrypt()
 
@@ -388,11 +388,7 @@ def bench_seal(buffers: Sequence[bytes], chunk: int, repeats: int) -> dict[str, 
     def raw_sha256_decrypt() -> list[list[bytes]]:
         out = []
         for chunks in encrypted:
-            digest = hashlib.sha256()
-            for nonce, ciphertext in chunks:
-                digest.update(nonce)
-                digest.update(ciphertext)
-            digest.hexdigest()
+            sha256_of(chunks)
             out.append([aes.decrypt(n, c, None) for n, c in chunks])
         return out
 
