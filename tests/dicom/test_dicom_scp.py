@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import NORTH, SOUTH
 from dicomkit import (
     BIRTH_DATE,
     PASSPHRASE,
@@ -29,6 +28,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, UltrasoundMultiFrameImageStorage
 
+from conftest import NORTH, SOUTH
 from radvault.config import load_settings
 from radvault.dicom.nodes import DicomNode, NodeRegistry
 from radvault.dicom.scp import (

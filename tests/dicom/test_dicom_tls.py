@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import NORTH
 from dicomkit import Pki, dcmtk, write_series
 
+from conftest import NORTH
 from radvault.dicom.scp import ASSOCIATION_ACTION, TLS_REFUSED_ACTION, DicomServer
 from radvault.dicom.tls import TlsConfig, client_context, server_context
 from radvault.errors import ConfigurationError
