@@ -75,6 +75,9 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     t.add_argument("--finish-now", action="store_true",
                    help="with --resume: export the checkpoint's best epoch without training on")
     t.add_argument("--threads", type=int)
+    t.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU when PyTorch sees one, else the CPU), cpu or cuda[:N]; "
+                        "export, calibration and metrics run on the CPU either way")
     t.add_argument("--fp16-weights", action="store_true")
     t.add_argument("--signing-key", type=Path, help="Ed25519 PKCS#8 PEM model signing key")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -142,7 +145,8 @@ def build_train_config(args: argparse.Namespace, source: Any) -> Any:
                                   calibration=not args.no_calibration),
         train_split=args.train_split, val_split=args.val_split, test_split=args.test_split,
         checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, resume=args.resume,
-        finish_now=args.finish_now, threads=args.threads, fp16_weights=args.fp16_weights)
+        finish_now=args.finish_now, threads=args.threads, fp16_weights=args.fp16_weights,
+        device=args.device)
 
 
 def _summary(m: dict[str, Any]) -> str:

@@ -217,7 +217,7 @@ def _save_cache(path: Path | None, images: np.ndarray) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # runs may share a cache
     np.savez(tmp, images=images)
     os.replace(tmp, path)
 

@@ -168,6 +168,10 @@ class TrainConfig:
         Start from the best weights of another run's ``checkpoint.pt`` (same
         network, width and stem; any classes): transfer learning from a model
         trained on more data. The linear layer starts fresh.
+    device : str
+        Where the network trains: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``
+        (CUDA when PyTorch sees a GPU, else the CPU). Export, calibration and
+        every reported metric run on the CPU with ONNX Runtime either way.
 
     Raises
     ------
@@ -198,6 +202,7 @@ class TrainConfig:
     threads: int | None = None
     fp16_weights: bool = False
     init_from: Path | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -211,6 +216,8 @@ class TrainConfig:
             raise ModelError("learning rate must be positive")
         if self.finish_now and not self.resume:
             raise ModelError("finish_now needs resume (it exports a checkpoint's best epoch)")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ModelError(f"device must be auto, cpu or cuda[:N], not {self.device!r}")
 
     @property
     def size(self) -> int:
@@ -280,24 +287,45 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, hflip: bool,
         else torch.ones(n)
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
-                         torch.stack([sin * flip, cos, ty], 1)], 1)
+                         torch.stack([sin * flip, cos, ty], 1)], 1).to(x.device)
     grid = functional.affine_grid(theta, list(x.shape), align_corners=False)
     x = functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    contrast = uniform(1 - jitter, 1 + jitter).view(n, 1, 1, 1)
-    bright = uniform(-jitter / 2, jitter / 2).view(n, 1, 1, 1)
+    # The random draws come from the CPU generator whatever the device, so a
+    # seed gives the same augmentation stream on the CPU and on a GPU.
+    contrast = uniform(1 - jitter, 1 + jitter).view(n, 1, 1, 1).to(x.device)
+    bright = uniform(-jitter / 2, jitter / 2).view(n, 1, 1, 1).to(x.device)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean + bright).clamp_(0.0, 1.0)
 
 
-def _predict_torch(model: nn.Module, images: np.ndarray, batch: int = 128) -> np.ndarray:
+def _predict_torch(model: nn.Module, images: np.ndarray, batch: int = 128,
+                   device: str = "cpu") -> np.ndarray:
     import torch
 
     model.eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            out.append(model(torch.from_numpy(images[i:i + batch].astype(np.float32))).numpy())
+            x = torch.from_numpy(images[i:i + batch].astype(np.float32)).to(device)
+            out.append(model(x).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when PyTorch sees a GPU, else ``cpu``.
+
+    Raises
+    ------
+    ModelError
+        If a CUDA device is asked for and PyTorch sees none.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU")
+    return device
 
 
 def _score(metrics: dict[str, Any]) -> float:
@@ -411,11 +439,15 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
         te = data.get(config.test_split) if config.test_split else None
 
         _seed_everything(config.seed)
+        device = resolve_device(config.device)
         model = build_network(config.network, len(classes), dropout=config.dropout,
                               width=config.width, stem=config.stem)
         if config.init_from is not None:
             load_backbone(model, config.init_from)
             rep.line(f"backbone initialised from {config.init_from.name}")
+        model.to(device)
+        if device != "cpu":
+            rep.line(f"training on {device} ({torch.cuda.get_device_name(device)})")
         optimiser = torch.optim.Adam(model.parameters(), lr=config.lr,
                                      weight_decay=config.weight_decay)
         scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs,
@@ -425,7 +457,7 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
         counts = torch.as_tensor(tr.class_counts, dtype=torch.float64)
         class_w = (counts.sum() / (len(counts) * counts)).float()
         sample_w = (1.0 / counts)[torch.from_numpy(tr.labels)]
-        loss_w = class_w if opt_cfg.balance == "weights" else None
+        loss_w = class_w.to(device) if opt_cfg.balance == "weights" else None
 
         history: list[dict[str, Any]] = []
         best_state: dict[str, torch.Tensor] | None = None
@@ -468,8 +500,8 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
                 idx = order[b * config.batch_size:(b + 1) * config.batch_size]
                 if len(idx) < 2:  # batch norm needs two samples
                     continue
-                x = images_t[idx].float()
-                y = labels_t[idx]
+                x = images_t[idx].to(device, non_blocking=True).float()
+                y = labels_t[idx].to(device, non_blocking=True)
                 if opt_cfg.augment:
                     x = augment_batch(x, gen, hflip=task.hflip)
                 loss = functional.cross_entropy(model(x), y, weight=loss_w)
@@ -483,7 +515,7 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
             lr_now = optimiser.param_groups[0]["lr"]
             if scheduler is not None:
                 scheduler.step()
-            val_logits = _predict_torch(model, va.images)
+            val_logits = _predict_torch(model, va.images, device=device)
             vm = compute_metrics(va.labels, softmax(val_logits), classes)
             score = _score(vm)
             improved = score > best_score
@@ -527,17 +559,19 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
     if best_state is None:
         raise ModelError("training produced no model (no epoch ran)")
     model.load_state_dict(best_state)
+    model.to("cpu")
     model.eval()
     if config.fp16_weights:
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(p.half().float())
-    return _finish(config, model, tr, va, te, history, best_epoch, signer, started)
+    return _finish(config, model, tr, va, te, history, best_epoch, signer, started,
+                   device=device)
 
 
 def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: PreparedSplit,
             te: PreparedSplit | None, history: list[dict[str, Any]], best_epoch: int,
-            signer: Signer | None, started: float) -> TrainResult:
+            signer: Signer | None, started: float, *, device: str = "cpu") -> TrainResult:
     """Export, calibrate and evaluate on the exported ONNX file, then write the folder."""
     from radvault.imaging.preprocess import settings_to_dict
 
@@ -577,6 +611,7 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
             "batch_size": config.batch_size, "optimizer": "Adam", "lr": config.lr,
             "weight_decay": config.weight_decay, "loss": "cross-entropy",
             "optimisation": asdict(config.optimisation), "seconds": round(seconds, 1),
+            "device": device.split(":")[0],
             "init_from_sha256": (None if config.init_from is None
                                  else _file_sha256(config.init_from)),
         },

@@ -1,0 +1,211 @@
+"""Train a grid of recipes over several seeds in parallel and compare them on validation.
+
+Usage (``--`` separates the sweep's options from the ``train`` options every run shares)::
+
+    .venv/bin/python tools/sweep.py --out /tmp/sweep --jobs 12 --seeds 1 2 3 \\
+        --config "r128=--size 128" --config "r224=--size 224" \\
+        -- --manifest ../shared/data/radbench/manifest.csv --task radbench6 \\
+           --width 0.5 --epochs 30 --patience 8 --fp16-weights --cache-dir /tmp/cache
+
+Each run is ``python -m radvault.analysis.commands train`` in its own process
+(``OUT/<config>/seed<N>/``, log beside it). The preprocessed splits are built
+once per distinct setting before any run starts, so parallel runs do not all
+preprocess the same images. ``OUT/summary.json`` holds every run's validation
+and test figures and, per config, their mean and spread over seeds.
+
+The ranking uses validation figures only (mean macro AUC over seeds, then
+mean accuracy); test figures are carried along for the report and never used
+to choose. Written for a machine with a GPU and many cores; it runs on a
+laptop too, slowly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "val", "test")
+
+
+def _train_args(common: list[str], extra: list[str], out: str) -> argparse.Namespace:
+    from radvault.analysis.commands import build_parser
+
+    return build_parser().parse_args(["train", *common, *extra, "--out", out])
+
+
+def _prepare(common: list[str], extra: list[str], split: str) -> str:
+    """Preprocess one split of one config into the shared cache (run in a worker)."""
+    from radvault.analysis.commands import build_source, build_train_config
+
+    args = _train_args(common, extra, "/nonexistent")
+    args.no_verify_sha256 = True  # the parent process verified the manifest once
+    source = build_source(args)
+    config = build_train_config(args, source)
+    if split in source.splits:
+        source.load(split, config.preprocess, cache_dir=config.cache_dir)
+    return split
+
+
+def _run_figures(card: dict[str, Any], split: str) -> dict[str, float | None]:
+    m = (card.get("metrics") or {}).get(split) or {}
+    return {k: m.get(k) for k in ("auc_macro", "accuracy", "mcc", "balanced_accuracy", "nll",
+                                  "ece")}
+
+
+def _mean_sd(values: list[float]) -> dict[str, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "sd": None}
+    return {"mean": statistics.fmean(vals),
+            "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
+
+def summarise(out: Path, configs: dict[str, list[str]], seeds: list[int],
+              common: list[str]) -> dict[str, Any]:
+    """Read every finished run's model card; per config, mean and spread over seeds.
+
+    Configs are ranked within their task (a sweep may hold several tasks).
+    """
+    summary: dict[str, Any] = {"configs": {}, "ranking": {}}
+    for name, extra in configs.items():
+        runs = []
+        for seed in seeds:
+            card_path = out / name / f"seed{seed}" / "model_card.json"
+            if not card_path.is_file():
+                runs.append({"seed": seed, "finished": False})
+                continue
+            card = json.loads(card_path.read_text())
+            runs.append({"seed": seed, "finished": True, "model_id": card["model_id"],
+                         "best_epoch": card["training"].get("best_epoch"),
+                         "seconds": card["training"].get("seconds"),
+                         "val": _run_figures(card, "val"), "test": _run_figures(card, "test")})
+        done = [r for r in runs if r["finished"]]
+        agg = {split: {k: _mean_sd([r[split][k] for r in done])
+                       for k in ("auc_macro", "accuracy", "mcc", "nll")}
+               for split in ("val", "test")}
+        summary["configs"][name] = {"args": extra, "runs": runs, "finished": len(done),
+                                    "task": _train_args(common, extra, "/x").task, **agg}
+    for task in dict.fromkeys(c["task"] for c in summary["configs"].values()):
+        summary["ranking"][task] = sorted(
+            (n for n, c in summary["configs"].items() if c["finished"] and c["task"] == task),
+            key=lambda n: (summary["configs"][n]["val"]["auc_macro"]["mean"],
+                           summary["configs"][n]["val"]["accuracy"]["mean"]),
+            reverse=True)
+    for name in (n for ranked in summary["ranking"].values() for n in ranked):
+        # seeds of each config, best validation AUC first
+        cfg = summary["configs"][name]
+        cfg["seeds_by_val_auc"] = [r["seed"] for r in sorted(
+            (r for r in cfg["runs"] if r["finished"]),
+            key=lambda r: (r["val"]["auc_macro"] or 0.0, r["val"]["accuracy"] or 0.0),
+            reverse=True)]
+    return summary
+
+
+def _fmt(stat: dict[str, float | None]) -> str:
+    if stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.4f}±{stat['sd']:.4f}"
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    """One line per config, by task, best (by validation) first."""
+    print(f"{'config':<16} {'n':>2}  {'val AUC':>15} {'val ACC':>15} {'val NLL':>15}  "
+          f"{'test AUC':>15} {'test ACC':>15} {'test MCC':>15}")
+    for name in (n for ranked in summary["ranking"].values() for n in ranked):
+        c = summary["configs"][name]
+        print(f"{name:<16} {c['finished']:>2}  {_fmt(c['val']['auc_macro']):>15} "
+              f"{_fmt(c['val']['accuracy']):>15} {_fmt(c['val']['nll']):>15}  "
+              f"{_fmt(c['test']['auc_macro']):>15} {_fmt(c['test']['accuracy']):>15} "
+              f"{_fmt(c['test']['mcc']):>15}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    common: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, common = argv[:cut], argv[cut + 1:]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--config", action="append", required=True, metavar="NAME=ARGS",
+                   help="a recipe: its name and the train options that differ")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="runs at a time (each on one CPU thread, sharing the GPU if any)")
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="launch no new run after this many seconds; report what finished")
+    p.add_argument("--kill-after", type=float, default=None, metavar="SECONDS",
+                   help="stop runs still going after this many seconds (they count as "
+                        "failed) and report what finished")
+    args = p.parse_args(argv)
+    configs = {}
+    for item in args.config:
+        name, _, extra = item.partition("=")
+        configs[name] = extra.split()
+    started = time.monotonic()
+
+    from radvault.analysis.commands import build_source
+
+    # Verifies the manifest once (unless the shared options say --no-verify-sha256).
+    build_source(_train_args(common, next(iter(configs.values())), "/nonexistent"))
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        keys, futures = set(), []
+        for extra in configs.values():
+            ns = _train_args(common, extra, "/nonexistent")
+            key = (ns.size, ns.no_enhance, ns.no_denoise, ns.task)
+            if key in keys:
+                continue
+            keys.add(key)
+            futures += [pool.submit(_prepare, common, extra, s) for s in SPLITS]
+        for f in futures:
+            f.result()
+    print(f"caches ready after {time.monotonic() - started:.0f}s", flush=True)
+
+    queue = [(name, seed) for seed in args.seeds for name in configs]
+    running: list[tuple[subprocess.Popen[bytes], str, int]] = []
+    failed = []
+    while queue or running:
+        late = args.deadline is not None and time.monotonic() - started > args.deadline
+        while queue and len(running) < args.jobs and not late:
+            name, seed = queue.pop(0)
+            run_dir = args.out / name / f"seed{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "radvault.analysis.commands", "train", *common,
+                   *configs[name], "--seed", str(seed), "--out", str(run_dir), "--quiet",
+                   "--threads", "1", "--no-verify-sha256"]
+            log = (args.out / name / f"seed{seed}.log").open("wb")
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT),
+                            name, seed))
+        if late:
+            queue.clear()
+        if args.kill_after is not None and time.monotonic() - started > args.kill_after:
+            for proc, _, _ in running:
+                proc.terminate()
+        time.sleep(1.0)
+        for proc, name, seed in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, name, seed))
+                status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
+                if proc.returncode:
+                    failed.append(f"{name}/seed{seed}")
+                print(f"{time.monotonic() - started:6.0f}s {name}/seed{seed} {status}",
+                      flush=True)
+    summary = summarise(args.out, configs, args.seeds, common)
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    summary["failed"] = failed
+    summary["common_args"] = common
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print_table(summary)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
