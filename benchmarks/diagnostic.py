@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=ROOT / "models")
     parser.add_argument("--runs", type=Path, help="folder of per-seed runs to report spread")
     parser.add_argument("--cache-dir", type=Path, help="cache of preprocessed public images")
+    parser.add_argument("--seeds-from", type=Path, metavar="JSON",
+                        help="keep the per-seed spread of an earlier diagnostic.json for tasks "
+                             "whose runs are not in --runs (their model folders are gone)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
                         / "diagnostic.json")
     args = parser.parse_args(argv)
@@ -163,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             if rows:
                 seeds[task_dir.name] = {"runs": [{k: r[k] for k in ("seed", "val_auc", "table3")}
                                                  for r in rows], "spread": spread(rows)}
+
+    if args.seeds_from is not None:
+        earlier = json.loads(args.seeds_from.read_text()).get("seeds", {})
+        for task, entry in earlier.items():
+            seeds.setdefault(task, {**entry, "from": str(args.seeds_from.name)})
 
     header = f"{'task':<16}{'MCC':>7}{'JI %':>8}{'BA %':>8}{'CK':>7}{'AUC %':>8}{'DRI %':>8}"
     print("Table 3 layout, test split (shipped models; ONNX Runtime, calibrated)")

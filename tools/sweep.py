@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             keys.add(key)
             futures += [pool.submit(_prepare, common, extra, s) for s in SPLITS]
         for f in futures:
-            f.result()
+            try:
+                f.result()
+            except Exception as exc:  # the recipe's runs will fail too, and say why
+                print(f"preparing a split failed ({type(exc).__name__}: {exc})", flush=True)
     print(f"caches ready after {time.monotonic() - started:.0f}s", flush=True)
 
     queue = [(name, seed) for seed in args.seeds for name in configs]

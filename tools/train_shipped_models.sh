@@ -30,6 +30,11 @@
 # small1 large1 select. Session 2, on an idle CPU (an epoch of radbench6: about 25 s):
 # medmnist (seeds 0 and 1) large2 finetune "SEEDS=2 breastonly" small2 plain ensemble select
 # release.
+# Session 4 had a GPU: radbench6 and brain_mri were replaced by runs of tools/sweep.py
+# (--device cuda; radbench6 plain 128 px seeds 1-8, brain_mri plain 224 px seeds 1-3, 30
+# epochs, patience 8), each shipped as the ensemble of its two val-best runs because that
+# ensemble beat every earlier run and ensemble on validation AUC. The exact commands are in
+# docs/models.md ("A recipe sweep on a GPU"); this script does not re-run them.
 #
 # Usage: tools/train_shipped_models.sh [STAGE...]   (default: every stage, then select)
 # Environment:

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from radvault.analysis.datasets import ManifestSource
-from radvault.analysis.training import Optimisation, TrainConfig, augment_batch, train
+from radvault.analysis.training import (
+    Optimisation,
+    TrainConfig,
+    augment_batch,
+    resolve_device,
+    train,
+)
 from radvault.errors import ModelError
 
 
@@ -106,6 +112,32 @@ def test_bad_options_are_refused(toy_manifest, toy_task_file, tiny_settings, tmp
         Optimisation(balance="oversample")
     with pytest.raises(ModelError):
         Optimisation(patience=0)
+
+
+def test_device_choice(toy_manifest, toy_task_file, tiny_settings, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ModelError, match="sees no CUDA GPU"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    with pytest.raises(ModelError, match="device must be auto, cpu or cuda"):
+        _config(toy_manifest, toy_task_file, tiny_settings, tmp_path, device="tpu")
+
+
+def test_cpu_run_records_its_device(trained):
+    assert trained.card["training"]["device"] == "cpu"
+
+
+def test_augmentation_is_a_function_of_its_generator_alone():
+    # The draws come from the CPU generator, so the stream (and the next draw
+    # after a batch) is the same whatever device the batch lives on.
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a, b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    out = augment_batch(x, a, hflip=True)
+    assert torch.equal(out, augment_batch(x.clone(), b, hflip=True))
+    assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
 
 
 def test_class_without_training_images_is_refused(toy_manifest, tiny_settings, tmp_path):
