@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"caches ready after {time.monotonic() - started:.0f}s", flush=True)
 
     queue = [(name, seed) for seed in args.seeds for name in configs]
-    running: list[tuple[subprocess.Popen[bytes], str, int]] = []
+    running: list[tuple[subprocess.Popen[bytes], Any, str, int]] = []
     failed = []
     while queue or running:
         late = args.deadline is not None and time.monotonic() - started > args.deadline
@@ -181,21 +181,24 @@ def main(argv: list[str] | None = None) -> int:
             name, seed = queue.pop(0)
             run_dir = args.out / name / f"seed{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "model_card.json").unlink(missing_ok=True)  # no stale result counts
             cmd = [sys.executable, "-m", "radvault.analysis.commands", "train", *common,
                    *configs[name], "--seed", str(seed), "--out", str(run_dir), "--quiet",
                    "--threads", "1", "--no-verify-sha256"]
             log = (args.out / name / f"seed{seed}.log").open("wb")
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT),
-                            name, seed))
+                            log, name, seed))
         if late:
             queue.clear()
         if args.kill_after is not None and time.monotonic() - started > args.kill_after:
-            for proc, _, _ in running:
+            for proc, *_ in running:
                 proc.terminate()
         time.sleep(1.0)
-        for proc, name, seed in list(running):
+        for entry in list(running):
+            proc, log, name, seed = entry
             if proc.poll() is not None:
-                running.remove((proc, name, seed))
+                running.remove(entry)
+                log.close()
                 status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
                 if proc.returncode:
                     failed.append(f"{name}/seed{seed}")

@@ -4,6 +4,7 @@ uploads are refused with the right 4xx and audited."""
 from __future__ import annotations
 
 import io
+import socket
 
 import numpy as np
 import pydicom
@@ -37,6 +38,26 @@ def test_a_png_is_stored_once_and_recognised_after(world):
 
 
 def test_an_oversized_upload_is_refused_before_it_is_read(world):
+    # Only the headers are sent: a server that read the body first would wait for it
+    # and time out; this one answers 413 from the declared length alone.
+    mark = world.mark()
+    host, port = world.base_url.removeprefix("http://").split(":")
+    head = (f"POST {UPLOAD} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {world.token('tech-n')}\r\n"
+            "Content-Type: multipart/form-data; boundary=never-sent\r\n"
+            f"Content-Length: {UPLOAD_CAP + 200_000}\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed without an answer"
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert [e.details["error"] for e in refused_upload(world, mark)] == ["ImageTooLarge"]
+
+
+def test_an_oversized_upload_sent_in_full_is_refused(world):
     mark = world.mark()
     r = world.upload("tech-n", b"\0" * (UPLOAD_CAP + 200_000), "huge.dcm")
     assert r.status_code == 413 and r.json()["code"] == "too_large"
