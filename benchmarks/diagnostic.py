@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, help="cache of preprocessed public images")
     parser.add_argument("--seeds-from", type=Path, metavar="JSON",
                         help="keep the per-seed spread of an earlier diagnostic.json for tasks "
-                             "whose runs are not in --runs (their model folders are gone)")
+                             "whose runs are not in --runs (their model folders are gone) and "
+                             "whose shipped model is unchanged")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
                         / "diagnostic.json")
     args = parser.parse_args(argv)
@@ -168,9 +169,18 @@ def main(argv: list[str] | None = None) -> int:
                                                  for r in rows], "spread": spread(rows)}
 
     if args.seeds_from is not None:
-        earlier = json.loads(args.seeds_from.read_text()).get("seeds", {})
-        for task, entry in earlier.items():
-            seeds.setdefault(task, {**entry, "from": str(args.seeds_from.name)})
+        # An earlier spread describes the runs the shipped model was chosen from; it is
+        # kept only while that model is still the one shipped.
+        earlier = json.loads(args.seeds_from.read_text())
+        then = {r["task"]: r["model_id"] for r in earlier.get("shipped", [])}
+        now = {r["task"]: r["model_id"] for r in shipped}
+        for task, entry in earlier.get("seeds", {}).items():
+            if task in seeds:
+                continue
+            if then.get(task) != now.get(task):
+                print(f"{task}: spread over seeds not carried over (the shipped model changed)")
+                continue
+            seeds[task] = {**entry, "from": entry.get("from", args.seeds_from.name)}
 
     header = f"{'task':<16}{'MCC':>7}{'JI %':>8}{'BA %':>8}{'CK':>7}{'AUC %':>8}{'DRI %':>8}"
     print("Table 3 layout, test split (shipped models; ONNX Runtime, calibrated)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -32,25 +33,35 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-SPLITS = ("train", "val", "test")
 
-
-def _train_args(common: list[str], extra: list[str], out: str) -> argparse.Namespace:
+def _train_args(common: list[str], extra: list[str], out: str = "/nonexistent"
+                ) -> argparse.Namespace:
+    """The ``train`` options of one run: the shared ones, then the recipe's."""
     from radvault.analysis.commands import build_parser
 
     return build_parser().parse_args(["train", *common, *extra, "--out", out])
 
 
-def _prepare(common: list[str], extra: list[str], split: str) -> str:
-    """Preprocess one split of one config into the shared cache (run in a worker)."""
-    from radvault.analysis.commands import build_source, build_train_config
+def _data_key(ns: argparse.Namespace) -> tuple[Any, ...]:
+    """What decides a run's data: source, task and splits (not the training options)."""
+    return (str(ns.manifest), str(ns.medmnist), str(ns.folder), ns.task, ns.modality,
+            ns.body_part, ns.train_split, ns.val_split, ns.test_split)
 
-    args = _train_args(common, extra, "/nonexistent")
-    args.no_verify_sha256 = True  # the parent process verified the manifest once
+
+def _prepare(common: list[str], extra: list[str], split: str) -> str:
+    """Preprocess one split of one recipe into the shared cache (run in a worker).
+
+    Only the data source and the preprocessing settings are built, so a recipe
+    whose training options are wrong still has its images prepared (its runs
+    then fail and say why).
+    """
+    from radvault.analysis.commands import build_preprocess, build_source
+
+    args = _train_args(common, extra)
+    args.no_verify_sha256 = True  # the parent process verified each manifest once
     source = build_source(args)
-    config = build_train_config(args, source)
     if split in source.splits:
-        source.load(split, config.preprocess, cache_dir=config.cache_dir)
+        source.load(split, build_preprocess(args), cache_dir=args.cache_dir)
     return split
 
 
@@ -92,13 +103,16 @@ def summarise(out: Path, configs: dict[str, list[str]], seeds: list[int],
                        for k in ("auc_macro", "accuracy", "mcc", "nll")}
                for split in ("val", "test")}
         summary["configs"][name] = {"args": extra, "runs": runs, "finished": len(done),
-                                    "task": _train_args(common, extra, "/x").task, **agg}
+                                    "task": _train_args(common, extra).task, **agg}
+
+    def by_validation(name: str) -> tuple[float, float]:
+        val = summary["configs"][name]["val"]  # a task without an AUC ranks by accuracy
+        return (val["auc_macro"]["mean"] or 0.0, val["accuracy"]["mean"] or 0.0)
+
     for task in dict.fromkeys(c["task"] for c in summary["configs"].values()):
         summary["ranking"][task] = sorted(
             (n for n, c in summary["configs"].items() if c["finished"] and c["task"] == task),
-            key=lambda n: (summary["configs"][n]["val"]["auc_macro"]["mean"],
-                           summary["configs"][n]["val"]["accuracy"]["mean"]),
-            reverse=True)
+            key=by_validation, reverse=True)
     for name in (n for ranked in summary["ranking"].values() for n in ranked):
         # seeds of each config, best validation AUC first
         cfg = summary["configs"][name]
@@ -128,6 +142,7 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the sweep; the exit status is 1 if any run failed, 2 for bad options."""
     argv = list(sys.argv[1:] if argv is None else argv)
     common: list[str] = []
     if "--" in argv:
@@ -141,42 +156,94 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                    help="runs at a time (each on one CPU thread, sharing the GPU if any)")
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
-                   help="launch no new run after this many seconds; report what finished")
+                   help="launch no new run after this many seconds (those not started count as "
+                        "failed); report what finished")
     p.add_argument("--kill-after", type=float, default=None, metavar="SECONDS",
                    help="stop runs still going after this many seconds (they count as "
                         "failed) and report what finished")
     args = p.parse_args(argv)
-    configs = {}
+    configs: dict[str, list[str]] = {}
     for item in args.config:
-        name, _, extra = item.partition("=")
-        configs[name] = extra.split()
+        name, sep, extra = item.partition("=")
+        if not sep or not name:
+            p.error(f"--config {item!r}: expected NAME=ARGS (ARGS may be empty)")
+        if name in configs:
+            p.error(f"--config {name!r} given twice")
+        configs[name] = shlex.split(extra)
+    args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
     from radvault.analysis.commands import build_source
+    from radvault.errors import RadVaultError
 
-    # Verifies the manifest once (unless the shared options say --no-verify-sha256).
-    build_source(_train_args(common, next(iter(configs.values())), "/nonexistent"))
+    # Each data source is checked once here (sha-256 of every file, unless the shared
+    # options say --no-verify-sha256); the runs then skip the re-hashing.
+    checked = set()
+    for name, extra in configs.items():
+        ns = _train_args(common, extra)
+        if _data_key(ns) not in checked:
+            checked.add(_data_key(ns))
+            try:
+                build_source(ns)
+            except RadVaultError as exc:
+                print(f"error: recipe {name}: {exc}", file=sys.stderr)
+                return 2
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         keys, futures = set(), []
         for extra in configs.values():
-            ns = _train_args(common, extra, "/nonexistent")
-            key = (ns.size, ns.no_enhance, ns.no_denoise, ns.task)
-            if key in keys:
-                continue
-            keys.add(key)
-            futures += [pool.submit(_prepare, common, extra, s) for s in SPLITS]
+            ns = _train_args(common, extra)
+            key = (_data_key(ns), ns.size, ns.no_enhance, ns.no_denoise)
+            if key not in keys:
+                keys.add(key)
+                splits = (ns.train_split, ns.val_split, ns.test_split)
+                futures += [pool.submit(_prepare, common, extra, s) for s in splits if s]
         for f in futures:
             try:
                 f.result()
             except Exception as exc:  # the recipe's runs will fail too, and say why
                 print(f"preparing a split failed ({type(exc).__name__}: {exc})", flush=True)
     print(f"caches ready after {time.monotonic() - started:.0f}s", flush=True)
+    try:
+        failed = _run_all(args, configs, common, started)
+    except KeyboardInterrupt:
+        print("interrupted; summarising what finished", flush=True)
+        failed = ["interrupted"]
 
+    summary = summarise(args.out, configs, args.seeds, common)
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    summary["failed"] = failed
+    summary["common_args"] = common
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print_table(summary)
+    return 1 if failed else 0
+
+
+def _run_all(args: argparse.Namespace, configs: dict[str, list[str]], common: list[str],
+             started: float) -> list[str]:
+    """Run every (recipe, seed) as its own process, ``args.jobs`` at a time; the failed ones."""
     queue = [(name, seed) for seed in args.seeds for name in configs]
     running: list[tuple[subprocess.Popen[bytes], Any, str, int]] = []
-    failed = []
+    failed: list[str] = []
+    try:
+        _loop(args, configs, common, started, queue, running, failed)
+    finally:  # never leave a run holding the GPU behind
+        for proc, log, name, seed in running:
+            proc.kill()
+            proc.wait()
+            log.close()
+            failed.append(f"{name}/seed{seed}")
+    return failed
+
+
+def _loop(args: argparse.Namespace, configs: dict[str, list[str]], common: list[str],
+          started: float, queue: list[tuple[str, int]],
+          running: list[tuple[subprocess.Popen[bytes], Any, str, int]],
+          failed: list[str]) -> None:
+    killing_since: float | None = None
     while queue or running:
-        late = args.deadline is not None and time.monotonic() - started > args.deadline
+        elapsed = time.monotonic() - started
+        killing = args.kill_after is not None and elapsed > args.kill_after
+        late = killing or (args.deadline is not None and elapsed > args.deadline)
         while queue and len(running) < args.jobs and not late:
             name, seed = queue.pop(0)
             run_dir = args.out / name / f"seed{seed}"
@@ -188,11 +255,15 @@ def main(argv: list[str] | None = None) -> int:
             log = (args.out / name / f"seed{seed}.log").open("wb")
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT),
                             log, name, seed))
-        if late:
+        if late and queue:
+            print(f"{elapsed:6.0f}s past the time limit: {len(queue)} run(s) not started",
+                  flush=True)
+            failed += [f"{name}/seed{seed} (not started)" for name, seed in queue]
             queue.clear()
-        if args.kill_after is not None and time.monotonic() - started > args.kill_after:
-            for proc, *_ in running:
-                proc.terminate()
+        if killing:
+            killing_since = killing_since or time.monotonic()
+            for proc, *_ in running:  # SIGTERM, then SIGKILL 10 s later
+                (proc.kill if time.monotonic() - killing_since > 10 else proc.terminate)()
         time.sleep(1.0)
         for entry in list(running):
             proc, log, name, seed = entry
@@ -204,13 +275,6 @@ def main(argv: list[str] | None = None) -> int:
                     failed.append(f"{name}/seed{seed}")
                 print(f"{time.monotonic() - started:6.0f}s {name}/seed{seed} {status}",
                       flush=True)
-    summary = summarise(args.out, configs, args.seeds, common)
-    summary["seconds"] = round(time.monotonic() - started, 1)
-    summary["failed"] = failed
-    summary["common_args"] = common
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print_table(summary)
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

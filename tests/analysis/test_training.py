@@ -121,7 +121,15 @@ def test_device_choice(toy_manifest, toy_task_file, tiny_settings, tmp_path, mon
     with pytest.raises(ModelError, match="sees no CUDA GPU"):
         resolve_device("cuda:0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("auto") == "cuda"
+    assert resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(ModelError, match="sees 1 CUDA GPU"):
+        resolve_device("cuda:7")
+    with pytest.raises(ModelError, match="device must be auto, cpu or cuda"):
+        resolve_device("cuda:abc")
+    with pytest.raises(ModelError, match="device must be auto, cpu or cuda"):
+        resolve_device("meta")
     with pytest.raises(ModelError, match="device must be auto, cpu or cuda"):
         _config(toy_manifest, toy_task_file, tiny_settings, tmp_path, device="tpu")
 
@@ -138,6 +146,31 @@ def test_augmentation_is_a_function_of_its_generator_alone():
     out = augment_batch(x, a, hflip=True)
     assert torch.equal(out, augment_batch(x.clone(), b, hflip=True))
     assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+
+
+@needs_cuda
+def test_augmentation_on_a_gpu_matches_the_cpu():
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cpu = augment_batch(x, torch.Generator().manual_seed(5), hflip=True)
+    gpu = augment_batch(x.cuda(), torch.Generator().manual_seed(5), hflip=True)
+    assert torch.allclose(cpu, gpu.cpu(), atol=1e-5)
+
+
+@needs_cuda
+def test_a_gpu_run_trains_resumes_and_exports_on_the_cpu(toy_manifest, toy_task_file,
+                                                         tiny_settings, tmp_path):
+    opt = Optimisation(early_stopping=False)
+    first = train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=1,
+                          optimisation=opt, device="cuda"), progress=False)
+    assert first.card["training"]["device"] == "cuda"
+    more = train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=1,
+                         optimisation=opt, device="cuda", resume=True, finish_now=True),
+                 progress=False)
+    assert [h["epoch"] for h in more.history] == [1]
+    assert more.val_metrics["nll"] == pytest.approx(first.val_metrics["nll"], abs=1e-6)
 
 
 def test_class_without_training_images_is_refused(toy_manifest, tiny_settings, tmp_path):

@@ -19,7 +19,7 @@ from typing import Any
 from radvault.config import PreprocessSettings
 from radvault.errors import RadVaultError
 
-__all__ = ["build_parser", "build_source", "build_train_config", "main"]
+__all__ = ["build_parser", "build_preprocess", "build_source", "build_train_config", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,12 @@ def build_source(args: argparse.Namespace) -> Any:
     return ManifestSource(manifest, args.task)
 
 
+def build_preprocess(args: argparse.Namespace) -> PreprocessSettings:
+    """The preprocessing settings named by parsed ``train`` options."""
+    return PreprocessSettings(size=args.size, enhance=not args.no_enhance,
+                              denoise=not args.no_denoise, clahe_tile_grid=min(8, args.size))
+
+
 def build_train_config(args: argparse.Namespace, source: Any) -> Any:
     """A :class:`TrainConfig` from parsed ``train`` options."""
     from radvault.analysis.training import Optimisation, TrainConfig
@@ -133,9 +139,7 @@ def build_train_config(args: argparse.Namespace, source: Any) -> Any:
     return TrainConfig(
         source=source, out_dir=args.out, network=args.network, width=args.width, stem=args.stem,
         init_from=args.init_from,
-        preprocess=PreprocessSettings(size=args.size, enhance=not args.no_enhance,
-                                      denoise=not args.no_denoise,
-                                      clahe_tile_grid=min(8, args.size)),
+        preprocess=build_preprocess(args),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
         weight_decay=args.weight_decay, seed=args.seed,
         optimisation=Optimisation(augment=not args.no_augment, balance=args.balance,

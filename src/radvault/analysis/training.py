@@ -171,7 +171,9 @@ class TrainConfig:
     device : str
         Where the network trains: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``
         (CUDA when PyTorch sees a GPU, else the CPU). Export, calibration and
-        every reported metric run on the CPU with ONNX Runtime either way.
+        every reported metric run on the CPU with ONNX Runtime either way. A
+        seed gives the same run again on the CPU; on a GPU, cuDNN's kernels
+        are not bitwise deterministic, so a repeated run differs slightly.
 
     Raises
     ------
@@ -323,8 +325,18 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"device must be auto, cpu or cuda[:N], not {device!r}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelError(f"device {device!r} asked for, but PyTorch sees "
+                             f"{torch.cuda.device_count()} CUDA GPU(s)")
+    elif parsed.type != "cpu":
+        raise ModelError(f"device must be auto, cpu or cuda[:N], not {device!r}")
     return device
 
 
@@ -433,13 +445,13 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
     opt_cfg = config.optimisation
     task = config.source.task
     classes = task.class_names
+    device = resolve_device(config.device)  # before the (long) preprocessing
     with _Reporter(progress) as rep:
         data = _load_splits(config, rep)
         tr, va = data[config.train_split], data[config.val_split]
         te = data.get(config.test_split) if config.test_split else None
 
         _seed_everything(config.seed)
-        device = resolve_device(config.device)
         model = build_network(config.network, len(classes), dropout=config.dropout,
                               width=config.width, stem=config.stem)
         if config.init_from is not None:
@@ -474,6 +486,8 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
                 scheduler.load_state_dict(ckpt["scheduler"])
             gen.set_state(ckpt["generator"])
             torch.set_rng_state(ckpt["torch_rng"])
+            if device != "cpu" and ckpt.get("cuda_rng") is not None:  # dropout on the GPU
+                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
             history = json.loads(ckpt["history"])
             best_state, best_score = ckpt["best_state"], float(ckpt["best_score"])
             best_epoch, bad_epochs = int(ckpt["best_epoch"]), int(ckpt["bad_epochs"])
@@ -544,6 +558,7 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
                 "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device != "cpu" else None,
                 "history": json.dumps(history), "best_state": best_state,
                 "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
             }, tmp)
