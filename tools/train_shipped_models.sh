@@ -34,7 +34,10 @@
 # (--device cuda; radbench6 plain 128 px seeds 1-8, brain_mri plain 224 px seeds 1-3, 30
 # epochs, patience 8), each shipped as the ensemble of its two val-best runs because that
 # ensemble beat every earlier run and ensemble on validation AUC. The exact commands are in
-# docs/models.md ("A recipe sweep on a GPU"); this script does not re-run them.
+# docs/models.md ("A recipe sweep on a GPU"); this script does not re-run them. On the CPU,
+# tools/sweep.py then trained lung_ct and kidney_ct plain (no CLAHE/bilateral), seeds 0-2,
+# from scratch and fine-tuned from a plain radbench6 run (30 epochs, patience 10); kidney_ct
+# shipped its best validation run (plain seed 1), then `release` again.
 #
 # Usage: tools/train_shipped_models.sh [STAGE...]   (default: every stage, then select)
 # Environment:
@@ -155,7 +158,7 @@ import sys
 from radvault.analysis.export import Ed25519Signer, mark_release
 signer = Ed25519Signer.from_pem(sys.argv[1])
 mark_release("models/kidney_ct", refer_always=True, signer=signer,
-             why="test AUC 0.547 (baseline 0.769), stone and tumor recall 0: six training "
+             why="test AUC 0.455 (baseline 0.769), stone and tumor recall 0: six training "
                  "series; see docs/models.md")
 print("kidney_ct: marked refer_always")
 EOF
