@@ -14,14 +14,14 @@ def test_sweep_trains_every_recipe_and_seed_and_ranks_on_validation(toy_manifest
                                                                     tmp_path):
     out = tmp_path / "sweep"
     done = subprocess.run([
-                     sys.executable, str(REPO / "tools" / "sweep.py"),
-                     "--out", str(out), "--jobs", "2", "--seeds", "1", "2",
-                     "--config", "broken=--lr -1",
-                     "--config", "plain=--no-enhance", "--config", "enhanced=",
-                     "--", "--manifest", str(toy_manifest), "--task", str(toy_task_file),
-                     "--size", "32", "--width", "0.125", "--epochs", "1", "--no-denoise",
-                     "--batch-size", "16", "--cache-dir", str(tmp_path / "cache"),
-                     "--device", "cpu"], capture_output=True, text=True, timeout=300)
+        sys.executable, str(REPO / "tools" / "sweep.py"),
+        "--out", str(out), "--jobs", "2", "--seeds", "1", "2",
+        "--config", "broken=--lr -1",
+        "--config", "plain=--no-enhance", "--config", "enhanced=",
+        "--", "--manifest", str(toy_manifest), "--task", str(toy_task_file),
+        "--size", "32", "--width", "0.125", "--epochs", "1", "--no-denoise",
+        "--batch-size", "16", "--cache-dir", str(tmp_path / "cache"),
+        "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1  # the broken recipe's runs failed, and the sweep says so
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["failed"]) == ["broken/seed1", "broken/seed2"]
@@ -35,8 +35,7 @@ def test_sweep_trains_every_recipe_and_seed_and_ranks_on_validation(toy_manifest
         assert abs(cfg["val"]["auc_macro"]["mean"] - sum(aucs) / 2) < 1e-12
         card = json.loads((out / name / "seed1" / "model_card.json").read_text())
         assert card["preprocessing"]["enhance"] is (name == "enhanced")
-    first, second = (summary["configs"][n]["val"]["auc_macro"]["mean"]
-                     for n in ranking)
+    first, second = (summary["configs"][n]["val"]["auc_macro"]["mean"] for n in ranking)
     assert first >= second
     assert "broken/seed1 FAILED" in done.stdout
     # the broken recipe's images were still prepared, once, for the recipe that shares them

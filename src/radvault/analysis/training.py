@@ -319,7 +319,7 @@ def resolve_device(device: str) -> str:
     Raises
     ------
     ModelError
-        If a CUDA device is asked for and PyTorch sees none.
+        If the name is not a CPU or CUDA device, or names a GPU PyTorch does not see.
     """
     import torch
 
