@@ -53,3 +53,15 @@ def test_errors_become_exit_status_2(toy_manifest, tmp_path, capsys):
                "--task", "no-such-task"])
     assert rc == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_a_gpu_asked_for_on_a_machine_without_one_fails_before_the_data_is_read(
+        tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = main(["train", "--manifest", str(tmp_path / "missing.csv"), "--task", "radbench6",
+               "--out", str(tmp_path / "m"), "--device", "cuda"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "sees no CUDA GPU" in err and "missing.csv" not in err

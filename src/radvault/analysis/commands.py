@@ -169,6 +169,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "train":  # a wrong device fails now, not after hashing the data
+            from radvault.analysis.training import resolve_device
+
+            resolve_device(args.device)
         source = build_source(args)
         if args.command == "train":
             from radvault.analysis.export import Ed25519Signer
