@@ -25,7 +25,7 @@ from radvault.errors import (
     ObjectNotFound,
     VaultError,
 )
-from radvault.vault import catalog as catalog_module
+from radvault.vault import _catalog_writer
 from radvault.vault._catalog_models import Base
 from radvault.vault.catalog import (
     STUDY_SHREDDED,
@@ -238,7 +238,7 @@ def test_another_file_with_the_same_instance_is_recognised(catalog: Catalog,
 def _blind_look_ups(monkeypatch: pytest.MonkeyPatch) -> None:
     """Writers see nothing cataloged: as a racing process whose look-up ran before the
     winner's commit."""
-    monkeypatch.setattr(catalog_module._Known, "look_up",
+    monkeypatch.setattr(_catalog_writer._Known, "look_up",
                         classmethod(lambda cls, conn, instances: cls()))
 
 

@@ -16,6 +16,10 @@ over the fields that must never change), ``results``, and the audit trail's
 Nothing here holds PHI: ids are pseudonyms or de-identified UIDs, and the only
 identifying values are inside the sealed ``identity_blob``, which this module
 stores but cannot open.
+
+Batched writes (:class:`CatalogWriter`, from :meth:`Catalog.writing`) live in
+:mod:`radvault.vault._catalog_writer`; the table handles, prebuilt statements
+and row conversions both use live in :mod:`radvault.vault._catalog_sql`.
 """
 
 from __future__ import annotations
@@ -25,11 +29,9 @@ import logging
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
-from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Engine, Table, bindparam, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -38,7 +40,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from radvault.errors import (
-    ConcurrentWriteConflict,
     ConfigurationError,
     ObjectNotFound,
     VaultError,
@@ -49,7 +50,6 @@ from radvault.vault._catalog_models import (
     ObjectRow,
     PatientRow,
     ResultRow,
-    SeriesRow,
     StudyRow,
     utcnow,
 )
@@ -79,6 +79,17 @@ from radvault.vault._catalog_records import (
     record_message_v2,
     verify_object_record,
 )
+from radvault.vault._catalog_sql import (
+    INSTANCE_BY_SOURCE,
+    OBJECT_WITH_BINDING,
+    existing,
+    instance_record,
+    to_instance,
+    to_object,
+    to_patient,
+    to_result,
+)
+from radvault.vault._catalog_writer import CatalogWriter
 
 __all__ = [
     "OBJECT_RECORD_TYPE",
@@ -109,106 +120,6 @@ logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- the repository
-
-
-def _to_patient(row: PatientRow) -> PatientRecord:
-    return PatientRecord(row.pseudonym, row.created_at, row.identity_blob, row.identity_kek_id)
-
-
-def _to_instance(row: InstanceRow) -> InstanceRecord:
-    return InstanceRecord(
-        instance_id=row.instance_id,
-        series_id=row.series_id,
-        study_id=row.study_id,
-        source_sha256=row.source_sha256,
-        source_format=row.source_format,
-        rows=row.rows,
-        cols=row.cols,
-        frames=row.frames,
-        pixel_sha256=row.pixel_sha256,
-        created_at=row.created_at,
-    )
-
-
-def _to_object(row: Any, inst: Any, study: Any) -> ObjectRecord:
-    """An object record with what its signature binds: its instance's and study's rows now."""
-    return ObjectRecord(
-        object_id=row.object_id,
-        instance_id=row.instance_id,
-        kind=row.kind,
-        blob_key=row.blob_key,
-        plain_size=row.plain_size,
-        sealed_size=row.sealed_size,
-        sealed_sha256=row.sealed_sha256,
-        kek_id=row.kek_id,
-        wrapped_key=row.wrapped_key,
-        record_signature=row.record_signature,
-        signer_key_id=row.signer_key_id,
-        created_at=row.created_at,
-        pixel_sha256=inst.pixel_sha256,
-        study_id=inst.study_id,
-        series_id=inst.series_id,
-        patient_pseudonym=study.patient_pseudonym,
-        site=study.site,
-        modality=study.modality,
-        body_part=study.body_part,
-        rows=inst.rows,
-        cols=inst.cols,
-        frames=inst.frames,
-    )
-
-
-def _to_result(row: ResultRow) -> ResultRecord:
-    return ResultRecord(row.result_id, row.instance_id, row.model_id, row.payload, row.created_at)
-
-
-_PATIENTS: Table = PatientRow.__table__  # type: ignore[assignment]
-_STUDIES: Table = StudyRow.__table__  # type: ignore[assignment]
-_SERIES: Table = SeriesRow.__table__  # type: ignore[assignment]
-_INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
-_OBJECTS: Table = ObjectRow.__table__  # type: ignore[assignment]
-_RESULTS: Table = ResultRow.__table__  # type: ignore[assignment]
-
-#: Objects with what their signed records bind (the study joined outer: a deleted
-#: study row leaves the object listed, with a signature that no longer verifies).
-_OBJECT_WITH_BINDING = select(
-    _OBJECTS,
-    _INSTANCES.c.pixel_sha256, _INSTANCES.c.study_id, _INSTANCES.c.series_id,
-    _INSTANCES.c.rows, _INSTANCES.c.cols, _INSTANCES.c.frames,
-    _STUDIES.c.patient_pseudonym, _STUDIES.c.site, _STUDIES.c.modality, _STUDIES.c.body_part,
-).select_from(
-    _OBJECTS.join(_INSTANCES, _OBJECTS.c.instance_id == _INSTANCES.c.instance_id)
-    .outerjoin(_STUDIES, _INSTANCES.c.study_id == _STUDIES.c.study_id)
-)
-
-# Hot-path statements of the write path, built once so SQLAlchemy compiles each once.
-_STUDY_ROWS = select(_STUDIES.c.study_id, _STUDIES.c.patient_pseudonym, _STUDIES.c.site,
-                     _STUDIES.c.modality, _STUDIES.c.body_part, _STUDIES.c.status)
-_INSTANCE_BY_SOURCE = select(_INSTANCES).where(
-    _INSTANCES.c.source_sha256 == bindparam("source_sha256"))
-_INSTANCE_BY_ID = select(_INSTANCES).where(_INSTANCES.c.instance_id == bindparam("instance_id"))
-_INSERT_INSTANCE = insert(_INSTANCES)
-_INSERT_OBJECT = insert(_OBJECTS)
-_INSERT_RESULT = insert(_RESULTS)
-_PATIENT_IDENTITY = select(_PATIENTS.c.identity_blob, _PATIENTS.c.identity_kek_id).where(
-    _PATIENTS.c.pseudonym == bindparam("pseudonym"))
-_SET_IDENTITY = (
-    update(_PATIENTS).where(_PATIENTS.c.pseudonym == bindparam("p"))
-    .values(identity_blob=bindparam("blob"), identity_kek_id=bindparam("kek"))
-)
-
-
-def _insert_ignore(dialect_name: str, table: Table, key: str) -> Any:
-    dialect = pg_dialect if dialect_name == "postgresql" else sqlite_dialect
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
-
-
-_INSERT_IGNORE = {
-    (name, table.name): _insert_ignore(name, table, key)
-    for name in ("sqlite", "postgresql")
-    for table, key in ((_PATIENTS, "pseudonym"), (_STUDIES, "study_id"),
-                       (_SERIES, "series_id"))
-}
 
 
 def _normalise_url(url: str | URL) -> URL:
@@ -259,360 +170,6 @@ def _make_engine(url: URL, busy_timeout_s: float, synchronous: str) -> Engine:
 
     return engine
 
-
-def _instance_record(row: Any) -> InstanceRecord:
-    return InstanceRecord(
-        instance_id=row.instance_id, series_id=row.series_id, study_id=row.study_id,
-        source_sha256=row.source_sha256, source_format=row.source_format, rows=row.rows,
-        cols=row.cols, frames=row.frames, pixel_sha256=row.pixel_sha256,
-        created_at=row.created_at,
-    )
-
-
-def _existing(conn: Any, instance: NewInstance) -> AddInstanceResult | None:
-    """The cataloged instance ``instance`` duplicates (same file or same instance id), if any."""
-    row = conn.execute(_INSTANCE_BY_SOURCE, {"source_sha256": instance.source_sha256}).first()
-    how = "source_sha256"
-    if row is None:
-        row = conn.execute(_INSTANCE_BY_ID, {"instance_id": instance.instance_id}).first()
-        how = "instance_id"
-    if row is None:
-        return None
-    query = _OBJECT_WITH_BINDING.where(ObjectRow.instance_id == row.instance_id).order_by(
-        ObjectRow.object_id)
-    objs = [_to_object(hit, hit, hit) for hit in conn.execute(query)]
-    return AddInstanceResult(_instance_record(row), tuple(objs), created=False,
-                             duplicate_of=how)
-
-
-def _check_objects(objects: Sequence[NewObject], signer: Signer | None) -> None:
-    if len({o.kind for o in objects}) != len(objects) or len(
-        {o.object_id for o in objects}
-    ) != len(objects):
-        raise ValueError("objects of one instance need distinct kinds and ids")
-    if signer is None:
-        for obj in objects:
-            if not obj.record_signature or not obj.signer_key_id:
-                raise ValueError(f"object {obj.object_id} carries no record signature")
-
-
-def _rows_where_in(conn: Any, query: Any, column: Any, values: set[str]) -> list[Any]:
-    return conn.execute(query.where(column.in_(sorted(values)))).all() if values else []
-
-
-class _Known:
-    """What a batch of new images meets in the catalog: fetched once, then kept up to date.
-
-    Duplicates (by source file or instance id) and the studies and series the
-    images go into, whether cataloged before the batch or created by an
-    earlier image of it.
-    """
-
-    def __init__(self) -> None:
-        self.by_source: dict[str, AddInstanceResult] = {}
-        self.by_id: dict[str, AddInstanceResult] = {}
-        self.studies: dict[str, Any] = {}  # study_id -> row (pseudonym, site, ..., status)
-        self.series: dict[str, str] = {}  # series_id -> study_id
-
-    @classmethod
-    def look_up(cls, conn: Any, instances: Sequence[NewInstance]) -> _Known:
-        known = cls()
-        hits = {row.instance_id: (row, "source_sha256") for row in _rows_where_in(
-            conn, select(_INSTANCES), _INSTANCES.c.source_sha256,
-            {i.source_sha256 for i in instances})}
-        for row in _rows_where_in(conn, select(_INSTANCES), _INSTANCES.c.instance_id,
-                                  {i.instance_id for i in instances}):
-            hits.setdefault(row.instance_id, (row, "instance_id"))
-        objects: dict[str, list[ObjectRecord]] = {}
-        for hit in _rows_where_in(conn, _OBJECT_WITH_BINDING.order_by(ObjectRow.object_id),
-                                  _OBJECTS.c.instance_id, set(hits)):
-            objects.setdefault(hit.instance_id, []).append(_to_object(hit, hit, hit))
-        for instance_id, (row, _) in hits.items():
-            record = _instance_record(row)
-            objs = tuple(objects.get(instance_id, ()))
-            known.by_source[row.source_sha256] = AddInstanceResult(
-                record, objs, created=False, duplicate_of="source_sha256")
-            known.by_id[instance_id] = AddInstanceResult(
-                record, objs, created=False, duplicate_of="instance_id")
-        known.studies = {row.study_id: row for row in _rows_where_in(
-            conn, _STUDY_ROWS, _STUDIES.c.study_id, {i.study_id for i in instances})}
-        known.series = {row.series_id: row.study_id for row in _rows_where_in(
-            conn, select(_SERIES.c.series_id, _SERIES.c.study_id), _SERIES.c.series_id,
-            {i.series_id for i in instances})}
-        return known
-
-    def duplicate(self, instance: NewInstance) -> AddInstanceResult | None:
-        """The cataloged image ``instance`` is a copy of (same file first, then same id)."""
-        return self.by_source.get(instance.source_sha256) or self.by_id.get(instance.instance_id)
-
-    def study_for(self, instance: NewInstance) -> StudyBinding:
-        """The study binding of a new image; :class:`VaultError` if its study or series conflict."""
-        study = self.studies.get(instance.study_id)
-        if study is not None:
-            if study.patient_pseudonym != instance.patient_pseudonym:
-                raise VaultError(f"study {instance.study_id} belongs to another patient")
-            if study.status == STUDY_SHREDDED:
-                raise VaultError(f"study {instance.study_id} was shredded; it takes no new images")
-        series_study = self.series.get(instance.series_id)
-        if series_study is not None and series_study != instance.study_id:
-            raise VaultError(f"series {instance.series_id} belongs to another study")
-        if study is None:
-            return StudyBinding(instance.patient_pseudonym, instance.site, instance.modality,
-                                instance.body_part)
-        return StudyBinding(study.patient_pseudonym, study.site, study.modality, study.body_part)
-
-    def add(self, instance: NewInstance, study: StudyBinding) -> None:
-        """Record that ``instance`` creates its study and series if they are new."""
-        if instance.study_id not in self.studies:
-            self.studies[instance.study_id] = SimpleNamespace(
-                patient_pseudonym=study.patient_pseudonym, site=study.site,
-                modality=study.modality, body_part=study.body_part, status=STUDY_ACTIVE)
-        self.series.setdefault(instance.series_id, instance.study_id)
-
-    def created(self, instance: NewInstance, result: AddInstanceResult) -> None:
-        """Record a new image, so that a later copy in the batch is its duplicate."""
-        self.by_source[instance.source_sha256] = replace(
-            result, created=False, duplicate_of="source_sha256")
-        self.by_id[instance.instance_id] = replace(
-            result, created=False, duplicate_of="instance_id")
-
-
-def _check_no_concurrent_parents(conn: Any, studies: Mapping[str, Mapping[str, Any]],
-                                 series: Mapping[str, Mapping[str, Any]]) -> None:
-    """Raise if a concurrent writer created one of these studies or series differently.
-
-    The inserts skip rows that exist (``ON CONFLICT DO NOTHING``); on SQLite the
-    write lock rules that out, on PostgreSQL another transaction may have won.
-    """
-    for row in _rows_where_in(conn, _STUDY_ROWS, _STUDIES.c.study_id, set(studies)):
-        if row.patient_pseudonym != studies[row.study_id]["patient_pseudonym"]:
-            raise ConcurrentWriteConflict(f"study {row.study_id} belongs to another patient")
-    for row in _rows_where_in(conn, select(_SERIES.c.series_id, _SERIES.c.study_id),
-                              _SERIES.c.series_id, set(series)):
-        if row.study_id != series[row.series_id]["study_id"]:
-            raise ConcurrentWriteConflict(f"series {row.series_id} belongs to another study")
-
-
-class CatalogWriter:
-    """Catalog changes inside one write transaction; made by :meth:`Catalog.writing`.
-
-    Plain SQL (SQLAlchemy Core) on one connection with statements compiled
-    once: ingesting a batch of images (:meth:`add_many`) costs one look-up and
-    one multi-row insert per table, and one commit for all.
-    """
-
-    def __init__(self, dialect_name: str, conn: Any) -> None:
-        self._dialect = dialect_name
-        self._conn = conn
-
-    @property
-    def connection(self) -> Any:
-        """The transaction's connection (for the audit trail's appends)."""
-        return self._conn
-
-    def add_result(self, instance_id: str, model_id: str, payload: Mapping[str, Any], *,
-                   result_id: str | None = None) -> ResultRecord:
-        """Store an analysis result in this transaction (see :meth:`Catalog.add_result`).
-
-        Raises
-        ------
-        ObjectNotFound
-            When no instance has this id.
-        ValueError
-            When the payload is not JSON data or an id is malformed.
-        """
-        return self.add_results([(instance_id, model_id, payload, result_id)])[0]
-
-    def add_results(
-        self, results: Sequence[tuple[str, str, Mapping[str, Any], str | None]]
-    ) -> list[ResultRecord]:
-        """Store several ``(instance_id, model_id, payload, result_id)`` results at once.
-
-        As :meth:`add_result` for each, in one look-up and one multi-row insert;
-        any error and none of them is stored (the caller's transaction rolls back).
-        """
-        records: list[ResultRecord] = []
-        created = utcnow()
-        for instance_id, model_id, payload, result_id in results:
-            result_id = result_id or uuid.uuid4().hex
-            check(ID, "result_id", result_id)
-            check(ID, "model_id", model_id)
-            body = json.loads(canonical_json(dict(payload)))
-            records.append(ResultRecord(result_id, instance_id, model_id, body, created))
-        wanted = {r.instance_id for r in records}
-        known = {row.instance_id for row in _rows_where_in(
-            self._conn, select(_INSTANCES.c.instance_id), _INSTANCES.c.instance_id, wanted)}
-        if missing := sorted(wanted - known):
-            raise ObjectNotFound(f"no instance {missing[0]!r}")
-        if records:
-            self._conn.execute(_INSERT_RESULT, [
-                {"result_id": r.result_id, "instance_id": r.instance_id, "model_id": r.model_id,
-                 "payload": r.payload, "created_at": r.created_at} for r in records])
-        return records
-
-    def add_instance_with_objects(
-        self,
-        instance: NewInstance,
-        objects: Sequence[NewObject],
-        *,
-        signer: Signer | None = None,
-    ) -> AddInstanceResult:
-        """Catalog one image and its objects in this transaction.
-
-        As :meth:`Catalog.add_instance_with_objects`, without the commit.
-
-        A conflict (the study or series belongs elsewhere, the study was
-        shredded) is found before anything of this image is written, so the
-        caller may refuse the image and go on with the transaction.
-
-        Raises
-        ------
-        ValueError
-            When an object carries no signature and no signer is given, or two
-            objects share a kind or id.
-        VaultError
-            When the study or series already belongs to another patient or
-            study, or the study was shredded (nothing of this image written).
-        sqlalchemy.exc.IntegrityError
-            When an object id or blob key is already used, or a concurrent
-            writer got in first (PostgreSQL).
-        """
-        result = self.add_many([(instance, objects)], signer=signer)[0]
-        if isinstance(result, VaultError):
-            raise result
-        return result
-
-    def add_many(
-        self,
-        images: Sequence[tuple[NewInstance, Sequence[NewObject]]],
-        *,
-        signer: Signer | None = None,
-    ) -> list[AddInstanceResult | VaultError]:
-        """Catalog several images and their objects in this transaction, in order.
-
-        Each image as with :meth:`add_instance_with_objects`, but the look-ups
-        and inserts of the whole batch take a few statements per table, not a
-        few per image (what a batch costs in round trips and in Python). An
-        image that conflicts gets its :class:`VaultError` in its place in the
-        returned list and nothing of it is written; a second copy of an image
-        (same file, or same instance id) returns as a duplicate of the first,
-        whether the first was cataloged before or earlier in this batch.
-
-        Raises
-        ------
-        ValueError
-            As :meth:`add_instance_with_objects` (nothing written).
-        sqlalchemy.exc.IntegrityError
-            When an object id or blob key is already used, or a concurrent
-            writer inserted one of these instances first (PostgreSQL).
-        ConcurrentWriteConflict
-            When a concurrent writer (PostgreSQL) created one of the new
-            studies or series for another patient or study meanwhile. In both
-            cases the caller rolls back and catalogs the images one at a time.
-        """
-        for _, objects in images:
-            _check_objects(objects, signer)
-        conn = self._conn
-        found = _Known.look_up(conn, [instance for instance, _ in images])
-        now = utcnow()
-        results: list[AddInstanceResult | VaultError] = []
-        patients: dict[str, dict[str, Any]] = {}
-        studies: dict[str, dict[str, Any]] = {}
-        series: dict[str, dict[str, Any]] = {}
-        instance_rows: list[dict[str, Any]] = []
-        object_rows: list[dict[str, Any]] = []
-        for instance, objects in images:
-            duplicate = found.duplicate(instance)
-            if duplicate is not None:
-                results.append(duplicate)
-                continue
-            try:
-                study = found.study_for(instance)
-            except VaultError as exc:
-                results.append(exc)
-                continue
-            if instance.study_id not in found.studies:
-                patients.setdefault(instance.patient_pseudonym, {
-                    "pseudonym": instance.patient_pseudonym, "created_at": now})
-                studies[instance.study_id] = {
-                    "study_id": instance.study_id, "patient_pseudonym": instance.patient_pseudonym,
-                    "site": instance.site, "modality": instance.modality,
-                    "body_part": instance.body_part, "created_at": now, "status": STUDY_ACTIVE,
-                }
-            if instance.series_id not in found.series:
-                series[instance.series_id] = {
-                    "series_id": instance.series_id, "study_id": instance.study_id,
-                    "modality": instance.modality, "body_part": instance.body_part,
-                    "created_at": now,
-                }
-            found.add(instance, study)
-            objs = [
-                replace(o, record_signature=signer.sign(o.message(instance, study)),
-                        signer_key_id=signer.key_id) if signer is not None else o
-                for o in objects
-            ]
-            inst_values = {
-                "instance_id": instance.instance_id, "series_id": instance.series_id,
-                "study_id": instance.study_id, "source_sha256": instance.source_sha256,
-                "source_format": instance.source_format, "rows": instance.rows,
-                "cols": instance.cols, "frames": instance.frames,
-                "pixel_sha256": instance.pixel_sha256, "created_at": now,
-            }
-            obj_values = [
-                {"object_id": o.object_id, "instance_id": instance.instance_id, "kind": o.kind,
-                 "blob_key": o.blob_key, "plain_size": o.plain_size,
-                 "sealed_size": o.sealed_size, "sealed_sha256": o.sealed_sha256,
-                 "kek_id": o.kek_id, "wrapped_key": o.wrapped_key,
-                 "record_signature": o.record_signature, "signer_key_id": o.signer_key_id,
-                 "created_at": now}
-                for o in objs
-            ]
-            instance_rows.append(inst_values)
-            object_rows += obj_values
-            inst_ns = SimpleNamespace(**inst_values)
-            result = AddInstanceResult(
-                instance=_instance_record(inst_ns),
-                objects=tuple(_to_object(SimpleNamespace(**v), inst_ns, study)
-                              for v in obj_values),
-                created=True,
-            )
-            found.created(instance, result)
-            results.append(result)
-        for name, rows in (("patients", patients), ("studies", studies), ("series", series)):
-            if rows:
-                conn.execute(_INSERT_IGNORE[self._dialect, name], list(rows.values()))
-        if instance_rows:
-            conn.execute(_INSERT_INSTANCE, instance_rows)
-        if object_rows:
-            conn.execute(_INSERT_OBJECT, object_rows)
-        if studies or series:
-            _check_no_concurrent_parents(conn, studies, series)
-        return results
-
-    def identity_of(self, pseudonym: str) -> tuple[bytes | None, str | None] | None:
-        """The patient's sealed identity record and its key id; ``None`` if no such patient."""
-        row = self._conn.execute(_PATIENT_IDENTITY, {"pseudonym": pseudonym}).first()
-        if row is None:
-            return None
-        return (None if row.identity_blob is None else bytes(row.identity_blob),
-                row.identity_kek_id)
-
-    def set_identity(self, pseudonym: str, identity_blob: bytes, identity_kek_id: str) -> None:
-        """Store (or replace) a patient's sealed identity record, creating the patient if new.
-
-        Raises
-        ------
-        ValueError
-            When the blob is empty, or the pseudonym or key id malformed.
-        """
-        check(ID, "pseudonym", pseudonym)
-        if not isinstance(identity_blob, bytes) or not identity_blob:
-            raise ValueError("identity_blob must be non-empty bytes")
-        check(KEY_ID, "identity_kek_id", identity_kek_id)
-        self._conn.execute(_INSERT_IGNORE[self._dialect, "patients"],
-                           {"pseudonym": pseudonym, "created_at": utcnow()})
-        self._conn.execute(_SET_IDENTITY, {"p": pseudonym, "blob": identity_blob,
-                                           "kek": identity_kek_id})
 
 
 class Catalog:
@@ -755,7 +312,7 @@ class Catalog:
             )
             row = session.get(PatientRow, pseudonym)
             assert row is not None
-            return _to_patient(row)
+            return to_patient(row)
 
     def get_patient(self, pseudonym: str) -> PatientRecord:
         """Return the patient.
@@ -769,7 +326,7 @@ class Catalog:
             row = session.get(PatientRow, pseudonym)
             if row is None:
                 raise ObjectNotFound(f"no patient {pseudonym!r}")
-            return _to_patient(row)
+            return to_patient(row)
 
     def set_identity(self, pseudonym: str, identity_blob: bytes, identity_kek_id: str) -> None:
         """Store (or replace) the sealed identity record of a patient.
@@ -807,7 +364,7 @@ class Catalog:
                 .order_by(PatientRow.pseudonym)
                 .limit(limit)
             )
-            return [_to_patient(r) for r in rows]
+            return [to_patient(r) for r in rows]
 
     # ------------------------------------------------------------------ ingest
 
@@ -852,7 +409,7 @@ class Catalog:
             # A concurrent ingest of the same file won the race, or an id clashed.
             logger.debug("catalog insert refused: %s", type(exc.orig).__name__)
             with self._read_engine_begin() as conn:
-                found = _existing(conn, instance)
+                found = existing(conn, instance)
             if found is not None:
                 return found
             raise VaultError(
@@ -888,9 +445,9 @@ class Catalog:
     def find_instance_by_source_sha256(self, source_sha256: str) -> InstanceRecord | None:
         """Return the instance ingested from the file with this sha-256, if any."""
         with self._engine.connect() as conn:
-            row = conn.execute(_INSTANCE_BY_SOURCE, {"source_sha256": source_sha256}).first()
+            row = conn.execute(INSTANCE_BY_SOURCE, {"source_sha256": source_sha256}).first()
             conn.rollback()
-        return None if row is None else _instance_record(row)
+        return None if row is None else instance_record(row)
 
     def _study_query(self) -> Any:
         n = (
@@ -956,7 +513,7 @@ class Catalog:
             row = session.get(InstanceRow, instance_id)
             if row is None:
                 raise ObjectNotFound(f"no instance {instance_id!r}")
-            return _to_instance(row)
+            return to_instance(row)
 
     def instances_of_study(self, study_id: str) -> list[InstanceRecord]:
         """Return the study's instances, in creation order (empty if none)."""
@@ -966,15 +523,15 @@ class Catalog:
                 .where(InstanceRow.study_id == study_id)
                 .order_by(InstanceRow.created_at, InstanceRow.instance_id)
             )
-            return [_to_instance(r) for r in rows]
+            return [to_instance(r) for r in rows]
 
     @staticmethod
     def _objects_where(session: Session, *criteria: Any, limit: int | None = None
                        ) -> list[ObjectRecord]:
-        query = _OBJECT_WITH_BINDING.where(*criteria).order_by(ObjectRow.object_id)
+        query = OBJECT_WITH_BINDING.where(*criteria).order_by(ObjectRow.object_id)
         if limit is not None:
             query = query.limit(limit)
-        return [_to_object(hit, hit, hit) for hit in session.execute(query)]
+        return [to_object(hit, hit, hit) for hit in session.execute(query)]
 
     def objects_of_instance(self, instance_id: str) -> list[ObjectRecord]:
         """Return the instance's sealed objects (empty if none)."""
@@ -1164,7 +721,7 @@ class Catalog:
                 )
                 session.add(row)
                 session.flush()
-                return _to_result(row)
+                return to_result(row)
         except sa_exc.IntegrityError:
             raise VaultError(f"result {result_id} already exists") from None
 
@@ -1176,4 +733,4 @@ class Catalog:
                 .where(ResultRow.instance_id == instance_id)
                 .order_by(ResultRow.created_at, ResultRow.result_id)
             )
-            return [_to_result(r) for r in rows]
+            return [to_result(r) for r in rows]
