@@ -451,3 +451,24 @@ def test_ingest_many_takes_files_and_bytes_and_groups_commits(
     studies = {vault.catalog.get_study(o.study_id).patient_pseudonym  # type: ignore[arg-type]
                for o in outcomes[::2]}
     assert len(studies) == 1  # the patient key links the uploads
+
+
+def test_small_batches_wait_briefly_for_more_images_but_never_past_the_end(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from radvault.pipeline import ingest as ingest_module
+
+    # A linger far longer than the run: only a full batch or the end of input may cut it.
+    monkeypatch.setattr(ingest_module, "BATCH_LINGER_S", 30.0)
+    monkeypatch.setattr(ingest_module, "MIN_BATCH_IMAGES", 8)
+    pngs = [kit.make_raster(tmp_path / f"{i}.png", seed=700 + i) for i in range(12)]
+    commits = _commits(vault)
+    started = time.monotonic()
+
+    outcomes = ingestor.ingest_many(IngestItem(p, modality="MR") for p in pngs)
+
+    assert [o.status for o in outcomes] == ["stored"] * 12
+    assert len(commits) == 2  # 8 images, then the last 4 at the end of the input
+    assert time.monotonic() - started < 20

@@ -17,8 +17,10 @@ flushes, one flush per folder); (2) one catalog transaction for all of the
 batch: signed object rows, identity records (one merge per patient) and audit
 entries. A crash before (2) commits leaves only orphan blobs, which ``verify``
 notes as harmless; an image is reported stored only after (2) commits. When
-preparing is the slower stage, batches stay small; when storage is, they grow,
-so its flushes are shared by more images.
+preparing is the slower stage, the storage thread waits up to
+:data:`BATCH_LINGER_S` for :data:`MIN_BATCH_IMAGES` to be ready (never past the
+end of the input), so that a batch's fixed costs are shared; when storage is
+the slower stage, batches grow by themselves.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import io
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -75,6 +78,11 @@ MODEL_INPUT_KIND = "model_input"
 MAX_BATCH_IMAGES = 32
 #: ... and about this many plaintext bytes in flight (prepared, not yet stored).
 MAX_BATCH_BYTES = 256 * 1024 * 1024
+#: A batch of fewer images waits up to :data:`BATCH_LINGER_S` for more: every batch
+#: costs a transaction, a commit flush and look-ups whatever its size, and while
+#: imaging is the slower stage the batches would otherwise hold two or three images.
+MIN_BATCH_IMAGES = 8
+BATCH_LINGER_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -605,6 +613,11 @@ class _BatchStorer:
                 self._cond.wait()
             if not self._waiting:
                 return None
+            deadline = time.monotonic() + BATCH_LINGER_S
+            while (len(self._waiting) < MIN_BATCH_IMAGES and not self._closed
+                   and self._bytes < MAX_BATCH_BYTES // 2
+                   and (left := deadline - time.monotonic()) > 0):
+                self._cond.wait(left)
             batch = [self._waiting.popleft()]
             size = batch[0][0].size
             while (self._waiting and len(batch) < MAX_BATCH_IMAGES
