@@ -132,13 +132,26 @@ class IngestOutcome:
 
 
 def encode_model_input(array: np.ndarray, settings: dict[str, object]) -> bytearray:
-    """Serialise a preprocessed array and its preprocessing settings (npz, in memory)."""
+    """Serialise a preprocessed array and its preprocessing settings (npz, in memory).
+
+    The array is stored as float16, the precision the models were trained on
+    (training caches its inputs as float16), which halves what is hashed,
+    sealed and written; :func:`radvault.pipeline.retrieve.decode_model_input`
+    returns float32 whichever precision an object holds.
+    """
     buffer = io.BytesIO()
-    np.savez(buffer, input=array.astype(np.float32, copy=False),
-             settings=np.frombuffer(json.dumps(settings, sort_keys=True).encode(), np.uint8))
-    out = bytearray(buffer.getbuffer())
-    buffer.seek(0)
-    buffer.write(b"\0" * len(out))  # overwrite the BytesIO copy before it is freed
+    half = array.astype(np.float16)
+    try:
+        np.savez(buffer, input=half,
+                 settings=np.frombuffer(json.dumps(settings, sort_keys=True).encode(), np.uint8))
+    finally:
+        half.fill(0)
+    view = buffer.getbuffer()
+    try:
+        out = bytearray(view)
+        zeroize(view)  # overwrite the BytesIO copy before it is freed
+    finally:
+        view.release()
     return out
 
 
