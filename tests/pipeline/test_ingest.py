@@ -463,6 +463,7 @@ def test_small_batches_wait_briefly_for_more_images_but_never_past_the_end(
     # A linger far longer than the run: only a full batch or the end of input may cut it.
     monkeypatch.setattr(ingest_module, "BATCH_LINGER_S", 30.0)
     monkeypatch.setattr(ingest_module, "MIN_BATCH_IMAGES", 8)
+    monkeypatch.setattr(ingest_module, "MAX_BATCH_IMAGES", 8)  # exactly 8, then 4
     pngs = [kit.make_raster(tmp_path / f"{i}.png", seed=700 + i) for i in range(12)]
     commits = _commits(vault)
     started = time.monotonic()

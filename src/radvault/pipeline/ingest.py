@@ -137,7 +137,9 @@ def encode_model_input(array: np.ndarray, settings: dict[str, object]) -> bytear
     The array is stored as float16, the precision the models were trained on
     (training caches its inputs as float16), which halves what is hashed,
     sealed and written; :func:`radvault.pipeline.retrieve.decode_model_input`
-    returns float32 whichever precision an object holds.
+    returns float32 whichever precision an object holds. (Inputs preprocessed
+    on the fly, for a model whose settings differ from the vault's, stay
+    float32: the difference is below float16's resolution, 2**-11.)
     """
     buffer = io.BytesIO()
     half = array.astype(np.float16)
@@ -579,7 +581,9 @@ class _BatchStorer:
     ``submit`` hands over a prepared image and returns a future of its
     outcome; it blocks while too much is in flight (:data:`MAX_BATCH_IMAGES`
     waiting, or :data:`MAX_BATCH_BYTES` of plaintext). The thread takes every
-    waiting image (up to those caps) as one batch. After an unexpected error
+    waiting image (up to those caps) as one batch, after waiting up to
+    :data:`BATCH_LINGER_S` for :data:`MIN_BATCH_IMAGES` (not once the input has
+    ended, a submitter is blocked, or storing has failed). After an unexpected error
     it stores nothing more: later images are wiped and their futures fail.
     """
 
@@ -589,6 +593,7 @@ class _BatchStorer:
         self._waiting: deque[tuple[_Prepared, Future[IngestOutcome]]] = deque()
         self._bytes = 0
         self._closed = False
+        self._blocked = 0  # submitters waiting for room
         self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
 
@@ -597,7 +602,12 @@ class _BatchStorer:
         with self._cond:
             while self._waiting and (len(self._waiting) >= MAX_BATCH_IMAGES
                                      or self._bytes + prepared.size > MAX_BATCH_BYTES):
-                self._cond.wait()
+                self._blocked += 1  # the storage thread must not wait for more now
+                self._cond.notify_all()
+                try:
+                    self._cond.wait()
+                finally:
+                    self._blocked -= 1
             if self._failed is not None:
                 prepared.wipe()
                 future.set_exception(self._failed)
@@ -628,7 +638,7 @@ class _BatchStorer:
                 return None
             deadline = time.monotonic() + BATCH_LINGER_S
             while (len(self._waiting) < MIN_BATCH_IMAGES and not self._closed
-                   and self._bytes < MAX_BATCH_BYTES // 2
+                   and self._failed is None and not self._blocked
                    and (left := deadline - time.monotonic()) > 0):
                 self._cond.wait(left)
             batch = [self._waiting.popleft()]

@@ -137,7 +137,10 @@ def decode_model_input(data: bytearray) -> tuple[np.ndarray, dict[str, object]]:
         meta = np.lib.format.read_array(io.BytesIO(archive.read("settings.npy")),
                                         allow_pickle=False)
     settings = json.loads(meta.tobytes().decode())
-    return np.array(array, dtype=np.float32), settings
+    out = np.array(array, dtype=np.float32)
+    if array.flags.writeable:  # the stored-precision copy
+        array.fill(0)
+    return out, settings
 
 
 def export_study(vault: Vault, study_id: str, out_dir: Path, *, actor: str) -> list[ExportedFile]:
