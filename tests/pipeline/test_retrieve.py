@@ -53,24 +53,23 @@ def test_open_model_input_returns_what_preprocessing_made(
     model_input = open_model_input(vault, iid, actor=ACTOR)
 
     expected = Preprocessor(vault.settings.preprocess)(read_image(kit.ct_small()))
-    # stored at the precision the models were trained on (float16), handed out as float32
     assert model_input.array.dtype == np.float32
-    assert np.array_equal(model_input.array, expected.astype(np.float16).astype(np.float32))
+    assert np.array_equal(model_input.array, expected)
     assert model_input.settings["size"] == vault.settings.preprocess.size
 
 
-def test_model_inputs_stored_as_float32_by_earlier_versions_still_decode() -> None:
+def test_model_inputs_decode_to_float32_whatever_precision_they_hold() -> None:
     import io
     import json
 
     from radvault.pipeline.retrieve import decode_model_input
 
-    array = np.random.default_rng(0).random((3, 8, 8), dtype=np.float32)
-    buffer = io.BytesIO()  # what versions before session 4 wrote
+    array = np.random.default_rng(0).random((3, 8, 8)).astype(np.float16)
+    buffer = io.BytesIO()
     np.savez(buffer, input=array,
              settings=np.frombuffer(json.dumps({"size": 8}).encode(), np.uint8))
     decoded, settings = decode_model_input(bytearray(buffer.getvalue()))
-    assert decoded.dtype == np.float32 and np.array_equal(decoded, array)
+    assert decoded.dtype == np.float32 and np.array_equal(decoded, array.astype(np.float32))
     assert settings == {"size": 8}
 
 
@@ -240,7 +239,7 @@ def test_no_vault_at_all_is_a_clear_error(kit: Kit, tmp_path: Path) -> None:
     assert not (tmp_path / "nothing").exists()
 
 
-def test_the_model_input_bytes_are_an_npz_of_float16(
+def test_the_model_input_bytes_are_an_npz_of_float32(
     kit: Kit, vault: Vault, ingestor: Ingestor
 ) -> None:
     iid = kit.stored(ingestor.ingest_file(kit.ct_small()))
@@ -248,4 +247,4 @@ def test_the_model_input_bytes_are_an_npz_of_float16(
     plain = vault.open_object(obj, actor=ACTOR)
     with np.load(io.BytesIO(bytes(plain)), allow_pickle=False) as npz:
         assert sorted(npz.files) == ["input", "settings"]
-        assert npz["input"].dtype == np.float16  # the precision the models train on
+        assert npz["input"].dtype == np.float32
