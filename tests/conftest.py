@@ -1,10 +1,12 @@
-"""Fixtures every test folder shares: a throwaway schema on the test PostgreSQL server."""
+"""Fixtures every test folder shares: a throwaway schema on the test PostgreSQL server,
+and a way to start several workers at the same instant."""
 
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -44,3 +46,30 @@ def pg_schema_url() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def _run_at_once(n: int, work: Callable[[int], object]) -> list[BaseException]:
+    """Run ``work(0)`` ... ``work(n - 1)`` on ``n`` threads released together by a
+    barrier; return what they raised (empty when all went well)."""
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            barrier.wait()
+            work(k)
+        except BaseException as exc:  # handed back to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+@pytest.fixture
+def run_at_once() -> Callable[[int, Callable[[int], object]], list[BaseException]]:
+    """``run_at_once(n, work)``: race ``n`` workers; returns their exceptions."""
+    return _run_at_once

@@ -218,14 +218,54 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _launch(args: argparse.Namespace, extra: list[str], common: list[str], name: str,
+            seed: int) -> tuple[subprocess.Popen[bytes], Any]:
+    """Start one run (its log beside its folder); the process and the open log."""
+    run_dir = args.out / name / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "model_card.json").unlink(missing_ok=True)  # no stale result counts
+    cmd = [sys.executable, "-m", "radvault.analysis.commands", "train", *common, *extra,
+           "--seed", str(seed), "--out", str(run_dir), "--quiet", "--threads", "1",
+           "--no-verify-sha256"]
+    log = (args.out / name / f"seed{seed}.log").open("wb")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
+
+
 def _run_all(args: argparse.Namespace, configs: dict[str, list[str]], common: list[str],
              started: float) -> list[str]:
     """Run every (recipe, seed) as its own process, ``args.jobs`` at a time; the failed ones."""
     queue = [(name, seed) for seed in args.seeds for name in configs]
     running: list[tuple[subprocess.Popen[bytes], Any, str, int]] = []
     failed: list[str] = []
+    killing_since: float | None = None
     try:
-        _loop(args, configs, common, started, queue, running, failed)
+        while queue or running:
+            elapsed = time.monotonic() - started
+            killing = args.kill_after is not None and elapsed > args.kill_after
+            late = killing or (args.deadline is not None and elapsed > args.deadline)
+            while queue and len(running) < args.jobs and not late:
+                name, seed = queue.pop(0)
+                running.append((*_launch(args, configs[name], common, name, seed), name, seed))
+            if late and queue:
+                print(f"{elapsed:6.0f}s past the time limit: {len(queue)} run(s) not started",
+                      flush=True)
+                failed += [f"{name}/seed{seed} (not started)" for name, seed in queue]
+                queue.clear()
+            if killing:
+                killing_since = killing_since or time.monotonic()
+                for proc, *_ in running:  # SIGTERM, then SIGKILL 10 s later
+                    (proc.kill if time.monotonic() - killing_since > 10 else proc.terminate)()
+            time.sleep(1.0)
+            for entry in list(running):
+                proc, log, name, seed = entry
+                if proc.poll() is not None:
+                    running.remove(entry)
+                    log.close()
+                    status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
+                    if proc.returncode:
+                        failed.append(f"{name}/seed{seed}")
+                    print(f"{time.monotonic() - started:6.0f}s {name}/seed{seed} {status}",
+                          flush=True)
     finally:  # never leave a run holding the GPU behind
         for proc, log, name, seed in running:
             proc.kill()
@@ -233,48 +273,6 @@ def _run_all(args: argparse.Namespace, configs: dict[str, list[str]], common: li
             log.close()
             failed.append(f"{name}/seed{seed}")
     return failed
-
-
-def _loop(args: argparse.Namespace, configs: dict[str, list[str]], common: list[str],
-          started: float, queue: list[tuple[str, int]],
-          running: list[tuple[subprocess.Popen[bytes], Any, str, int]],
-          failed: list[str]) -> None:
-    killing_since: float | None = None
-    while queue or running:
-        elapsed = time.monotonic() - started
-        killing = args.kill_after is not None and elapsed > args.kill_after
-        late = killing or (args.deadline is not None and elapsed > args.deadline)
-        while queue and len(running) < args.jobs and not late:
-            name, seed = queue.pop(0)
-            run_dir = args.out / name / f"seed{seed}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "model_card.json").unlink(missing_ok=True)  # no stale result counts
-            cmd = [sys.executable, "-m", "radvault.analysis.commands", "train", *common,
-                   *configs[name], "--seed", str(seed), "--out", str(run_dir), "--quiet",
-                   "--threads", "1", "--no-verify-sha256"]
-            log = (args.out / name / f"seed{seed}.log").open("wb")
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT),
-                            log, name, seed))
-        if late and queue:
-            print(f"{elapsed:6.0f}s past the time limit: {len(queue)} run(s) not started",
-                  flush=True)
-            failed += [f"{name}/seed{seed} (not started)" for name, seed in queue]
-            queue.clear()
-        if killing:
-            killing_since = killing_since or time.monotonic()
-            for proc, *_ in running:  # SIGTERM, then SIGKILL 10 s later
-                (proc.kill if time.monotonic() - killing_since > 10 else proc.terminate)()
-        time.sleep(1.0)
-        for entry in list(running):
-            proc, log, name, seed = entry
-            if proc.poll() is not None:
-                running.remove(entry)
-                log.close()
-                status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
-                if proc.returncode:
-                    failed.append(f"{name}/seed{seed}")
-                print(f"{time.monotonic() - started:6.0f}s {name}/seed{seed} {status}",
-                      flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ verify clean (catalog rows, signatures, blobs, audit chain).
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +16,20 @@ from radvault.vault.vault import Vault
 
 
 def test_two_ingest_services_on_one_postgres_catalog_store_each_file_once(
-        kit: Any, tmp_path: Path, pg_schema_url: str) -> None:
+        kit: Any, tmp_path: Path, pg_schema_url: str, run_at_once) -> None:
     settings = kit.new_settings(tmp_path / "home", catalog_url=pg_schema_url)
     kit.init_vault(settings).close()
     files = [kit.make_raster(tmp_path / "in" / f"{i}.png", seed=700 + i) for i in range(40)]
     files += [kit.ct_small()]
     vaults = [Vault.open(settings, kit.PASSPHRASE) for _ in range(2)]
-    barrier = threading.Barrier(2)
+    ingestors = [Ingestor(vault, actor=f"service{n}") for n, vault in enumerate(vaults)]
     outcomes: list[list[IngestOutcome]] = [[], []]
-    errors: list[BaseException] = []
 
     def service(n: int) -> None:
-        try:
-            ingestor = Ingestor(vaults[n], actor=f"service{n}")
-            barrier.wait()
-            order = files if n == 0 else list(reversed(files))  # meet in the middle
-            outcomes[n] = ingestor.ingest_paths(order, modality="MR")
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
+        order = files if n == 0 else list(reversed(files))  # meet in the middle
+        outcomes[n] = ingestors[n].ingest_paths(order, modality="MR")
 
-    threads = [threading.Thread(target=service, args=(n,)) for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = run_at_once(2, service)
     try:
         assert errors == []
         by_file: dict[str, list[str]] = {}

@@ -461,27 +461,18 @@ def test_a_bare_sqlite_engine_is_reopened_with_write_locks(tmp_path: Path) -> No
 
 
 def test_four_threads_with_their_own_connections_keep_one_chain(catalog_url: str,
-                                                               tmp_path: Path) -> None:
+                                                               tmp_path: Path,
+                                                               run_at_once) -> None:
     Catalog.create(catalog_url).close()
     log_file = tmp_path / "audit.log"
     catalogs = [Catalog(catalog_url) for _ in range(4)]
     logs = [AuditLog(c, KEY, KEY, checkpoint_every=10, file_path=log_file) for c in catalogs]
-    barrier = threading.Barrier(4)
-    errors: list[BaseException] = []
 
     def worker(k: int) -> None:
-        try:
-            barrier.wait()
-            for i in range(25):
-                logs[k].append(f"worker{k}", Action.READ, object_ids=[f"2.25.{k}.{i}"])
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
+        for i in range(25):
+            logs[k].append(f"worker{k}", Action.READ, object_ids=[f"2.25.{k}.{i}"])
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_at_once(4, worker)
     assert errors == []
     report = logs[0].verify()
     assert report.ok, report.problems

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 
@@ -309,25 +308,12 @@ def test_results_of_a_batch_are_stored_together_or_not_at_all(catalog: Catalog,
 
 
 def test_concurrent_ingests_of_one_file_store_it_once(catalog_url: str,
-                                                      signer: Ed25519Signer) -> None:
+                                                      signer: Ed25519Signer,
+                                                      run_at_once) -> None:
     Catalog.create(catalog_url).close()
     catalogs = [Catalog(catalog_url) for _ in range(4)]
-    barrier = threading.Barrier(4)
     outcomes: list[bool] = []
-    errors: list[BaseException] = []
-
-    def worker(cat: Catalog) -> None:
-        try:
-            barrier.wait()
-            outcomes.append(ingest(cat, signer, 7).created)
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(c,)) for c in catalogs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_at_once(4, lambda k: outcomes.append(ingest(catalogs[k], signer, 7).created))
     for cat in catalogs:
         cat.close()
     assert errors == []
