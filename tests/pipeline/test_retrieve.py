@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from radvault.imaging.reading import read_image
 from radvault.imaging.records import ImageRecord
 from radvault.pipeline.ingest import Ingestor
 from radvault.pipeline.maintenance import shred_study
+from radvault.pipeline.model_input import MAGIC
 from radvault.pipeline.retrieve import export_study, open_image, open_model_input
 from radvault.vault.audit import Action, Outcome
 from radvault.vault.vault import Vault
@@ -56,21 +57,6 @@ def test_open_model_input_returns_what_preprocessing_made(
     assert model_input.array.dtype == np.float32
     assert np.array_equal(model_input.array, expected)
     assert model_input.settings["size"] == vault.settings.preprocess.size
-
-
-def test_model_inputs_decode_to_float32_whatever_precision_they_hold() -> None:
-    import io
-    import json
-
-    from radvault.pipeline.retrieve import decode_model_input
-
-    array = np.random.default_rng(0).random((3, 8, 8)).astype(np.float16)
-    buffer = io.BytesIO()
-    np.savez(buffer, input=array,
-             settings=np.frombuffer(json.dumps({"size": 8}).encode(), np.uint8))
-    decoded, settings = decode_model_input(bytearray(buffer.getvalue()))
-    assert decoded.dtype == np.float32 and np.array_equal(decoded, array.astype(np.float32))
-    assert settings == {"size": 8}
 
 
 def test_unknown_ids_are_not_found(vault: Vault) -> None:
@@ -239,12 +225,12 @@ def test_no_vault_at_all_is_a_clear_error(kit: Kit, tmp_path: Path) -> None:
     assert not (tmp_path / "nothing").exists()
 
 
-def test_the_model_input_bytes_are_an_npz_of_float32(
+def test_the_stored_model_input_is_a_version_1_float32_layout(
     kit: Kit, vault: Vault, ingestor: Ingestor
 ) -> None:
     iid = kit.stored(ingestor.ingest_file(kit.ct_small()))
     obj = next(o for o in vault.catalog.objects_of_instance(iid) if o.kind == "model_input")
     plain = vault.open_object(obj, actor=ACTOR)
-    with np.load(io.BytesIO(bytes(plain)), allow_pickle=False) as npz:
-        assert sorted(npz.files) == ["input", "settings"]
-        assert npz["input"].dtype == np.float32
+    header_len = int.from_bytes(plain[8:12], "little")
+    assert bytes(plain[:5]) == MAGIC + b"\x01"
+    assert json.loads(bytes(plain[12:12 + header_len]))["dtype"] == "<f4"

@@ -38,7 +38,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import exc as sa_exc
 
 from radvault.errors import (
@@ -60,6 +59,7 @@ from radvault.imaging.reading import (
     sniff_format,
 )
 from radvault.imaging.records import ImageRecord, SourceFormat
+from radvault.pipeline.model_input import encode_model_input
 from radvault.vault.audit import Action, EntryDraft, Outcome
 from radvault.vault.catalog import CatalogWriter, NewInstance, NewObject
 from radvault.vault.secure_memory import zeroize
@@ -129,25 +129,6 @@ class IngestOutcome:
     def ok(self) -> bool:
         """True unless the input was refused."""
         return self.status != "refused"
-
-
-def encode_model_input(array: np.ndarray, settings: dict[str, object]) -> bytearray:
-    """Serialise a preprocessed array and its preprocessing settings (npz, in memory).
-
-    The array is stored as float32. (float16, the precision training caches,
-    was tried: it halves the bytes but made ingest no faster, and smaller
-    objects make the per-object costs of opening weigh more.)
-    """
-    buffer = io.BytesIO()
-    np.savez(buffer, input=array.astype(np.float32, copy=False),
-             settings=np.frombuffer(json.dumps(settings, sort_keys=True).encode(), np.uint8))
-    view = buffer.getbuffer()
-    try:
-        out = bytearray(view)
-        zeroize(view)  # overwrite the BytesIO copy before it is freed
-    finally:
-        view.release()
-    return out
 
 
 #: UIDs every stored instance needs (catalog keys), and the label its fallback is derived with.

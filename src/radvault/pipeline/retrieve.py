@@ -7,8 +7,6 @@ de-identified pixels' sha-256 against the digest recorded at ingest.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import zipfile
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from radvault.errors import IntegrityError, ObjectNotFound, RadVaultError
 from radvault.imaging.reading import read_image_bytes
 from radvault.imaging.records import ImageRecord
 from radvault.pipeline.ingest import DICOM_KIND, MODEL_INPUT_KIND, SOURCE_KIND
+from radvault.pipeline.model_input import decode_model_input
 from radvault.vault.audit import Action, Outcome
 from radvault.vault.catalog import InstanceRecord, ObjectRecord
 from radvault.vault.secure_memory import zeroize
@@ -114,33 +113,6 @@ def open_model_input_object(vault: Vault, obj: ObjectRecord, *, actor: str) -> M
     finally:
         zeroize(plain)
     return ModelInput(array, settings)
-
-
-def decode_model_input(data: bytearray) -> tuple[np.ndarray, dict[str, object]]:
-    """Read what :func:`radvault.pipeline.ingest.encode_model_input` wrote.
-
-    The members are read with :mod:`zipfile` and :func:`numpy.lib.format.read_array`
-    directly: ``numpy.load`` on an in-memory npz costs about 0.7 ms per 200 kB
-    object, three times this, and analysis reads one per image.
-
-    Raises
-    ------
-    ValueError, KeyError, zipfile.BadZipFile
-        When the bytes are not such an npz.
-    """
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        raw = bytearray(archive.read("input.npy"))
-        try:
-            array = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
-        finally:
-            zeroize(raw)
-        meta = np.lib.format.read_array(io.BytesIO(archive.read("settings.npy")),
-                                        allow_pickle=False)
-    settings = json.loads(meta.tobytes().decode())
-    out = np.array(array, dtype=np.float32)
-    if array.flags.writeable:  # the stored-precision copy
-        array.fill(0)
-    return out, settings
 
 
 def export_study(vault: Vault, study_id: str, out_dir: Path, *, actor: str) -> list[ExportedFile]:
