@@ -65,3 +65,26 @@ def test_a_gpu_asked_for_on_a_machine_without_one_fails_before_the_data_is_read(
     assert rc == 2
     err = capsys.readouterr().err
     assert "sees no CUDA GPU" in err and "missing.csv" not in err
+
+
+def test_recalibrate_reports_its_cross_validation_and_writes_a_loadable_model(
+    trained, toy_manifest, toy_task_file, signer, tmp_path, capsys,
+):
+    key = tmp_path / "key.pem"
+    key.write_bytes(signer.private_pem())
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / f"{signer.key_id}.pub").write_bytes(signer.public_pem())
+    out = tmp_path / "recalibrated"
+    rc = main(["recalibrate", str(trained.model_dir), "--manifest", str(toy_manifest),
+               "--task", str(toy_task_file), "--out", str(out), "--signing-key", str(key),
+               "--keys", str(keys)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "grouped cross-validation inside val" in printed and "bias_temperature" in printed
+    assert "test: ACC" in printed
+    assert json.loads((out / "model_card.json").read_text())["calibration"]["requested"] == "auto"
+    rc = main(["recalibrate", str(trained.model_dir), "--manifest", str(toy_manifest),
+               "--task", str(toy_task_file), "--out", str(tmp_path / "x"), "--keys",
+               str(tmp_path)])  # no trusted key there: the model fails verification
+    assert rc == 2 and not (tmp_path / "x").exists()

@@ -38,7 +38,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse.ArgumentParser:
-    """The argument parser (sub-commands ``train``, ``ensemble`` and ``evaluate``)."""
+    """The argument parser (sub-commands ``train``, ``ensemble``, ``recalibrate``, ``evaluate``)."""
     parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train, calibrate, export and sign a model")
@@ -92,6 +92,21 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     n.add_argument("--keys", type=Path,
                    help="folder of trusted model public keys (<key id>.pub) that verify the "
                         "members (default: each member's ../keys)")
+    r = sub.add_parser("recalibrate", help="fit a model's calibration again on the validation "
+                                           "split (optionally with class biases) and sign it "
+                                           "as a new model folder")
+    r.add_argument("model", type=Path, help="model folder (verified on load)")
+    _add_data_options(r)
+    r.add_argument("--out", type=Path, required=True, help="model folder to write")
+    r.add_argument("--method", choices=("auto", "temperature", "bias_temperature"),
+                   default="auto",
+                   help="auto: the method with the lower out-of-fold NLL in grouped "
+                        "cross-validation inside the validation split (default)")
+    r.add_argument("--val-split", default="val", help="split that calibrates the model")
+    r.add_argument("--test-split", default="test", help="split measured only ('' for none)")
+    r.add_argument("--signing-key", type=Path, help="Ed25519 PKCS#8 PEM model signing key")
+    r.add_argument("--keys", type=Path,
+                   help="folder of trusted model public keys (default: the model's ../keys)")
     e = sub.add_parser("evaluate", help="metrics of a model on one split")
     _add_data_options(e)
     e.add_argument("--model", type=Path, required=True)
@@ -160,6 +175,34 @@ def _summary(m: dict[str, Any]) -> str:
             f"CK {m['cohen_kappa']:.4f}  ECE {m['ece']:.4f}")
 
 
+def _recalibrate(args: argparse.Namespace, source: Any) -> int:
+    from radvault.analysis.export import Ed25519Signer, ModelKeyring
+    from radvault.analysis.recalibrate import recalibrate_model
+
+    signer = Ed25519Signer.from_pem(args.signing_key) if args.signing_key else None
+    keyring = ModelKeyring.from_dir(args.keys) if args.keys else None
+    card = recalibrate_model(args.model, source, args.out, method=args.method, signer=signer,
+                             keyring=keyring, val_split=args.val_split,
+                             test_split=args.test_split, cache_dir=args.cache_dir)
+    cal = card["calibration"]
+    cv = cal["cross_validation"]
+    if "skipped" in cv:
+        print(f"cross-validation inside {args.val_split}: skipped ({cv['skipped']})")
+    else:
+        print(f"grouped cross-validation inside {args.val_split} ({cv['groups']} groups, "
+              f"{cv['folds']} folds x {cv['repeats']}), out of fold:")
+        for name in ("temperature", "bias_temperature"):
+            m = cv[name]
+            print(f"  {name:17s} NLL {m['nll_mean']:.4f} +/- {m['nll_sd']:.4f}  "
+                  f"ACC {m['accuracy_mean']:.4f} +/- {m['accuracy_sd']:.4f}")
+    print(f"model {card['model_id']} written to {args.out} ({cal['method']}, "
+          f"T={card['temperature']:.3f})")
+    print("val : " + _summary(card["metrics"]["val"]))
+    if card["metrics"]["test"]:
+        print("test: " + _summary(card["metrics"]["test"]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run a sub-command; returns the exit status."""
     parser = build_parser(prog) if prog else build_parser()
@@ -203,6 +246,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             if card["metrics"]["test"]:
                 print("test: " + _summary(card["metrics"]["test"]))
             return 0
+        if args.command == "recalibrate":
+            return _recalibrate(args, source)
         from radvault.analysis.evaluate import evaluate_model
         from radvault.analysis.inference import load_model
         from radvault.analysis.metrics import roc_curve_png

@@ -292,6 +292,17 @@ class ManifestSource:
                                f"(has {', '.join(self.splits)})")
         return out
 
+    def groups(self, split: str) -> list[str]:
+        """The group (patient, slice series) of each image of a split, in :meth:`load` order;
+        an image without one is its own group.
+
+        Raises
+        ------
+        DatasetError
+            If the task has no rows in that split.
+        """
+        return [r.group or f"sha256:{r.sha256}" for r, _ in self.rows(split)]
+
     def load(self, split: str, settings: PreprocessSettings, *,
              cache_dir: str | PathLike[str] | None = None,
              progress: ProgressFn | None = None) -> PreparedSplit:
@@ -385,6 +396,16 @@ class MedMNISTSource:
             raise DatasetError(f"{self.path}: labels out of range for {len(self.task.classes)} "
                                "classes")
         return images, labels
+
+    def groups(self, split: str) -> list[str]:
+        """MedMNIST files record no patients: each image is its own group.
+
+        Raises
+        ------
+        DatasetError
+            If the split is missing.
+        """
+        return [f"{split}:{i}" for i in range(len(self.arrays(split)[1]))]
 
     def load(self, split: str, settings: PreprocessSettings, *,
              cache_dir: str | PathLike[str] | None = None,

@@ -402,6 +402,10 @@ def write_model(out_dir: str | PathLike[str], onnx_bytes: bytes, card: Mapping[s
     full.setdefault("created", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     full["model_id"] = f"{full.get('task', 'model')}-{onnx_sha[:12]}"
     try:
+        if full.get("class_bias") is not None:  # same network, other predictions: another id
+            calibration = _canonical_json(_jsonable({"temperature": full.get("temperature"),
+                                                     "class_bias": full["class_bias"]}))
+            full["model_id"] += "-b" + hashlib.sha256(calibration).hexdigest()[:6]
         card_bytes = _canonical_json(_jsonable(full))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model card is not valid JSON ({exc})") from None

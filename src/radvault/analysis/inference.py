@@ -70,6 +70,7 @@ class ModelCard:
     trained_on: tuple[tuple[str, str], ...]
     onnx_sha256: str
     raw: Mapping[str, Any] = field(repr=False)
+    class_bias: tuple[float, ...] | None = None  # bias-corrected temperature scaling
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
@@ -86,16 +87,22 @@ class ModelCard:
             classes = tuple(str(c) for c in data["classes"])
             size = int(data["input"]["size"])
             temperature = float(data.get("temperature", 1.0))
+            bias = data.get("class_bias")
+            class_bias = None if bias is None else tuple(float(b) for b in bias)
             trained_on = tuple((str(p["modality"]).upper(), str(p.get("body_part", "")).upper())
                                for p in data.get("trained_on", []))
             card = cls(model_id=str(data["model_id"]), task=str(data["task"]), classes=classes,
                        size=size, preprocessing=dict(data["preprocessing"]),
                        temperature=temperature, trained_on=trained_on,
-                       onnx_sha256=str(data["onnx_sha256"]), raw=dict(data))
+                       onnx_sha256=str(data["onnx_sha256"]), raw=dict(data),
+                       class_bias=class_bias)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"malformed model card ({type(exc).__name__}: {exc})") from None
         if len(classes) < 2 or not temperature > 0 or size < 8:
             raise ModelError("model card has fewer than two classes, a bad temperature or size")
+        if class_bias is not None and (len(class_bias) != len(classes)
+                                       or not np.all(np.isfinite(class_bias))):
+            raise ModelError("model card's class_bias needs one finite value per class")
         return card
 
     @property
@@ -287,7 +294,7 @@ class LoadedModel:
         ModelError
             If the batch has the wrong shape or inference fails.
         """
-        return softmax(self.logits(batch), self.card.temperature)
+        return softmax(self.logits(batch), self.card.temperature, self.card.class_bias)
 
     def predict(self, batch: np.ndarray, *, modality: str | Sequence[str] | None = None,
                 body_part: str | Sequence[str] | None = None,
@@ -384,7 +391,10 @@ class LoadedModel:
             except (KeyError, TypeError, ValueError):
                 raise ModelError("model card holds no class activation weights") from None
         logits, feats = self.run(image)
-        k = int(logits[0].argmax()) if class_index is None else int(class_index)
+        if class_index is None:  # the predicted class: calibration biases can change it
+            k = int(softmax(logits[:1], self.card.temperature, self.card.class_bias)[0].argmax())
+        else:
+            k = int(class_index)
         return cam_from_features(feats[0], self._cam_weight, k, self.card.size)
 
 

@@ -94,6 +94,10 @@ class DataSource(Protocol):
         """Preprocess one split."""
         ...
 
+    def groups(self, split: str) -> list[str]:
+        """Each image's group (patient, slice series) of one split, in ``load`` order."""
+        ...
+
 
 @dataclass(frozen=True)
 class Optimisation:

@@ -1,4 +1,4 @@
-"""Analysis commands: train, ensemble, evaluate, analyze, and `data fetch` for public datasets."""
+"""Analysis commands: train, ensemble, recalibrate, evaluate, analyze, `data fetch`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,13 @@ def ensemble(ctx: typer.Context) -> None:
     from radvault.analysis.commands import main as analysis_main
 
     raise typer.Exit(analysis_main(["ensemble", *ctx.args], prog="radvault"))
+
+
+def recalibrate(ctx: typer.Context) -> None:
+    """Fit a model's calibration again on validation data (`radvault recalibrate --help`)."""
+    from radvault.analysis.commands import main as analysis_main
+
+    raise typer.Exit(analysis_main(["recalibrate", *ctx.args], prog="radvault"))
 
 
 def evaluate(ctx: typer.Context) -> None:
@@ -207,6 +214,7 @@ def register(app: typer.Typer) -> None:
     """Add the analysis commands to the root application."""
     app.command(context_settings=_PASSTHROUGH, add_help_option=False)(train)
     app.command(context_settings=_PASSTHROUGH, add_help_option=False)(ensemble)
+    app.command(context_settings=_PASSTHROUGH, add_help_option=False)(recalibrate)
     app.command(context_settings=_PASSTHROUGH, add_help_option=False)(evaluate)
     app.command()(analyze)
     app.add_typer(data_app, name="data")
