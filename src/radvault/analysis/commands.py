@@ -175,12 +175,25 @@ def _summary(m: dict[str, Any]) -> str:
             f"CK {m['cohen_kappa']:.4f}  ECE {m['ece']:.4f}")
 
 
-def _recalibrate(args: argparse.Namespace, source: Any) -> int:
+def _print_val_test(val: dict[str, Any], test: dict[str, Any] | None) -> None:
+    print("val : " + _summary(val))
+    if test:
+        print("test: " + _summary(test))
+
+
+def _signer_and_keyring(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The signing key (``--signing-key``) and trusted keys (``--keys``) named, if any."""
     from radvault.analysis.export import Ed25519Signer, ModelKeyring
-    from radvault.analysis.recalibrate import recalibrate_model
 
     signer = Ed25519Signer.from_pem(args.signing_key) if args.signing_key else None
-    keyring = ModelKeyring.from_dir(args.keys) if args.keys else None
+    keys = getattr(args, "keys", None)
+    return signer, ModelKeyring.from_dir(keys) if keys else None
+
+
+def _recalibrate(args: argparse.Namespace, source: Any) -> int:
+    from radvault.analysis.recalibrate import recalibrate_model
+
+    signer, keyring = _signer_and_keyring(args)
     card = recalibrate_model(args.model, source, args.out, method=args.method, signer=signer,
                              keyring=keyring, val_split=args.val_split,
                              test_split=args.test_split, cache_dir=args.cache_dir)
@@ -197,9 +210,7 @@ def _recalibrate(args: argparse.Namespace, source: Any) -> int:
                   f"ACC {m['accuracy_mean']:.4f} +/- {m['accuracy_sd']:.4f}")
     print(f"model {card['model_id']} written to {args.out} ({cal['method']}, "
           f"T={card['temperature']:.3f})")
-    print("val : " + _summary(card["metrics"]["val"]))
-    if card["metrics"]["test"]:
-        print("test: " + _summary(card["metrics"]["test"]))
+    _print_val_test(card["metrics"]["val"], card["metrics"]["test"])
     return 0
 
 
@@ -218,33 +229,26 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             resolve_device(args.device)
         source = build_source(args)
         if args.command == "train":
-            from radvault.analysis.export import Ed25519Signer
             from radvault.analysis.training import train
 
-            signer = Ed25519Signer.from_pem(args.signing_key) if args.signing_key else None
+            signer, _ = _signer_and_keyring(args)
             result = train(build_train_config(args, source), progress=not args.quiet,
                            signer=signer)
             print(f"model {result.card['model_id']} written to {result.model_dir} "
                   f"(best epoch {result.best_epoch}, T={result.temperature:.3f}, "
                   f"{result.seconds / 60:.1f} min)")
-            print("val : " + _summary(result.val_metrics))
-            if result.test_metrics:
-                print("test: " + _summary(result.test_metrics))
+            _print_val_test(result.val_metrics, result.test_metrics)
             return 0
         if args.command == "ensemble":
             from radvault.analysis.ensemble import build_ensemble
-            from radvault.analysis.export import Ed25519Signer, ModelKeyring
 
-            signer = Ed25519Signer.from_pem(args.signing_key) if args.signing_key else None
-            keyring = ModelKeyring.from_dir(args.keys) if args.keys else None
+            signer, keyring = _signer_and_keyring(args)
             card = build_ensemble(args.members, source, args.out, signer=signer, keyring=keyring,
                                   val_split=args.val_split, test_split=args.test_split,
                                   cache_dir=args.cache_dir)
             print(f"ensemble {card['model_id']} of {len(args.members)} models written to "
                   f"{args.out} (T={card['temperature']:.3f})")
-            print("val : " + _summary(card["metrics"]["val"]))
-            if card["metrics"]["test"]:
-                print("test: " + _summary(card["metrics"]["test"]))
+            _print_val_test(card["metrics"]["val"], card["metrics"]["test"])
             return 0
         if args.command == "recalibrate":
             return _recalibrate(args, source)

@@ -27,7 +27,7 @@ import numpy as np
 from radvault.analysis.calibration import fit_temperature, softmax
 from radvault.analysis.export import ONNX_FILE, Signer, write_model
 from radvault.analysis.inference import LoadedModel, load_model, onnx_logits
-from radvault.analysis.metrics import compute_metrics
+from radvault.analysis.metrics import compute_metrics, held_out_metrics
 from radvault.errors import ModelError
 
 if TYPE_CHECKING:
@@ -154,10 +154,7 @@ def build_ensemble(member_dirs: Sequence[str | PathLike[str]], source: DataSourc
     if test_split:
         test = source.load(test_split, settings, cache_dir=cache_dir)
         test_logits = onnx_logits(onnx_bytes, test.images)
-        metrics["test"] = compute_metrics(test.labels, softmax(test_logits, temperature),
-                                          classes)
-        metrics["test"]["ece_uncalibrated"] = compute_metrics(
-            test.labels, softmax(test_logits), classes)["ece"]
+        metrics["test"] = held_out_metrics(test.labels, test_logits, classes, temperature)
     raws = [m.card.raw for m in members]
     weights = [np.asarray(r["cam"]["weight"], dtype=np.float64) for r in raws]
     biases = [np.asarray(r["cam"]["bias"], dtype=np.float64) for r in raws]

@@ -28,7 +28,7 @@ from sklearn import metrics as skm
 
 from radvault.errors import ModelError
 
-__all__ = ["compute_metrics", "expected_calibration_error", "roc_curve_png"]
+__all__ = ["compute_metrics", "expected_calibration_error", "held_out_metrics", "roc_curve_png"]
 
 
 def _check(y_true: Any, probs: Any, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +71,17 @@ def expected_calibration_error(y_true: Any, probs: Any, n_bins: int = 15) -> flo
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
     return float(ece)
+
+
+def held_out_metrics(y_true: Any, logits: Any, classes: Sequence[str], temperature: float,
+                     bias: Any = None) -> dict[str, Any]:
+    """:func:`compute_metrics` of calibrated probabilities on a held-out split, plus
+    ``ece_uncalibrated``: the ECE the plain softmax of the same logits has."""
+    from radvault.analysis.calibration import softmax
+
+    out = compute_metrics(y_true, softmax(logits, temperature, bias), classes)
+    out["ece_uncalibrated"] = compute_metrics(y_true, softmax(logits), classes)["ece"]
+    return out
 
 
 def compute_metrics(y_true: Any, probs: Any, classes: Sequence[str]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from radvault.analysis.calibration import (
 )
 from radvault.analysis.export import ONNX_FILE, Signer, write_model
 from radvault.analysis.inference import load_model
-from radvault.analysis.metrics import compute_metrics
+from radvault.analysis.metrics import compute_metrics, held_out_metrics
 from radvault.errors import ModelError
 
 if TYPE_CHECKING:
@@ -99,9 +99,7 @@ def recalibrate_model(model_dir: str | PathLike[str], source: DataSource,
     if test_split:
         test = source.load(test_split, settings, cache_dir=cache_dir)
         test_logits = model.logits(test.images).astype("float64")
-        metrics["test"] = compute_metrics(test.labels, softmax(test_logits, t, bias), classes)
-        metrics["test"]["ece_uncalibrated"] = compute_metrics(
-            test.labels, softmax(test_logits), classes)["ece"]
+        metrics["test"] = held_out_metrics(test.labels, test_logits, classes, t, bias)
     raw = model.card.raw
     card = {k: copy.deepcopy(v) for k, v in raw.items() if k not in _REWRITTEN}
     card.update({

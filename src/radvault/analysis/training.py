@@ -52,7 +52,7 @@ from radvault.analysis.export import (
     write_model,
 )
 from radvault.analysis.inference import onnx_logits
-from radvault.analysis.metrics import compute_metrics
+from radvault.analysis.metrics import compute_metrics, held_out_metrics
 from radvault.analysis.networks import build_network
 from radvault.config import PreprocessSettings
 from radvault.errors import ModelError
@@ -607,9 +607,7 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
     test_metrics = None
     if te is not None:
         test_logits = onnx_logits(onnx_bytes, te.images, config.threads)
-        test_metrics = compute_metrics(te.labels, softmax(test_logits, temperature), classes)
-        test_metrics["ece_uncalibrated"] = compute_metrics(
-            te.labels, softmax(test_logits), classes)["ece"]
+        test_metrics = held_out_metrics(te.labels, test_logits, classes, temperature)
     seconds = time.monotonic() - started
     card = {
         "task": task.name,
