@@ -225,12 +225,18 @@ def test_no_vault_at_all_is_a_clear_error(kit: Kit, tmp_path: Path) -> None:
     assert not (tmp_path / "nothing").exists()
 
 
-def test_the_stored_model_input_is_a_version_1_float32_layout(
+def test_a_greyscale_image_is_stored_as_one_replicated_float32_channel(
     kit: Kit, vault: Vault, ingestor: Ingestor
 ) -> None:
     iid = kit.stored(ingestor.ingest_file(kit.ct_small()))
     obj = next(o for o in vault.catalog.objects_of_instance(iid) if o.kind == "model_input")
     plain = vault.open_object(obj, actor=ACTOR)
     header_len = int.from_bytes(plain[8:12], "little")
-    assert bytes(plain[:5]) == MAGIC + b"\x01"
-    assert json.loads(bytes(plain[12:12 + header_len]))["dtype"] == "<f4"
+    assert bytes(plain[:5]) == MAGIC + b"\x02"
+    header = json.loads(bytes(plain[12:12 + header_len]))
+    assert (header["dtype"], header["replicated"]) == ("<f4", True)
+    channels, size, _ = header["shape"]
+    assert channels == 3 and obj.plain_size == 12 + header_len + 4 * size * size
+    array = open_model_input(vault, iid, actor=ACTOR).array
+    assert array.shape == (3, size, size)
+    assert np.array_equal(array[0], array[1]) and np.array_equal(array[0], array[2])

@@ -205,6 +205,20 @@ def test_instance_and_objects_round_trip(catalog: Catalog, signer: Ed25519Signer
     assert study.created_at.tzinfo is not None
 
 
+def test_objects_of_many_instances_come_in_one_read_filtered_by_kind(
+        catalog: Catalog, signer: Ed25519Signer) -> None:
+    added = [ingest(catalog, signer, n) for n in range(3)]
+    ids = [a.instance.instance_id for a in added]
+    everything = catalog.objects_of_instances([*ids, "2.25.404"])
+    assert set(everything) == set(ids)  # an unknown instance is simply absent
+    assert all({o.kind for o in everything[i]} == {"dicom", "model_input"} for i in ids)
+    inputs = catalog.objects_of_instances(ids, kinds=["model_input"])
+    assert {i: [o.kind for o in objs] for i, objs in inputs.items()} == {
+        i: ["model_input"] for i in ids}
+    assert inputs[ids[0]][0] == catalog.get_object(inputs[ids[0]][0].object_id)
+    assert catalog.objects_of_instances([]) == {}
+
+
 def test_more_instances_reuse_study_series_and_patient(catalog: Catalog,
                                                        signer: Ed25519Signer) -> None:
     for n in range(3):

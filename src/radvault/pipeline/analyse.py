@@ -266,7 +266,7 @@ class Analyser:
         """
         prepared: list[_Prepared] = []
         refused: list[tuple[str, RadVaultError]] = []
-        objects = self.vault.catalog.objects_of_instances(chunk)
+        objects = self.vault.catalog.objects_of_instances(chunk, kinds=(MODEL_INPUT_KIND,))
         for instance_id in chunk:
             obj = next((o for o in objects.get(instance_id, ())
                         if o.kind == MODEL_INPUT_KIND and o.study_id is not None), None)

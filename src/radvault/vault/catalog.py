@@ -538,13 +538,22 @@ class Catalog:
         with self._reading() as session:
             return self._objects_where(session, ObjectRow.instance_id == instance_id)
 
-    def objects_of_instances(self, instance_ids: Sequence[str]) -> dict[str, list[ObjectRecord]]:
-        """The sealed objects of many instances in one query (instances without any are absent)."""
+    def objects_of_instances(self, instance_ids: Sequence[str], *,
+                             kinds: Sequence[str] | None = None
+                             ) -> dict[str, list[ObjectRecord]]:
+        """The sealed objects of many instances in one query (instances without any are absent).
+
+        ``kinds`` keeps only objects of those kinds (e.g. the model inputs a batch
+        analysis opens), which halves the rows read and built.
+        """
         out: dict[str, list[ObjectRecord]] = {}
         if not instance_ids:
             return out
+        criteria = [ObjectRow.instance_id.in_(list(instance_ids))]
+        if kinds is not None:
+            criteria.append(ObjectRow.kind.in_(list(kinds)))
         with self._reading() as session:
-            for obj in self._objects_where(session, ObjectRow.instance_id.in_(list(instance_ids))):
+            for obj in self._objects_where(session, *criteria):
                 out.setdefault(obj.instance_id, []).append(obj)
         return out
 
