@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from radvault.analysis.inference import LoadedModel
 from radvault.config import load_settings
 from radvault.errors import IntegrityError, ObjectNotFound
 from radvault.pipeline.analyse import Analyser
@@ -106,3 +107,34 @@ def test_a_tampered_or_unknown_instance_is_refused_and_the_rest_of_the_batch_is_
     assert any(model_input.object_id in e.object_ids for e in refusals)
     errors = [e for e in vault.audit.query(action="analyse") if e.outcome == "error"]
     assert [e.object_ids[-1] for e in errors] == [victim]
+
+
+def test_every_opened_batch_is_wiped_when_inference_fails_midway(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = _ingest_samples(vault)
+    analyser = Analyser.default(vault, actor="dr")
+    opened: list = []
+    prepare = analyser._prepare_batches
+
+    def recording(*args, **kwargs):
+        out = prepare(*args, **kwargs)
+        opened.extend(batch for _, batch in out[0])
+        return out
+
+    calls = 0
+    predict = LoadedModel.predict
+
+    def failing_predict(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("inference crashed")
+        return predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(analyser, "_prepare_batches", recording)
+    monkeypatch.setattr(LoadedModel, "predict", failing_predict)
+    with pytest.raises(RuntimeError, match="inference crashed"):
+        analyser.analyse_many(ids, batch_size=2)
+    assert len(opened) >= 3  # chunks 1-3: the failed one's successor was already open
+    assert all(not batch.any() for batch in opened)

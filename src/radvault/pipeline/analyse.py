@@ -230,22 +230,18 @@ class Analyser:
 
         with ThreadPoolExecutor(1, thread_name_prefix="radvault-analyse") as worker:
             chunk = next(chunks, None)
-            pending = worker.submit(self._prepare_chunk, chunk, model_name) if chunk else None
+            pending = worker.submit(self._prepare_batches, chunk, model_name) if chunk else None
             finished: tuple[list[AnalysisResult], int] | None = None
             try:
                 while pending is not None:
-                    prepared, refused = pending.result()
+                    batches, n, refused = pending.result()
                     failures.extend(refused)
-                    # Stack the batch before the worker starts again: the worker's
-                    # Python would otherwise fight this thread for the GIL here.
-                    batches = self._stack_by_model(prepared)
                     if finished is not None:
                         stores.append((worker.submit(self._store, finished[0]), finished[1]))
                     chunk = next(chunks, None)
-                    pending = (worker.submit(self._prepare_chunk, chunk, model_name)
+                    pending = (worker.submit(self._prepare_batches, chunk, model_name)
                                if chunk else None)
-                    finished = (self._infer_batches(batches, failures),
-                                len(prepared) + len(refused))
+                    finished = self._infer_batches(batches, failures), n
                     settle(wait_all=False)
                 if finished is not None:
                     stores.append((worker.submit(self._store, finished[0]), finished[1]))
@@ -253,9 +249,20 @@ class Analyser:
             finally:
                 if pending is not None:  # an error stopped the loop: wipe what was opened
                     leftover = [] if pending.exception() else pending.result()[0]
-                    for p in leftover:
-                        p.array.fill(0)
+                    for _, batch in leftover:
+                        batch.fill(0)
         return BatchAnalysis(results, failures)
+
+    def _prepare_batches(self, chunk: Sequence[str], model_name: str | None
+                         ) -> tuple[list[tuple[list[_Prepared], np.ndarray]], int,
+                                    list[tuple[str, RadVaultError]]]:
+        """Open, verify and stack a chunk (one input batch per model), on the worker.
+
+        Stacking here keeps the copy off the inference thread, which then only
+        waits for ONNX Runtime; returns the batches, the chunk's size and the refusals.
+        """
+        prepared, refused = self._prepare_chunk(chunk, model_name)
+        return self._stack_by_model(prepared), len(chunk), refused
 
     def _prepare_chunk(self, chunk: Sequence[str], model_name: str | None
                        ) -> tuple[list[_Prepared], list[tuple[str, RadVaultError]]]:
