@@ -36,9 +36,10 @@ def real_batch(radbench_manifest):
 
 
 @pytest.mark.parametrize("fp16", [False, True])
-def test_onnx_runtime_agrees_with_torch_on_real_images(real_batch, fp16):
+@pytest.mark.parametrize("network", ["resnet18", "densenet121", "efficientnet-b0"])
+def test_onnx_runtime_agrees_with_torch_on_real_images(real_batch, network, fp16):
     torch.manual_seed(0)
-    net = build_network("resnet18", 6, width=0.25).eval()
+    net = build_network(network, 6, width=0.25).eval()
     with torch.no_grad():
         net(torch.rand(4, 3, 64, 64))  # exercise, then make BN statistics non-trivial
         for m in net.modules():
