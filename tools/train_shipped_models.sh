@@ -19,12 +19,14 @@
 #   plain      brain_mri seeds 4, 5 and radbench6 seed 4 without CLAHE/bilateral: 20
 #              epochs, patience 6
 #   finetune   lung_ct, kidney_ct, breast_us from the val-best radbench6 run's backbone
+#   hires      lung_ct seeds 1-3 and kidney_ct seeds 1-2 at 256 px (session 6)
 #   medmnist   PneumoniaMNIST and BreastMNIST at 28 px (no CLAHE/bilateral, 3x3 stride-1
 #              stem without max-pool), seeds $SEEDS (default 0 1 2): 20 epochs, patience 6
 #   breastonly BreastMNIST only, seeds $SEEDS
 #   ensemble   radbench6 and brain_mri: the two val-best runs with equal preprocessing as
 #              one signed model (two ensembles fit the 60 MB budget)
-#   select     ship per task the run (seed or ensemble) with the best VALIDATION AUC
+#   select     ship per task the run (seed or ensemble) with the best VALIDATION AUC, if it
+#              beats the model shipped now
 #   recalibrate  calibrate the shipped radbench models again on val; ship class biases
 #              where grouped cross-validation inside val prefers them (session 5: radbench6,
 #              brain_mri)
@@ -117,6 +119,18 @@ EOF
       --init-from "$init" --checkpoint-dir "$RUNS/.ckpt/$task-seed0ft" --resume "${COMMON[@]}"
   done
 }
+stage_hires() {
+  # Session 6 (CPU): lung_ct seeds 1-3 and kidney_ct seeds 1-2 at 256 px, the size the two
+  # CT sets are stored at (at 128 px a small nodule or stone is a pixel or two); 30 epochs,
+  # patience 10. They compete in `select` with everything else, on validation AUC.
+  for run in lung_ct:1 lung_ct:2 lung_ct:3 kidney_ct:1 kidney_ct:2; do
+    local task=${run%%:*} seed=${run##*:}
+    echo "=== $task seed $seed at 256 px ($(date -u +%H:%M:%S))"
+    "$PY" -m radvault.analysis.commands train --manifest "$RADBENCH" --task "$task" \
+      --out "$RUNS/$task/seed${seed}_256" --seed "$seed" --size 256 --epochs 30 --patience 10 \
+      --checkpoint-dir "$RUNS/.ckpt/$task-seed${seed}_256" --resume "${COMMON[@]}"
+  done
+}
 stage_plain() {  # without CLAHE and bilateral filter (as BASELINE.md): brain_mri seeds 4 and 5
   # (the second after the first had the best single validation AUC), radbench6 seed 4
   for run in brain_mri:4 brain_mri:5 radbench6:4; do
@@ -196,7 +210,8 @@ stage_breastonly() { for seed in ${SEEDS:-0 1 2}; do run_medmnist breastmnist US
 
 stage_select() {
   # Ship, per task, the run (a seed, or the ensemble) with the best VALIDATION macro AUC;
-  # test is never looked at.
+  # test is never looked at. The model shipped now competes too, so that re-running one
+  # stage (earlier runs gone from RUNS) cannot replace it with a run that is worse on val.
   "$PY" - "$RUNS" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
@@ -209,10 +224,14 @@ for task_dir in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.st
     def val_auc(d):
         m = json.loads((d / "model_card.json").read_text())["metrics"]["val"]
         return (m["auc_macro"] or 0.0, m["balanced_accuracy"])
-    best = max(seeds, key=val_auc)
     # MedMNIST (28 px) models are benchmark artefacts, kept out of the service registry
     medmnist = task_dir.name in ("pneumoniamnist", "breastmnist")
     target = dest / "medmnist" / task_dir.name if medmnist else dest / task_dir.name
+    if (target / "model_card.json").is_file() and max(map(val_auc, seeds)) <= val_auc(target):
+        print(f"{task_dir.name}: kept the shipped model (val AUC {val_auc(target)[0]:.4f}; "
+              f"best of {len(seeds)} runs {max(map(val_auc, seeds))[0]:.4f})")
+        continue
+    best = max(seeds, key=val_auc)
     target.mkdir(parents=True, exist_ok=True)
     for name in ("model.onnx", "model_card.json", "signature.json"):
         shutil.copy2(best / name, target / name)
@@ -222,5 +241,5 @@ EOF
 
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(chest brain radbench6 small0 small1 small2 large1 large2
-                                   plain finetune medmnist ensemble select recalibrate release)
+                                   plain finetune hires medmnist ensemble select recalibrate release)
 for s in "${stages[@]}"; do "stage_$s"; done

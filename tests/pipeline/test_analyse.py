@@ -7,7 +7,7 @@ import pytest
 from radvault.analysis.inference import LoadedModel
 from radvault.config import load_settings
 from radvault.errors import IntegrityError, ObjectNotFound
-from radvault.pipeline.analyse import Analyser
+from radvault.pipeline.analyse import FIRST_CHUNK, Analyser, _batched
 from radvault.pipeline.ingest import Ingestor
 from radvault.pipeline.maintenance import verify_vault
 from radvault.vault.keys import KdfParams
@@ -138,3 +138,12 @@ def test_every_opened_batch_is_wiped_when_inference_fails_midway(
         analyser.analyse_many(ids, batch_size=2)
     assert len(opened) >= 3  # chunks 1-3: the failed one's successor was already open
     assert all(not batch.any() for batch in opened)
+
+
+def test_the_first_chunk_is_small_so_inference_starts_early() -> None:
+    ids = [str(n) for n in range(75)]
+    chunks = list(_batched(ids, 32, first=FIRST_CHUNK))
+    assert [len(c) for c in chunks] == [FIRST_CHUNK, 32, 32, 75 - 64 - FIRST_CHUNK]
+    assert [i for c in chunks for i in c] == ids
+    assert [len(c) for c in _batched(ids[:5], 2, first=FIRST_CHUNK)] == [2, 2, 1]
+    assert list(_batched([], 32, first=FIRST_CHUNK)) == []
