@@ -88,3 +88,38 @@ def test_recalibrate_reports_its_cross_validation_and_writes_a_loadable_model(
                "--task", str(toy_task_file), "--out", str(tmp_path / "x"), "--keys",
                str(tmp_path)])  # no trusted key there: the model fails verification
     assert rc == 2 and not (tmp_path / "x").exists()
+
+
+def test_a_new_model_key_signs_what_train_writes_and_evaluate_trusts_it(
+        toy_manifest, toy_task_file, tmp_path, capsys):
+    from radvault.cli import main as radvault
+
+    key, keys = tmp_path / "secret" / "signing.pem", tmp_path / "models" / "keys"
+    assert radvault(["keys", "model-key", "--out", str(key), "--keys", str(keys)]) == 0
+    assert "model signing key model-" in capsys.readouterr().out
+    assert key.stat().st_mode & 0o777 == 0o600
+    [pub] = keys.glob("model-*.pub")
+    assert Ed25519Signer.from_pem(key).key_id == pub.stem
+    assert radvault(["keys", "model-key", "--out", str(key), "--keys", str(keys)]) == 1
+    assert "never overwritten" in capsys.readouterr().err
+
+    common = ["--manifest", str(toy_manifest), "--task", str(toy_task_file)]
+    toy = ["--size", "32", "--width", "0.125", "--epochs", "1", "--threads", "1",
+           "--no-denoise", "--quiet"]
+    signed, unsigned = tmp_path / "models" / "toy", tmp_path / "models" / "unsigned"
+    assert main(["train", *common, "--out", str(signed), *toy, "--signing-key", str(key),
+                 "--checkpoint-dir", str(tmp_path / "c1")]) == 0
+    assert main(["evaluate", "--model", str(signed), *common]) == 0  # found in ../keys
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (signed / "..").resolve().joinpath("keys").rename(elsewhere / "keys")
+    assert main(["evaluate", "--model", str(signed), *common]) == 2
+    assert main(["evaluate", "--model", str(signed), *common,
+                 "--keys", str(elsewhere / "keys")]) == 0
+
+    assert main(["train", *common, "--out", str(unsigned), *toy,
+                 "--checkpoint-dir", str(tmp_path / "c2")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(unsigned), *common]) == 2
+    assert "not signed" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(unsigned), *common, "--allow-unsigned"]) == 0

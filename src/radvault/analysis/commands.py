@@ -110,6 +110,10 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     e = sub.add_parser("evaluate", help="metrics of a model on one split")
     _add_data_options(e)
     e.add_argument("--model", type=Path, required=True)
+    e.add_argument("--keys", type=Path,
+                   help="folder of trusted model public keys (default: the model's ../keys)")
+    e.add_argument("--allow-unsigned", action="store_true",
+                   help="evaluate a model trained without --signing-key (never served)")
     e.add_argument("--split", default="test")
     e.add_argument("--json", type=Path, help="write the metrics here")
     e.add_argument("--roc", type=Path, help="write a ROC curve PNG here")
@@ -185,7 +189,8 @@ def _signer_and_keyring(args: argparse.Namespace) -> tuple[Any, Any]:
     """The signing key (``--signing-key``) and trusted keys (``--keys``) named, if any."""
     from radvault.analysis.export import Ed25519Signer, ModelKeyring
 
-    signer = Ed25519Signer.from_pem(args.signing_key) if args.signing_key else None
+    key = getattr(args, "signing_key", None)
+    signer = Ed25519Signer.from_pem(key) if key else None
     keys = getattr(args, "keys", None)
     return signer, ModelKeyring.from_dir(keys) if keys else None
 
@@ -256,7 +261,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         from radvault.analysis.inference import load_model
         from radvault.analysis.metrics import roc_curve_png
 
-        model = load_model(args.model)
+        _, keyring = _signer_and_keyring(args)
+        model = load_model(args.model, keyring=keyring,
+                           require_signature=not args.allow_unsigned)
         metrics = evaluate_model(model, source, args.split, cache_dir=args.cache_dir)
         print(f"{metrics['model_id']} on {metrics['task']}/{args.split}: {_summary(metrics)}")
         if args.json:

@@ -57,6 +57,7 @@ __all__ = [
     "Signer",
     "Verifier",
     "export_model",
+    "new_signing_key",
     "onnx_bytes_from_torch",
     "signing_message",
     "write_model",
@@ -260,6 +261,39 @@ class ModelKeyring:
             return self._verifiers[key_id]
         except KeyError:
             raise ModelIntegrityError(f"model signed by an untrusted key {key_id!r}") from None
+
+
+def new_signing_key(key_path: str | PathLike[str], keys_dir: str | PathLike[str]) -> str:
+    """Make a model signing key: the private half at ``key_path`` (PKCS#8 PEM, mode 0600),
+    the public half as ``keys_dir/<key id>.pub``, where model loading looks for it.
+
+    Keep ``key_path`` outside the model folders and any repository; whoever can
+    write to ``keys_dir`` decides which signatures are trusted. Returns the key id.
+
+    Raises
+    ------
+    ModelError
+        If ``key_path`` exists (a key is never overwritten) or cannot be written.
+    """
+    key_file, keys = Path(key_path), Path(keys_dir)
+    signer = Ed25519Signer.generate()
+    try:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ModelError(f"{key_file}: exists; a signing key is never overwritten") from None
+    except OSError as exc:
+        raise ModelError(f"{key_file}: cannot create ({exc.strerror})") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(signer.private_pem())
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        keys.mkdir(parents=True, exist_ok=True)
+        _atomic_write(keys / f"{signer.key_id}.pub", signer.public_pem())
+    except OSError as exc:
+        raise ModelError(f"{keys}: cannot write the public key ({exc.strerror})") from None
+    return signer.key_id
 
 
 def signing_message(onnx_sha256: str, card_sha256: str) -> bytes:

@@ -27,7 +27,8 @@ from radvault.errors import ConfigurationError, ObjectNotFound
 __all__ = ["audit_app", "keys_app", "register"]
 
 audit_app = typer.Typer(help="Inspect and verify the audit trail.", no_args_is_help=True)
-keys_app = typer.Typer(help="Manage the vault's keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage the vault's keys, and make model signing keys.",
+                       no_args_is_help=True)
 
 ACTOR = "cli:" + (os.environ.get("USER") or "operator")
 
@@ -336,6 +337,26 @@ def keys_rotate(
         console.print(f"new key-encryption key {report.new_kek_id}; "
                       f"{report.rewrapped} data key(s) rewrapped; "
                       f"{len(report.retired)} old key(s) retired")
+
+    run()
+
+
+@keys_app.command("model-key")
+def keys_model_key(
+    out: Annotated[Path, typer.Option(help="Where the private key goes (PKCS#8 PEM, 0600); "
+                                           "keep it outside model folders and repositories.")],
+    keys: Annotated[Path, typer.Option(help="Folder of trusted public keys: the models' "
+                                            "../keys, e.g. my-models/keys.")],
+) -> None:
+    """Make a model signing key for `radvault train/ensemble/recalibrate --signing-key`."""
+
+    @handle_errors
+    def run() -> None:
+        from radvault.analysis.export import new_signing_key
+
+        key_id = new_signing_key(out, keys)
+        console.print(f"model signing key {key_id}: private half {out}, "
+                      f"public half {keys / (key_id + '.pub')}")
 
     run()
 
