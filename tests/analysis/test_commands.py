@@ -102,6 +102,10 @@ def test_a_new_model_key_signs_what_train_writes_and_evaluate_trusts_it(
     assert Ed25519Signer.from_pem(key).key_id == pub.stem
     assert radvault(["keys", "model-key", "--out", str(key), "--keys", str(keys)]) == 1
     assert "never overwritten" in capsys.readouterr().err
+    inside = tmp_path / "models" / "toy" / "signing.pem"
+    assert radvault(["keys", "model-key", "--out", str(inside), "--keys", str(keys)]) == 1
+    assert "keep the private key elsewhere" in capsys.readouterr().err
+    assert not inside.exists() and len(list(keys.glob("*.pub"))) == 1
 
     common = ["--manifest", str(toy_manifest), "--task", str(toy_task_file)]
     toy = ["--size", "32", "--width", "0.125", "--epochs", "1", "--threads", "1",

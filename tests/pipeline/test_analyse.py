@@ -135,9 +135,33 @@ def test_every_opened_batch_is_wiped_when_inference_fails_midway(
     monkeypatch.setattr(analyser, "_prepare_batches", recording)
     monkeypatch.setattr(LoadedModel, "predict", failing_predict)
     with pytest.raises(RuntimeError, match="inference crashed"):
-        analyser.analyse_many(ids, batch_size=2)
-    assert len(opened) >= 3  # chunks 1-3: the failed one's successor was already open
+        # one model, so chunks of 2, 2 and 1 make one call each: the 2nd call fails
+        # while the 3rd chunk is already open on the worker
+        analyser.analyse_many(ids, batch_size=2, model_name="radbench6")
+    assert len(opened) == 3
     assert all(not batch.any() for batch in opened)
+
+
+def test_inputs_opened_before_an_unforeseen_error_in_a_chunk_are_wiped(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = _ingest_samples(vault)
+    analyser = Analyser.default(vault, actor="dr")
+    opened: list = []
+    prepare = analyser._prepare_object
+
+    def failing_second(obj, model_name):
+        if len(opened) == 1:
+            raise AttributeError("a bug, not a refusal")
+        prepared = prepare(obj, model_name)
+        opened.append(prepared.array)
+        return prepared
+
+    monkeypatch.setattr(analyser, "_prepare_object", failing_second)
+    with pytest.raises(AttributeError, match="a bug"):
+        analyser.analyse_many(ids, batch_size=4)
+    assert len(opened) == 1 and not opened[0].any()
+    assert vault.catalog.results_of_instance(ids[0]) == []
 
 
 def test_the_first_chunk_is_small_so_inference_starts_early() -> None:

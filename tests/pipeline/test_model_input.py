@@ -108,6 +108,11 @@ def _with_header(data: bytearray, **changes: object) -> bytearray:
     return bytearray(data[:12] + raw + data[12 + header_len:])
 
 
+def _with_raw_header(data: bytearray, raw: bytes) -> bytearray:
+    header_len = struct.unpack_from("<I", data, 8)[0]
+    return bytearray(data[:12] + raw.ljust(header_len) + data[12 + header_len:])
+
+
 def _broken() -> dict[str, bytearray]:
     good = encode_model_input(_array(), SETTINGS)
     newer = bytearray(good)
@@ -124,6 +129,10 @@ def _broken() -> dict[str, bytearray]:
         "newer version": newer,
         "version 0": version_0,
         "replicated flag not a bool": _with_header(good, replicated="yes"),
+        "header a list": _with_raw_header(good, b"[]"),
+        "header a string": _with_raw_header(good, b'"x"'),
+        "replicated into a huge array": _with_header(grey, shape=[2**31, 8, 8]),
+        "replicated into five channels": _with_header(grey, shape=[5, 8, 8]),
         "replicated but all channels stored": _with_header(good, replicated=True),
         "one channel stored but not replicated": _with_header(grey, replicated=False),
         "header past the end": huge_header,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
+from enum import StrEnum
 
+import numpy as np
 import pytest
 
 from radvault.errors import IntegrityError
@@ -105,3 +108,39 @@ def test_canonical_json_is_independent_of_insertion_order():
 def test_canonical_json_refuses_what_it_cannot_encode_unambiguously(value, error):
     with pytest.raises(error):
         canonical_json(value)
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+
+
+def _cycle() -> list:
+    loop: list = []
+    loop.append(loop)
+    return loop
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"flag": True, "n": 3, "x": 0.5, "none": None, "t": ("a", 1)},
+         b'{"flag":true,"n":3,"none":null,"t":["a",1],"x":0.5}'),
+        ({"n": np.float64(0.25)}, b'{"n":0.25}'),  # float subclass: the full check accepts
+        ({"level": Outcome.OK}, b'{"level":"ok"}'),  # str subclass
+        (OrderedDict(b=1, a=2), b'{"a":2,"b":1}'),  # dict subclass
+        ({"same": (shared := [1]), "again": shared}, b'{"again":[1],"same":[1]}'),
+    ],
+    ids=["plain", "numpy-float", "str-enum", "ordered-dict", "shared-list"],
+)
+def test_canonical_json_gives_the_same_bytes_on_its_fast_and_full_paths(value, expected):
+    assert canonical_json(value) == expected
+
+
+def test_canonical_json_refuses_a_cycle_instead_of_looping():
+    with pytest.raises((RecursionError, ValueError)):
+        canonical_json({"loop": _cycle()})
+
+
+def test_canonical_json_names_where_a_bad_value_is():
+    with pytest.raises(TypeError, match=r"\$\.a\.b\[1\]"):
+        canonical_json({"a": {"b": [1, b"x"]}})

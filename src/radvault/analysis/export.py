@@ -276,23 +276,34 @@ def new_signing_key(key_path: str | PathLike[str], keys_dir: str | PathLike[str]
         If ``key_path`` exists (a key is never overwritten) or cannot be written.
     """
     key_file, keys = Path(key_path), Path(keys_dir)
+    models_tree = keys.resolve().parent
+    if key_file.resolve().is_relative_to(models_tree):
+        raise ModelError(f"{key_file}: inside {models_tree}, where models and their public keys "
+                         "live; keep the private key elsewhere")
     signer = Ed25519Signer.generate()
     try:
+        keys.mkdir(parents=True, exist_ok=True)
         key_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise ModelError(f"{key_file}: exists; a signing key is never overwritten") from None
     except OSError as exc:
-        raise ModelError(f"{key_file}: cannot create ({exc.strerror})") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(signer.private_pem())
-        fh.flush()
-        os.fsync(fh.fileno())
+        raise ModelError(f"cannot create {key_file} ({exc.strerror})") from None
     try:
-        keys.mkdir(parents=True, exist_ok=True)
-        _atomic_write(keys / f"{signer.key_id}.pub", signer.public_pem())
-    except OSError as exc:
-        raise ModelError(f"{keys}: cannot write the public key ({exc.strerror})") from None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(signer.private_pem())
+            fh.flush()
+            os.fsync(fh.fileno())
+        pub = keys / f"{signer.key_id}.pub"
+        tmp = pub.with_name(pub.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(signer.public_pem())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, pub)
+    except OSError as exc:  # no half-made key is left behind to block a retry
+        key_file.unlink(missing_ok=True)
+        raise ModelError(f"cannot write the signing key ({exc.strerror})") from None
     return signer.key_id
 
 

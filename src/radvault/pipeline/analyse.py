@@ -287,16 +287,21 @@ class Analyser:
         prepared: list[_Prepared] = []
         refused: list[tuple[str, RadVaultError]] = []
         objects = self.vault.catalog.objects_of_instances(chunk, kinds=(MODEL_INPUT_KIND,))
-        for instance_id in chunk:
-            obj = next((o for o in objects.get(instance_id, ())
-                        if o.kind == MODEL_INPUT_KIND and o.study_id is not None), None)
-            try:
-                if obj is None:
-                    prepared.append(self._prepare(instance_id, model_name))
-                else:
-                    prepared.append(self._prepare_object(obj, model_name))
-            except RadVaultError as exc:
-                refused.append((instance_id, exc))
+        try:
+            for instance_id in chunk:
+                obj = next((o for o in objects.get(instance_id, ())
+                            if o.kind == MODEL_INPUT_KIND and o.study_id is not None), None)
+                try:
+                    if obj is None:
+                        prepared.append(self._prepare(instance_id, model_name))
+                    else:
+                        prepared.append(self._prepare_object(obj, model_name))
+                except RadVaultError as exc:
+                    refused.append((instance_id, exc))
+        except BaseException:  # anything unforeseen: wipe what this chunk opened, then raise
+            for p in prepared:
+                p.array.fill(0)
+            raise
         return prepared, refused
 
     def _prepare_object(self, obj: ObjectRecord, model_name: str | None) -> _Prepared:
@@ -332,15 +337,23 @@ class Analyser:
     @staticmethod
     def _stack_by_model(prepared: Sequence[_Prepared]
                         ) -> list[tuple[list[_Prepared], np.ndarray]]:
-        """One input batch per model; each instance's own array is zeroed once copied."""
+        """One input batch per model; each instance's own array is zeroed once copied
+        (and every batch already stacked, if stacking a later one fails)."""
         groups: dict[int, list[_Prepared]] = {}
         for p in prepared:
             groups.setdefault(id(p.model), []).append(p)
+        stacked: list[tuple[list[_Prepared], np.ndarray]] = []
         try:
-            return [(group, np.stack([p.array for p in group])) for group in groups.values()]
+            for group in groups.values():
+                stacked.append((group, np.stack([p.array for p in group])))
+        except BaseException:
+            for _, batch in stacked:
+                batch.fill(0)
+            raise
         finally:
             for p in prepared:
                 p.array.fill(0)
+        return stacked
 
     def _infer_batches(self, batches: Sequence[tuple[list[_Prepared], np.ndarray]],
                        failures: list[tuple[str, RadVaultError]]) -> list[AnalysisResult]:

@@ -41,14 +41,16 @@ _PREFIX = struct.Struct("<4sB3xI")  # magic, version, reserved, header length
 _ALIGN = 64
 _DTYPES = {"<f4": np.dtype("<f4"), "<f2": np.dtype("<f2")}
 _MAX_HEADER = 1 << 16
+_MAX_CHANNELS = 4  # a replicated header must not make one stored channel into a huge array
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def encode_model_input(array: np.ndarray, settings: dict[str, object]) -> bytearray:
     """Serialise a preprocessed array (as float32) and its preprocessing settings.
 
-    The result is a fresh ``bytearray`` the caller seals and then wipes; no
-    other copy of the pixels is made. Channels that are bit-for-bit equal
+    The result is a fresh ``bytearray`` the caller seals and then wipes; for a
+    C-contiguous float32 array (what ingest passes) no other copy of the pixels
+    is made. Channels that are bit-for-bit equal
     (a greyscale image) are stored once. (float16, the precision training
     caches, was tried: it is lossy, and made ingest no faster.)
     """
@@ -82,7 +84,8 @@ def decode_model_input(data: bytearray) -> tuple[np.ndarray, dict[str, object]]:
     Raises
     ------
     ValueError, KeyError, zipfile.BadZipFile
-        When the bytes are neither layout, or the header and the size disagree.
+        When the bytes are neither layout, or the header is malformed (not an
+        object, more than four channels, ...) or disagrees with the size.
     """
     view = memoryview(data)
     if bytes(view[:4]) == _ZIP_MAGIC:
@@ -98,13 +101,15 @@ def decode_model_input(data: bytearray) -> tuple[np.ndarray, dict[str, object]]:
     if header_len > _MAX_HEADER or offset > len(view):
         raise ValueError("model input header is truncated")
     header = json.loads(bytes(view[_PREFIX.size:offset]).decode())
-    dtype = _DTYPES.get(header.get("dtype")) if isinstance(header, dict) else None
-    shape = header.get("shape") if dtype is not None else None
+    if not isinstance(header, dict):
+        raise ValueError("model input header is malformed")
+    dtype = _DTYPES.get(header.get("dtype"))
+    shape = header.get("shape")
     replicated = header.get("replicated", False) if version >= 2 else False
-    if (not isinstance(shape, list) or len(shape) != 3
+    if (dtype is None or not isinstance(shape, list) or len(shape) != 3
             or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
                        for n in shape)
-            or not isinstance(replicated, bool)
+            or shape[0] > _MAX_CHANNELS or not isinstance(replicated, bool)
             or not isinstance(header.get("settings"), dict)):
         raise ValueError("model input header is malformed")
     stored_shape = [1, *shape[1:]] if replicated else shape

@@ -220,22 +220,28 @@ _PLAIN = (str, int, bool, type(None))
 def _plainly_canonical(obj: Any) -> bool:
     """True if ``obj`` holds only the exact JSON types, str keys and finite floats.
 
-    The fast check that every signed record passes; it builds no paths, so
-    anything it does not recognise (a subclass, a bad value) goes to
-    :func:`_check_canonical`, which accepts or says where the problem is.
+    The fast check that the records the vault builds pass; it builds no paths,
+    so anything it does not recognise (a subclass, a bad value, a container met
+    twice, as in a cycle) goes to :func:`_check_canonical`, which accepts or
+    says where the problem is.
     """
     stack = [obj]
+    seen: set[int] = set()
     while stack:
         item = stack.pop()
         kind = type(item)
         if kind in _PLAIN:
             continue
-        if kind is dict:
-            if not all(type(key) is str for key in item):
+        if kind is dict or kind is list or kind is tuple:
+            if id(item) in seen:
                 return False
-            stack.extend(item.values())
-        elif kind is list or kind is tuple:
-            stack.extend(item)
+            seen.add(id(item))
+            if kind is not dict:
+                stack.extend(item)
+            elif all(type(key) is str for key in item):
+                stack.extend(item.values())
+            else:
+                return False
         elif kind is not float or not math.isfinite(item):
             return False
     return True
