@@ -100,6 +100,8 @@ def test_analyze_a_study_runs_every_instance_and_reports_one_that_fails_verifica
     finally:
         vault.close()
 
+    assert main(["analyze", study_id, "--heatmap", str(tmp_path / "cam.png")]) == 2
+    assert "study" in capsys.readouterr().err and not (tmp_path / "cam.png").exists()
     assert main(["analyze", study_id, "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert sorted(r["target"] for r in first) == sorted(o.instance_id for o in outcomes)

@@ -155,12 +155,19 @@ def _analyze_vault(settings: object, target: str, model_dir: Path | None,
 
             analyser = Analyser(vault, ModelRegistry(model_dir.parent), actor=ACTOR)
         name = model_dir.name if model_dir is not None else None
+        if heatmap is not None and len(instances) > 1:
+            raise ConfigurationError(f"--heatmap draws one image: study {target} has "
+                                     f"{len(instances)} instances; give an instance id")
         if len(instances) == 1:
             results = [analyser.analyse_instance(instances[0], model_name=name)]
             if heatmap is not None:
                 heatmap.write_bytes(analyser.heatmap_png(instances[0], model_name=name))
         else:  # a study: batched inference, one commit per batch
-            batch = analyser.analyse_many(instances, model_name=name)
+            with progress_bar() as bar:
+                task = bar.add_task(f"analysing {len(instances)} instances",
+                                    total=len(instances))
+                batch = analyser.analyse_many(instances, model_name=name,
+                                              progress=lambda n: bar.advance(task, n))
             results = batch.results
             out.extend({"target": i, "error": safe_error(exc)} for i, exc in batch.failures)
         out[:0] = [{"target": r.instance_id, "model_id": r.model_id,
