@@ -166,7 +166,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             values.update(tomllib.loads(toml_path.read_text(encoding="utf-8")))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{toml_path}: invalid TOML ({exc})") from None
-    skip = {"RADVAULT_PASSPHRASE", "RADVAULT_USER_PASSWORD", "RADVAULT_DEID_SECRET"}
+    skip = {"RADVAULT_PASSPHRASE", "RADVAULT_NEW_PASSPHRASE", "RADVAULT_USER_PASSWORD",
+            "RADVAULT_DEID_SECRET"}  # secrets, never settings
     for key, value in env.items():
         if key.startswith("RADVAULT_") and key not in skip:
             values[key[len("RADVAULT_"):].lower()] = value

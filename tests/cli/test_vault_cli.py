@@ -296,3 +296,55 @@ def test_verify_exits_1_and_names_the_problem_when_a_blob_was_altered(
 
     code, out, _ = run("audit", "verify")  # the audit trail itself is intact
     assert code == 0
+
+
+def test_exported_anchors_prove_a_tail_deleted_from_catalog_and_file_alike(
+    vault_home: Path, run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sqlite3
+
+    monkeypatch.setenv("RADVAULT_AUDIT_CHECKPOINT_EVERY", "4")
+    for _ in range(6):
+        assert run("ls")[0] == 0  # each run appends (unlock, ...) and signs checkpoints
+    anchors = tmp_path / "offsite" / "anchors.json"
+    anchors.parent.mkdir()
+    code, out, _ = run("audit", "anchors", "--out", anchors)
+    assert code == 0 and "checkpoint(s) written" in out
+    document = json.loads(anchors.read_text())
+    newest = max(c["seq"] for c in document["checkpoints"])
+    assert newest >= 8
+    code, out, _ = run("audit", "verify", "--anchors", anchors)
+    assert code == 0 and "intact" in out
+
+    # someone with the host deletes the tail, its checkpoint and the file copy's lines
+    cut = newest - 4
+    with sqlite3.connect(vault_home / "catalog.sqlite3") as db:
+        db.execute("DELETE FROM audit_entries WHERE seq > ?", (cut,))
+        db.execute("DELETE FROM audit_checkpoints WHERE seq > ?", (cut,))
+    log = vault_home / "audit.log"
+    kept = [line for line in log.read_text().splitlines() if json.loads(line)["seq"] <= cut]
+    log.write_text("\n".join(kept) + "\n")
+
+    code, out, _ = run("audit", "verify", "--anchors", anchors, "--json")
+    assert code == 1
+    problems = json.loads(out)["problems"]
+    assert any("kept by the external anchor" in p for p in problems)
+    assert run("audit", "verify", "--anchors", tmp_path / "nowhere.json")[0] == 2
+
+
+def test_a_changed_passphrase_unlocks_and_the_old_one_no_longer_does(
+    vault_home: Path, run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    assert run("ingest", _inputs(tmp_path) / "ct.dcm")[0] == 0
+    monkeypatch.setenv("RADVAULT_NEW_PASSPHRASE", "short")
+    code, _, err = run("keys", "passphrase")
+    assert code == 3 and "at least 12 characters" in _one_error_line(err)
+    monkeypatch.setenv("RADVAULT_NEW_PASSPHRASE", "a new and longer passphrase")
+    code, out, _ = run("keys", "passphrase")
+    assert code == 0 and "passphrase changed" in out
+    assert run("ls")[0] == 3  # RADVAULT_PASSPHRASE still holds the old one
+    monkeypatch.setenv("RADVAULT_PASSPHRASE", "a new and longer passphrase")
+    code, out, _ = run("verify")
+    assert code == 0
+    code, out, _ = run("audit", "tail", "-n", "5")
+    assert "passphrase_change" in out

@@ -270,14 +270,18 @@ def verify(
 @audit_app.command("verify")
 def audit_verify(
     ctx: typer.Context,
+    anchors: Annotated[Path | None, typer.Option(
+        help="Checkpoints exported earlier by `radvault audit anchors` and kept outside "
+             "the vault: proves the chain up to the newest of them.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Prove the audit trail was not altered, inserted into, truncated or reordered."""
 
     @handle_errors
     def run() -> int:
+        document = _read_anchors(anchors) if anchors is not None else None
         with opened_for_verify(settings_from_context(ctx)) as vault:
-            report = vault.audit.verify()
+            report = vault.audit.verify(anchors=document)
             if not vault.read_only:
                 vault.audit.append(ACTOR, "audit_verify",
                                    "ok" if report.ok else "error")
@@ -295,6 +299,34 @@ def audit_verify(
         return 0 if report.ok else 1
 
     raise typer.Exit(run())
+
+
+def _read_anchors(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read anchors {path}: {exc}") from None
+
+
+@audit_app.command("anchors")
+def audit_anchors(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON document.")],
+    since: Annotated[int, typer.Option(help="Only checkpoints after this sequence number.")] = 0,
+) -> None:
+    """Export the signed audit checkpoints, to keep where the vault's host cannot reach
+    (print, WORM storage, an RFC 3161 timestamp; docs/audit.md)."""
+
+    @handle_errors
+    def run() -> None:
+        with opened_vault(settings_from_context(ctx)) as vault:
+            document = vault.audit.export_checkpoints(since_seq=since)
+            vault.audit.append(ACTOR, "audit_export", "ok", details={"since": since})
+        out.write_text(document + "\n", encoding="utf-8")
+        count = len(json.loads(document)["checkpoints"])
+        console.print(f"{count} checkpoint(s) written to {out}; keep a copy outside the vault")
+
+    run()
 
 
 @audit_app.command("tail")
@@ -337,6 +369,29 @@ def keys_rotate(
         console.print(f"new key-encryption key {report.new_kek_id}; "
                       f"{report.rewrapped} data key(s) rewrapped; "
                       f"{len(report.retired)} old key(s) retired")
+
+    run()
+
+
+@keys_app.command("passphrase")
+def keys_passphrase(ctx: typer.Context) -> None:
+    """Change the vault passphrase: the key file is re-encrypted (audited); data keys,
+    blobs and the catalog are untouched. The new one comes from RADVAULT_NEW_PASSPHRASE
+    or a prompt."""
+
+    @handle_errors
+    def run() -> None:
+        new = os.environ.get("RADVAULT_NEW_PASSPHRASE")
+        if not new:
+            if not sys.stdin.isatty():
+                raise ConfigurationError("no new passphrase: set RADVAULT_NEW_PASSPHRASE or "
+                                         "run in a terminal to be asked")
+            new = typer.prompt("New vault passphrase", hide_input=True,
+                               confirmation_prompt=True)
+        with opened_vault(settings_from_context(ctx)) as vault:
+            vault.change_passphrase(new, actor=ACTOR)
+        console.print("passphrase changed: unlock with the new one from now on "
+                      "(update RADVAULT_PASSPHRASE wherever services read it)")
 
     run()
 

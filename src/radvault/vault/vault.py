@@ -138,8 +138,7 @@ class Vault:
         paths = VaultPaths(settings.home)
         if paths.key_file.exists():
             raise VaultError(f"a vault already exists in {paths.home}")
-        if isinstance(passphrase, str) and len(passphrase) < 12:
-            raise VaultLocked("the passphrase must be at least 12 characters long")
+        _check_passphrase_length(passphrase)
         paths.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(paths.home, 0o700)
         paths.blobs.mkdir(exist_ok=True, mode=0o700)
@@ -238,6 +237,20 @@ class Vault:
                 audit.close(checkpoint=False)
         except Exception:  # auditing must never mask the unlock error itself
             log.warning("could not audit a failed unlock", exc_info=False)
+
+    def change_passphrase(self, new_passphrase: str | bytes, *, actor: str) -> None:
+        """Re-encrypt the key file under a new passphrase (audited; keys and blobs unchanged).
+
+        Raises
+        ------
+        VaultLocked
+            If the new passphrase is shorter than 12 characters.
+        KeyProviderError
+            If the key file cannot be rewritten (the old passphrase then still works).
+        """
+        _check_passphrase_length(new_passphrase)
+        self.keys.change_passphrase(new_passphrase)
+        self.audit.append(actor, "passphrase_change", "ok")
 
     def close(self) -> None:
         """Checkpoint the audit chain and release keys and connections.
@@ -364,3 +377,10 @@ class Vault:
                     f"object {obj.object_id}: its data key cannot be unwrapped"
                 ) from None
             raise
+
+
+def _check_passphrase_length(passphrase: str | bytes) -> None:
+    """A vault passphrase has at least 12 characters (the Argon2id KDF slows guessing,
+    it cannot make a short passphrase strong)."""
+    if isinstance(passphrase, str) and len(passphrase) < 12:
+        raise VaultLocked("the passphrase must be at least 12 characters long")
