@@ -329,6 +329,23 @@ def test_exported_anchors_prove_a_tail_deleted_from_catalog_and_file_alike(
     assert code == 1
     problems = json.loads(out)["problems"]
     assert any("kept by the external anchor" in p for p in problems)
+
+    # an outside auditor: the public key handed over earlier, no passphrase
+    trusted = tmp_path / "offsite" / "vault.pub"
+    shutil.copy(vault_home / "vault.pub", trusted)
+    monkeypatch.delenv("RADVAULT_PASSPHRASE")
+    before = log.read_bytes()
+    code, out, _ = run("audit", "verify", "--public-key", trusted, "--anchors", anchors,
+                       "--json")
+    # (the passphrase run above appended to the cut chain, signing a new checkpoint at
+    # a sequence number the anchors also hold: the anchors catch that one too)
+    assert code == 1
+    assert any("external anchor" in p for p in json.loads(out)["problems"])
+    assert log.read_bytes() == before  # nothing appended
+    trusted.write_text("00" * 32 + "\n")  # someone else's key: no checkpoint verifies
+    assert run("audit", "verify", "--public-key", trusted)[0] == 1
+    trusted.write_text("not hex")
+    assert run("audit", "verify", "--public-key", trusted)[0] == 2
     assert run("audit", "verify", "--anchors", tmp_path / "nowhere.json")[0] == 2
 
 

@@ -273,6 +273,9 @@ def audit_verify(
     anchors: Annotated[Path | None, typer.Option(
         help="Checkpoints exported earlier by `radvault audit anchors` and kept outside "
              "the vault: proves the chain up to the newest of them.")] = None,
+    public_key: Annotated[Path | None, typer.Option(
+        help="An outside auditor's check: the vault's vault.pub, from a trusted copy. "
+             "No passphrase is asked and nothing is appended.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Prove the audit trail was not altered, inserted into, truncated or reordered."""
@@ -280,11 +283,21 @@ def audit_verify(
     @handle_errors
     def run() -> int:
         document = _read_anchors(anchors) if anchors is not None else None
-        with opened_for_verify(settings_from_context(ctx)) as vault:
-            report = vault.audit.verify(anchors=document)
-            if not vault.read_only:
-                vault.audit.append(ACTOR, "audit_verify",
-                                   "ok" if report.ok else "error")
+        if public_key is not None:
+            from radvault.vault.vault import verify_audit_with_public_key
+
+            try:
+                key_hex = public_key.read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigurationError(f"cannot read {public_key}: {exc}") from None
+            report = verify_audit_with_public_key(settings_from_context(ctx), key_hex,
+                                                  anchors=document)
+        else:
+            with opened_for_verify(settings_from_context(ctx)) as vault:
+                report = vault.audit.verify(anchors=document)
+                if not vault.read_only:
+                    vault.audit.append(ACTOR, "audit_verify",
+                                       "ok" if report.ok else "error")
 
         def render() -> None:
             for p in report.problems:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from radvault.config import Settings
 from radvault.errors import (
+    ConfigurationError,
     IntegrityError,
     KeyProviderError,
     ObjectNotFound,
@@ -32,7 +33,7 @@ from radvault.errors import (
     VaultError,
     VaultLocked,
 )
-from radvault.vault.audit import Action, AuditLog, Outcome
+from radvault.vault.audit import Action, AuditLog, AuditReport, Outcome
 from radvault.vault.blobstore import BlobStore, LocalFolderBlobStore, put_many
 from radvault.vault.catalog import (
     Catalog,
@@ -44,7 +45,7 @@ from radvault.vault.keys import KdfParams, LocalKeyFile, WrappedKey
 from radvault.vault.sealing import open_sealed, seal
 from radvault.vault.signing import Signer, Verifier
 
-__all__ = ["Vault", "VaultPaths", "new_object_id"]
+__all__ = ["Vault", "VaultPaths", "new_object_id", "verify_audit_with_public_key"]
 
 log = logging.getLogger(__name__)
 
@@ -384,3 +385,33 @@ def _check_passphrase_length(passphrase: str | bytes) -> None:
     it cannot make a short passphrase strong)."""
     if isinstance(passphrase, str) and len(passphrase) < 12:
         raise VaultLocked("the passphrase must be at least 12 characters long")
+
+
+def verify_audit_with_public_key(settings: Settings, public_key_hex: str, *,
+                                 anchors: str | None = None) -> AuditReport:
+    """Verify a vault's audit trail with its public key alone: no passphrase, no append.
+
+    For an outside auditor given the vault folder (or a copy of its catalog and
+    ``audit.log``) and the vault's public key from a trusted source (``vault.pub``
+    as the vault's owner handed it over, not the copy in the folder under audit).
+
+    Raises
+    ------
+    ConfigurationError
+        If ``public_key_hex`` is not a 32-byte Ed25519 key in hex.
+    """
+    try:
+        verifier = Verifier(bytes.fromhex(public_key_hex.strip()))
+    except (ValueError, IntegrityError):
+        raise ConfigurationError("the public key must be 64 hex digits (as in vault.pub)"
+                                 ) from None
+    paths = VaultPaths(settings.home)
+    if not paths.audit_file.exists() and not paths.key_file.exists():
+        raise VaultLocked(f"no vault in {paths.home}")
+    with Catalog(settings.resolved_catalog_url) as catalog:
+        audit = AuditLog(catalog, _LockedSigner(), verifier, 10**9,
+                         file_path=paths.audit_file, read_only=True)
+        try:
+            return audit.verify(anchors=anchors)
+        finally:
+            audit.close(checkpoint=False)
