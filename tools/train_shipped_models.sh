@@ -43,6 +43,8 @@
 # tools/sweep.py then trained lung_ct and kidney_ct plain (no CLAHE/bilateral), seeds 0-2,
 # from scratch and fine-tuned from a plain radbench6 run (30 epochs, patience 10); kidney_ct
 # shipped its best validation run (plain seed 1), then `release` again.
+# Session 6 (CPU): hires select. No 256 px run beat the shipped model on validation, so
+# models/ is unchanged (docs/models.md: lung_ct at 256 px is better on test).
 #
 # Usage: tools/train_shipped_models.sh [STAGE...]   (default: every stage, then select)
 # Environment:
