@@ -39,7 +39,8 @@ also subclasses the builtin it resembles, so callers may catch either::
     └── ModelError                            a model cannot be trained, loaded or run
 
 Messages never carry PHI: they name files by the path the user gave and objects by
-pseudonymous ids. Faces (CLI, API, DICOM) map these classes to exit codes and statuses.
+pseudonymous ids. Faces (CLI, API, DICOM) map these classes to exit codes and statuses;
+:func:`exit_status` is the command line's one table.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ __all__ = [
     "UnsupportedTransferSyntax",
     "VaultError",
     "VaultLocked",
+    "exit_status",
 ]
 
 
@@ -247,3 +249,17 @@ class DatasetError(RadVaultError, ValueError):
 
 class ModelError(RadVaultError):
     """A model cannot be trained, loaded or run."""
+
+
+def exit_status(exc: RadVaultError) -> int:
+    """The command-line exit status for an error: 2 configuration, 3 vault locked,
+    4 access denied, 5 integrity, 6 not found, 7 bad image input, 1 anything else.
+
+    One table for every command (``radvault`` and ``python -m radvault.analysis.commands``)
+    so that scripts can tell, say, a tampered model from a missing one.
+    """
+    for cls, status in ((ConfigurationError, 2), (VaultLocked, 3), (AccessDenied, 4),
+                        (IntegrityError, 5), (ObjectNotFound, 6), (ImageInputError, 7)):
+        if isinstance(exc, cls):
+            return status
+    return 1

@@ -87,7 +87,7 @@ def test_recalibrate_reports_its_cross_validation_and_writes_a_loadable_model(
     rc = main(["recalibrate", str(trained.model_dir), "--manifest", str(toy_manifest),
                "--task", str(toy_task_file), "--out", str(tmp_path / "x"), "--keys",
                str(tmp_path)])  # no trusted key there: the model fails verification
-    assert rc == 2 and not (tmp_path / "x").exists()
+    assert rc == 5 and not (tmp_path / "x").exists()  # integrity
 
 
 def test_a_new_model_key_signs_what_train_writes_and_evaluate_trusts_it(
@@ -117,13 +117,13 @@ def test_a_new_model_key_signs_what_train_writes_and_evaluate_trusts_it(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (signed / "..").resolve().joinpath("keys").rename(elsewhere / "keys")
-    assert main(["evaluate", "--model", str(signed), *common]) == 2
+    assert main(["evaluate", "--model", str(signed), *common]) == 5  # untrusted: integrity
     assert main(["evaluate", "--model", str(signed), *common,
                  "--keys", str(elsewhere / "keys")]) == 0
 
     assert main(["train", *common, "--out", str(unsigned), *toy,
                  "--checkpoint-dir", str(tmp_path / "c2")]) == 0
     capsys.readouterr()
-    assert main(["evaluate", "--model", str(unsigned), *common]) == 2
+    assert main(["evaluate", "--model", str(unsigned), *common]) == 5
     assert "not signed" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(unsigned), *common, "--allow-unsigned"]) == 0

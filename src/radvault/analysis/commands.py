@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from radvault.config import PreprocessSettings
-from radvault.errors import RadVaultError
+from radvault.errors import RadVaultError, exit_status
 
 __all__ = ["build_parser", "build_preprocess", "build_source", "build_train_config", "main"]
 
@@ -275,7 +275,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         return 0
     except RadVaultError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        status = exit_status(exc)  # integrity 5, not found 6, ... as every radvault command
+        return 2 if status == 1 else status  # an unusable dataset, task or model: usage, 2
 
 
 if __name__ == "__main__":

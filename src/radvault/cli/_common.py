@@ -22,18 +22,9 @@ from rich.progress import (
 )
 
 from radvault.config import Settings, load_settings
-from radvault.errors import (
-    AccessDenied,
-    ConfigurationError,
-    ImageInputError,
-    IntegrityError,
-    ObjectNotFound,
-    RadVaultError,
-    VaultLocked,
-)
+from radvault.errors import RadVaultError, exit_status
 
 __all__ = [
-    "EXIT_CODES",
     "console",
     "err_console",
     "handle_errors",
@@ -44,16 +35,6 @@ __all__ = [
 
 console = Console()
 err_console = Console(stderr=True)
-
-#: Exit status per error class (first match wins); 1 is the generic failure.
-EXIT_CODES: tuple[tuple[type[RadVaultError], int], ...] = (
-    (ConfigurationError, 2),
-    (VaultLocked, 3),
-    (AccessDenied, 4),
-    (IntegrityError, 5),
-    (ObjectNotFound, 6),
-    (ImageInputError, 7),
-)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,7 +48,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except RadVaultError as exc:
-            code = next((c for cls, c in EXIT_CODES if isinstance(exc, cls)), 1)
+            code = exit_status(exc)
             err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False,
                               soft_wrap=True)
             raise typer.Exit(code) from None
