@@ -346,6 +346,14 @@ def test_exported_anchors_prove_a_tail_deleted_from_catalog_and_file_alike(
     assert run("audit", "verify", "--public-key", trusted)[0] == 1
     trusted.write_text("not hex")
     assert run("audit", "verify", "--public-key", trusted)[0] == 2
+    shutil.copy(vault_home / "vault.pub", trusted)
+    copy = tmp_path / "only-the-log"
+    copy.mkdir()
+    shutil.copy(log, copy / "audit.log")
+    monkeypatch.setenv("RADVAULT_HOME", str(copy))
+    code, _, err = run("audit", "verify", "--public-key", trusted)
+    assert code == 3 and "no vault" in _one_error_line(err)
+    assert [p.name for p in copy.iterdir()] == ["audit.log"]  # no empty catalog made
     assert run("audit", "verify", "--anchors", tmp_path / "nowhere.json")[0] == 2
 
 

@@ -406,9 +406,12 @@ def verify_audit_with_public_key(settings: Settings, public_key_hex: str, *,
         raise ConfigurationError("the public key must be 64 hex digits (as in vault.pub)"
                                  ) from None
     paths = VaultPaths(settings.home)
-    if not paths.audit_file.exists() and not paths.key_file.exists():
-        raise VaultLocked(f"no vault in {paths.home}")
-    with Catalog(settings.resolved_catalog_url) as catalog:
+    url = settings.resolved_catalog_url
+    missing_sqlite = url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file()
+    if missing_sqlite or not (paths.audit_file.exists() or paths.key_file.exists()):
+        # opening a missing SQLite file would create an empty one in the folder under audit
+        raise VaultLocked(f"no vault (catalog and audit trail) in {paths.home}")
+    with Catalog(url) as catalog:
         audit = AuditLog(catalog, _LockedSigner(), verifier, 10**9,
                          file_path=paths.audit_file, read_only=True)
         try:
