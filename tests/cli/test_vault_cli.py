@@ -308,6 +308,8 @@ def test_exported_anchors_prove_a_tail_deleted_from_catalog_and_file_alike(
         assert run("ls")[0] == 0  # each run appends (unlock, ...) and signs checkpoints
     anchors = tmp_path / "offsite" / "anchors.json"
     anchors.parent.mkdir()
+    code, _, err = run("audit", "anchors", "--out", tmp_path / "no" / "such" / "dir.json")
+    assert code == 2 and "cannot write" in _one_error_line(err)
     code, out, _ = run("audit", "anchors", "--out", anchors)
     assert code == 0 and "checkpoint(s) written" in out
     document = json.loads(anchors.read_text())

@@ -334,8 +334,11 @@ def audit_anchors(
     def run() -> None:
         with opened_vault(settings_from_context(ctx)) as vault:
             document = vault.audit.export_checkpoints(since_seq=since)
+            try:
+                out.write_text(document + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise ConfigurationError(f"cannot write {out}: {exc.strerror}") from None
             vault.audit.append(ACTOR, "audit_export", "ok", details={"since": since})
-        out.write_text(document + "\n", encoding="utf-8")
         count = len(json.loads(document)["checkpoints"])
         console.print(f"{count} checkpoint(s) written to {out}; keep a copy outside the vault")
 
