@@ -114,6 +114,10 @@ def test_a_new_model_key_signs_what_train_writes_and_evaluate_trusts_it(
     assert main(["train", *common, "--out", str(signed), *toy, "--signing-key", str(key),
                  "--checkpoint-dir", str(tmp_path / "c1")]) == 0
     assert main(["evaluate", "--model", str(signed), *common]) == 0  # found in ../keys
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(signed), *common,
+                 "--json", str(tmp_path / "no" / "such" / "m.json")]) == 2
+    assert "cannot read or write" in capsys.readouterr().err
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (signed / "..").resolve().joinpath("keys").rename(elsewhere / "keys")

@@ -277,6 +277,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         status = exit_status(exc)  # integrity 5, not found 6, ... as every radvault command
         return 2 if status == 1 else status  # an unusable dataset, task or model: usage, 2
+    except OSError as exc:  # e.g. --json or --out in a folder that cannot be written
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
