@@ -199,7 +199,10 @@ class Analyser:
             for earlier in self.vault.catalog.results_of_instance(instance_id):
                 if earlier.result_id == result_id:
                     return _from_record(earlier, instance.study_id)
-        prepared = self._prepare(instance_id, model_name)
+        opened, refused = self._prepare_chunk([instance_id], model_name)  # one catalog read
+        if refused:
+            raise refused[0][1]  # audited where it was raised
+        prepared = opened[0]
         batch = prepared.array[None]
         try:
             results = self._infer([prepared], batch)
