@@ -4,7 +4,9 @@ What every use case needs: the answers' types, the settings, and the look-ups
 that ask the policy before an object is touched (``_study``, ``_instance``),
 refuse malformed ids (audited), and audit refusals the policy object cannot
 phrase. :class:`~radvault.pipeline.clinical.ClinicalService` is built from
-this core and the mixins of :mod:`._clinical_reports` and :mod:`._clinical_admin`.
+this core and the mixins of :mod:`._clinical_studies` (upload, browse, render),
+:mod:`._clinical_analysis` (analysis jobs, results, heatmaps), :mod:`._clinical_admin`,
+:mod:`._clinical_reports` and :mod:`._clinical_dicomweb`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -53,6 +55,7 @@ __all__ = [
     "MEDIA_TYPES",
     "MODALITY_RE",
     "REASON_MAX",
+    "SCAN_LIMIT",
     "SIGNOFF_TYPE",
     "ImageView",
     "InvalidRequest",
@@ -66,6 +69,7 @@ __all__ = [
     "SignOffView",
     "StudyDetail",
     "UploadResult",
+    "newest_first",
 ]
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -78,6 +82,8 @@ FILE_NAME_MAX = 255
 COMMENT_MAX = 4000
 REASON_MAX = 1000
 SIGNOFF_TYPE = "radvault.signoff/1"
+#: Studies a site-scoped search (study list, DICOMweb QIDO) reads at most before it stops.
+SCAN_LIMIT = 20_000
 
 
 class ReportFormat(StrEnum):
@@ -283,6 +289,16 @@ class ServiceCore:
         self._analysers_lock = threading.Lock()
         self._started = False
 
+    def _studies_of_site(self, site: str, batch: int = 200) -> Iterator[StudyRecord]:
+        """Every study of a site, newest first, read a page at a time."""
+        offset = 0
+        while True:
+            rows = self.vault.catalog.list_studies(limit=batch, offset=offset, site=site)
+            yield from rows
+            if len(rows) < batch:
+                return
+            offset += batch
+
     def _runner(self) -> JobRunner:
         if self.jobs is None:
             raise ConfigurationError("the clinical service has no job runner")
@@ -364,3 +380,8 @@ class ServiceCore:
             else:
                 self._analysers.move_to_end(actor)
             return analyser
+
+
+def newest_first(study: StudyRecord) -> tuple[float, str]:
+    """Sort key: newest study first, ties by id (the catalog's listing order)."""
+    return (-study.created_at.timestamp(), study.study_id)

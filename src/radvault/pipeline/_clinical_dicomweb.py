@@ -65,7 +65,13 @@ from radvault.errors import (
 )
 from radvault.imaging.deid import replacement_uid
 from radvault.imaging.reading import read_dicom_dataset, record_from_dataset
-from radvault.pipeline._clinical_base import ID_RE, InvalidRequest, ServiceCore
+from radvault.pipeline._clinical_base import (
+    ID_RE,
+    SCAN_LIMIT,
+    InvalidRequest,
+    ServiceCore,
+    newest_first,
+)
 from radvault.pipeline.ingest import DICOM_KIND, IngestItem, Ingestor, IngestOutcome
 from radvault.vault.audit import Action as AuditAction
 from radvault.vault.audit import Outcome
@@ -94,8 +100,6 @@ EXPLICIT_VR_LITTLE_ENDIAN = str(ExplicitVRLittleEndian)
 QIDO_LEVELS = ("study", "series", "instance")
 """The levels a QIDO-RS search can be made at."""
 
-_SCAN_LIMIT = 20_000
-_PAGE = 200
 _BULK_THRESHOLD = 1024
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _PIXEL_KEYWORDS = frozenset({"PixelData", "FloatPixelData", "DoubleFloatPixelData"})
@@ -560,7 +564,8 @@ class DicomWebCases(ServiceCore):
                 if scope.contains(study.study_id, study.site) and study.shredded_at is None:
                     yield study
             return
-        sources: list[Iterator[StudyRecord]] = [self._site_studies(s) for s in sorted(scope.sites)]
+        sources: list[Iterator[StudyRecord]] = [
+            self._studies_of_site(s) for s in sorted(scope.sites)]
         singles = []
         for uid in sorted(scope.study_ids):
             try:
@@ -569,22 +574,14 @@ class DicomWebCases(ServiceCore):
                 continue
             if study.site not in scope.sites:
                 singles.append(study)
-        sources.append(iter(sorted(singles, key=_newest_first)))
-        for scanned, study in enumerate(heapq.merge(*sources, key=_newest_first)):
-            if scanned >= _SCAN_LIMIT:
-                logger.warning("DICOMweb search stopped after %d studies", _SCAN_LIMIT)
+        sources.append(iter(sorted(singles, key=newest_first)))
+        for scanned, study in enumerate(heapq.merge(*sources, key=newest_first)):
+            if scanned >= SCAN_LIMIT:
+                logger.warning("DICOMweb search stopped after %d studies", SCAN_LIMIT)
                 return
             if study.shredded_at is None:
                 yield study
 
-    def _site_studies(self, site: str) -> Iterator[StudyRecord]:
-        offset = 0
-        while True:
-            rows = self.vault.catalog.list_studies(limit=_PAGE, offset=offset, site=site)
-            yield from rows
-            if len(rows) < _PAGE:
-                return
-            offset += _PAGE
 
     def _qido_rows(self, level: str, studies: Iterator[StudyRecord],
                    series_id: str | None) -> Iterator[dict[str, Any]]:
@@ -862,9 +859,6 @@ class DicomWebCases(ServiceCore):
 def _resolve(value: Any) -> Any:
     return value() if callable(value) else value
 
-
-def _newest_first(study: StudyRecord) -> tuple[float, str]:
-    return (-study.created_at.timestamp(), study.study_id)
 
 
 _FAILURE_BY_NAME = {cls.__name__: code for cls, code in FAILURE_REASONS.items()}

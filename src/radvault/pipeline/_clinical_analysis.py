@@ -1,0 +1,287 @@
+"""Analysis use cases (private: use :mod:`radvault.pipeline.clinical`).
+
+Radiologists queue analyses of their granted studies (idempotent jobs in the
+job runner), follow the jobs, and read the stored results with their sign-offs
+and the class-activation overlays. The job's body (:meth:`_run_analysis`,
+called by :func:`~radvault.pipeline.clinical.analyse_task`) re-checks the
+requester's grant before it opens anything, and records which result each job
+stored so that a re-run stores no second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+
+from radvault.access.policy import ROLE_ACTIONS, Action
+from radvault.access.principal import Principal
+from radvault.errors import (
+    AccessDenied,
+    ConfigurationError,
+    IntegrityError,
+    ObjectNotFound,
+)
+from radvault.jobs import Job, JobStatus, current_job
+from radvault.pipeline._clinical_base import (
+    JOB_ID_RE,
+    InvalidRequest,
+    JobView,
+    ResultView,
+    ServiceCore,
+    SignOffView,
+)
+from radvault.pipeline._clinical_tables import (
+    AnalysisRunRow,
+)
+from radvault.vault.audit import Outcome
+from radvault.vault.catalog import ResultRecord, canonical_json
+
+__all__ = ["ANALYSE_TASK", "AnalysisCases"]
+
+ANALYSE_TASK = "clinical.analyse"
+"""The job task that analyses the instances of one study."""
+
+
+class AnalysisCases(ServiceCore):
+    """Analysis use cases: queue, follow, read results and heatmaps."""
+
+    if TYPE_CHECKING:  # provided by ClinicalService, which this mixin is a base of
+
+        def _signoffs(self, instance_id: str) -> list[SignOffView]: ...
+
+    # ------------------------------------------------------------------ analysis
+
+    def start_analysis(self, principal: Principal, study_id: str, *,
+                       instance_id: str | None = None, model: str | None = None) -> JobView:
+        """Queue the analysis of a study (or one of its instances); idempotent.
+
+        Asking again for the same instances and model returns the same job,
+        whatever its state, unless it failed: then a new job is started.
+
+        Parameters
+        ----------
+        principal : Principal
+            A radiologist granted the study.
+        study_id : str
+            The study.
+        instance_id : str, optional
+            One instance; default every instance of the study.
+        model : str, optional
+            A model folder name; default the registry's choice per image.
+
+        Returns
+        -------
+        JobView
+            The job (``pending`` at first).
+
+        Raises
+        ------
+        AccessDenied
+            If not granted (audited).
+        ObjectNotFound
+            If the instance is not in the study.
+        InvalidRequest
+            If the study has no images or the model name is malformed.
+        """
+        if instance_id is not None:
+            study, inst = self._instance(principal, Action.ANALYSE, study_id, instance_id)
+            instance_ids = [inst.instance_id]
+        else:
+            study = self._study(principal, Action.ANALYSE, study_id)
+            instance_ids = [i.instance_id for i in self.vault.catalog.instances_of_study(
+                study.study_id)]
+        if not instance_ids:
+            raise InvalidRequest("the study has no images to analyse")
+        if model is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", model):
+            raise InvalidRequest("invalid model name")
+        payload = {"study_id": study.study_id, "instance_ids": sorted(instance_ids),
+                   "model": model}
+        key = "clinical.analyse:" + hashlib.sha256(canonical_json(payload)).hexdigest()[:48]
+        runner = self._runner()
+        job = runner.submit(ANALYSE_TASK, payload, idempotency_key=key,
+                            actor=principal.username)
+        for _ in range(20):  # a failed job is not the final word: chain a fresh one
+            if job.status is not JobStatus.FAILED:
+                break
+            job = runner.submit(ANALYSE_TASK, payload, idempotency_key=f"{key}:{job.job_id}",
+                                actor=principal.username)
+        self.vault.audit.append(principal.username, "analysis.request", Outcome.OK,
+                                object_ids=[study.study_id, *payload["instance_ids"]][:64],
+                                details={"job_id": job.job_id, "model": model})
+        return _job_view(job)
+
+    def job(self, principal: Principal, job_id: str) -> JobView:
+        """An analysis job's state, for a caller granted its study.
+
+        Raises
+        ------
+        ObjectNotFound
+            If there is no such analysis job (audited as a refused look-up).
+        AccessDenied
+            If the caller is not granted the job's study (audited).
+        """
+        if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+            raise self._not_found(principal, Action.VIEW_RESULT, "job", "")
+        try:
+            job = self._runner().get(job_id)
+        except ObjectNotFound:
+            job = None
+        if job is None or job.task != ANALYSE_TASK:
+            raise self._not_found(principal, Action.VIEW_RESULT, "job", job_id)
+        self._study(principal, Action.VIEW_RESULT, str(job.payload.get("study_id")))
+        return _job_view(job)
+
+    def results(self, principal: Principal, study_id: str,
+                instance_id: str) -> list[ResultView]:
+        """Every stored analysis of one instance, oldest first, with sign-offs.
+
+        Raises
+        ------
+        AccessDenied
+            If not granted (audited).
+        ObjectNotFound
+            If the instance is not in the study.
+        """
+        study, inst = self._instance(principal, Action.VIEW_RESULT, study_id, instance_id)
+        records = self.vault.catalog.results_of_instance(inst.instance_id)
+        signoffs = {s.result_id: s for s in self._signoffs(inst.instance_id)}
+        views = [_result_view(study.study_id, r, signoffs.get(r.result_id)) for r in records]
+        self.vault.audit.append(principal.username, "result.read", Outcome.OK,
+                                object_ids=[study.study_id, inst.instance_id],
+                                details={"results": len(views)})
+        return views
+
+    def latest_result(self, principal: Principal, study_id: str,
+                      instance_id: str) -> ResultView:
+        """The newest analysis of one instance.
+
+        Raises
+        ------
+        AccessDenied
+            If not granted (audited).
+        ObjectNotFound
+            If the instance is not in the study or was never analysed.
+        """
+        views = self.results(principal, study_id, instance_id)
+        if not views:
+            raise ObjectNotFound(f"instance {instance_id} has not been analysed")
+        return views[-1]
+
+    def heatmap(self, principal: Principal, study_id: str, instance_id: str) -> bytes:
+        """The class-activation overlay of an analysed instance (PNG, computed in memory).
+
+        Raises
+        ------
+        AccessDenied
+            If not granted (audited).
+        ObjectNotFound
+            If the instance is not in the study or was never analysed.
+        ModelError
+            If no model can compute it.
+        """
+        _, inst = self._instance(principal, Action.VIEW_RESULT, study_id, instance_id)
+        if not self.vault.catalog.results_of_instance(inst.instance_id):
+            raise ObjectNotFound(f"instance {inst.instance_id} has not been analysed")
+        return self._analyser(principal.username).heatmap_png(inst.instance_id)
+
+    # ------------------------------------------------------------------ analysis task
+
+    def _run_analysis(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The body of :func:`~radvault.pipeline.clinical.analyse_task` (see there)."""
+        info = current_job()
+        if info is None:
+            raise ConfigurationError("the analysis task runs inside a job only")
+        study_id = str(payload.get("study_id", ""))
+        instance_ids = [str(i) for i in payload.get("instance_ids", [])]
+        model = payload.get("model")
+        principal = self._principal_of(info.actor)
+        study = self._study(principal, Action.ANALYSE, study_id)
+        analyser = self._analyser(info.actor)
+        for instance_id in instance_ids:
+            inst = self.vault.catalog.get_instance(instance_id)
+            if inst.study_id != study.study_id:
+                raise ObjectNotFound(f"study {study.study_id} has no instance {instance_id}")
+        # What an earlier run of this job stored is kept (a resumed job redoes only what is
+        # missing); the rest go in batches: one model call and one commit per batch. A
+        # failed instance fails the job once the others are stored and recorded.
+        runs = {i: self._run_of(info.job_id, i) for i in instance_ids}
+        pending = [i for i, done in runs.items() if done is None]
+        if pending:
+            batch = analyser.analyse_many(pending, model_name=model)
+            for result in batch.results:
+                runs[result.instance_id] = self._record_run(info.job_id, result.instance_id,
+                                                            result.result_id)
+            if batch.failures:
+                raise batch.failures[0][1]
+        out = []
+        for instance_id in instance_ids:
+            done = runs[instance_id]
+            record = next((r for r in self.vault.catalog.results_of_instance(instance_id)
+                           if r.result_id == done), None)
+            if record is None:
+                raise IntegrityError(f"result {done} of job {info.job_id} is missing")
+            out.append({"instance_id": instance_id, "result_id": record.result_id,
+                        "model_id": record.model_id,
+                        "predicted_class": record.payload.get("predicted_class"),
+                        "probability": record.payload.get("probability"),
+                        "refer": record.payload.get("refer")})
+        return {"study_id": study.study_id, "results": out}
+
+    def _principal_of(self, username: str) -> Principal:
+        """The current principal of an account (for a job run on its behalf)."""
+        user = self.accounts.find_user(username)
+        if user is None or (user.is_locked(datetime.now(UTC)) and user.locked_by_admin):
+            raise AccessDenied("the job's requester is no longer an active user")
+        scopes = frozenset(a.value for a in ROLE_ACTIONS[user.role])
+        return Principal(user.username, user.role, user.site, scopes)
+
+    def _run_of(self, job_id: str, instance_id: str) -> str | None:
+        with self._read.begin() as session:
+            row = session.get(AnalysisRunRow, (job_id, instance_id))
+            return None if row is None else row.result_id
+
+    def _record_run(self, job_id: str, instance_id: str, result_id: str) -> str:
+        try:
+            with self._write.begin() as session:
+                session.add(AnalysisRunRow(job_id=job_id, instance_id=instance_id,
+                                           result_id=result_id, created_at=datetime.now(UTC)))
+            return result_id
+        except SQLIntegrityError:  # a concurrent re-run recorded first: keep its result
+            existing = self._run_of(job_id, instance_id)
+            assert existing is not None
+            return existing
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _result_view(study_id: str, record: ResultRecord, signoff: SignOffView | None) -> ResultView:
+    p = record.payload
+    return ResultView(
+        result_id=record.result_id, study_id=study_id, instance_id=record.instance_id,
+        model_id=record.model_id, created_at=record.created_at, task=str(p.get("task", "")),
+        predicted_class=str(p.get("predicted_class", "")),
+        probability=float(p.get("probability", 0.0)),
+        probabilities={str(k): float(v) for k, v in dict(p.get("probabilities", {})).items()},
+        refer=bool(p.get("refer", False)), reasons=tuple(str(r) for r in p.get("reasons", [])),
+        refer_threshold=(float(p["refer_threshold"]) if p.get("refer_threshold") is not None
+                         else None),
+        signoff=signoff)
+
+
+def _job_view(job: Job) -> JobView:
+    result = job.result or {}
+    return JobView(
+        job_id=job.job_id, status=job.status.value,
+        study_id=str(job.payload.get("study_id", "")),
+        instance_ids=tuple(str(i) for i in job.payload.get("instance_ids", [])),
+        model=job.payload.get("model"), attempts=job.attempts, created_at=job.created_at,
+        finished_at=job.finished_at,
+        error=job.error.split(":", 1)[0] if job.error and job.status is JobStatus.FAILED
+        else None,
+        results=tuple(dict(r) for r in result.get("results", [])))
