@@ -6,7 +6,8 @@ refuse malformed ids (audited), and audit refusals the policy object cannot
 phrase. :class:`~radvault.pipeline.clinical.ClinicalService` is built from
 this core and the mixins of :mod:`._clinical_studies` (upload, browse, render),
 :mod:`._clinical_analysis` (analysis jobs, results, heatmaps), :mod:`._clinical_admin`,
-:mod:`._clinical_reports` and :mod:`._clinical_dicomweb`.
+:mod:`._clinical_reports` and :mod:`._clinical_dicomweb` (with :mod:`._dicomweb_query`
+and :mod:`._dicomweb_store`).
 """
 
 from __future__ import annotations
