@@ -232,3 +232,37 @@ def test_verify_reports_a_shredded_objects_row_edit(
 
     assert not report.ok
     assert any(obj.object_id in p and "signature invalid" in p for p in report.problems)
+
+
+def test_a_new_passphrase_opens_everything_and_the_old_one_nothing(
+    kit: Kit, vault: Vault, filled: dict[str, str], settings,
+) -> None:
+    from radvault.errors import VaultLocked
+
+    with pytest.raises(VaultLocked, match="12 characters"):
+        vault.change_passphrase("too short", actor=ACTOR)
+    vault.change_passphrase("a brand new vault passphrase", actor=ACTOR)
+    assert vault.audit.query(action="passphrase_change")
+    vault.close()
+    with pytest.raises(VaultLocked):
+        Vault.open(settings, kit.PASSPHRASE)
+    with Vault.open(settings, "a brand new vault passphrase") as reopened:
+        _read_all(reopened, filled)
+        assert verify_vault(reopened).ok
+
+
+def test_the_public_key_alone_verifies_the_audit_trail_and_writes_nothing(
+    kit: Kit, vault: Vault, filled: dict[str, str], settings,
+) -> None:
+    from radvault.vault.vault import verify_audit_with_public_key
+
+    vault.close()
+    home = settings.home
+    public = (home / "vault.pub").read_text()
+    before = kit.file_digests(home)
+    report = verify_audit_with_public_key(settings, public)
+    assert report.ok and report.entries_checked > 0
+    after = kit.file_digests(home)
+    assert {k: after.get(k) for k in before} == before  # nothing appended, signed or changed
+    other = "11" * 32
+    assert not verify_audit_with_public_key(settings, other).ok
