@@ -294,13 +294,7 @@ def new_signing_key(key_path: str | PathLike[str], keys_dir: str | PathLike[str]
             fh.write(signer.private_pem())
             fh.flush()
             os.fsync(fh.fileno())
-        pub = keys / f"{signer.key_id}.pub"
-        tmp = pub.with_name(pub.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(signer.public_pem())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, pub)
+        _atomic_write(keys / f"{signer.key_id}.pub", signer.public_pem())
     except OSError as exc:  # no half-made key is left behind to block a retry
         key_file.unlink(missing_ok=True)
         raise ModelError(f"cannot write the signing key ({exc.strerror})") from None
@@ -406,8 +400,12 @@ def _canonical_json(obj: Any) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` through a flushed temporary file and a rename."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

@@ -13,6 +13,8 @@ and :mod:`._dicomweb_store`).
 from __future__ import annotations
 
 import hashlib
+import heapq
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -26,7 +28,7 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from radvault.access.oidc import OIDCSettings
-from radvault.access.policy import ROLE_ACTIONS, Action, Policy, Resource
+from radvault.access.policy import ROLE_ACTIONS, Action, Policy, Resource, StudyScope
 from radvault.access.principal import Principal
 from radvault.access.tokens import TokenService
 from radvault.access.users import Accounts, LockoutPolicy
@@ -85,6 +87,8 @@ REASON_MAX = 1000
 SIGNOFF_TYPE = "radvault.signoff/1"
 #: Studies a site-scoped search (study list, DICOMweb QIDO) reads at most before it stops.
 SCAN_LIMIT = 20_000
+
+logger = logging.getLogger(__name__)
 
 
 class ReportFormat(StrEnum):
@@ -289,6 +293,27 @@ class ServiceCore:
         self._analysers: OrderedDict[str, Analyser] = OrderedDict()
         self._analysers_lock = threading.Lock()
         self._started = False
+
+    def _studies_in_scope(self, scope: StudyScope, *, site: str | None = None,
+                          search: str = "study") -> Iterator[StudyRecord]:
+        """The studies of a scope (optionally of one site), newest first, at most
+        :data:`SCAN_LIMIT` of them: every site's pages and the single grants, merged."""
+        sources: list[Iterator[StudyRecord]] = [
+            self._studies_of_site(s) for s in sorted(scope.sites) if site is None or s == site]
+        singles = []
+        for study_id in sorted(scope.study_ids):
+            try:
+                study = self.vault.catalog.get_study(study_id)
+            except ObjectNotFound:
+                continue
+            if study.site not in scope.sites and (site is None or study.site == site):
+                singles.append(study)
+        sources.append(iter(sorted(singles, key=newest_first)))
+        for scanned, study in enumerate(heapq.merge(*sources, key=newest_first)):
+            if scanned >= SCAN_LIMIT:
+                logger.warning("%s search stopped after %d studies", search, SCAN_LIMIT)
+                return
+            yield study
 
     def _studies_of_site(self, site: str, batch: int = 200) -> Iterator[StudyRecord]:
         """Every study of a site, newest first, read a page at a time."""

@@ -31,7 +31,6 @@ series or instance by the pseudonymous id the rest of the API uses.
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -78,7 +77,6 @@ __all__ = [
     "StoreResult",
 ]
 
-logger = logging.getLogger(__name__)
 
 EXPLICIT_VR_LITTLE_ENDIAN = str(ExplicitVRLittleEndian)
 """The transfer syntax a WADO-RS answer defaults to (PS3.18 8.7.3.5.2)."""

@@ -9,10 +9,7 @@ render a granted image as a PNG, decrypted and rendered in memory only.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import io
-import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
@@ -37,13 +34,11 @@ from radvault.pipeline._clinical_base import (
     BODY_PART_RE,
     FILE_NAME_MAX,
     MODALITY_RE,
-    SCAN_LIMIT,
     ImageView,
     InvalidRequest,
     ServiceCore,
     StudyDetail,
     UploadResult,
-    newest_first,
 )
 from radvault.pipeline.ingest import Ingestor
 from radvault.pipeline.retrieve import open_image
@@ -55,9 +50,6 @@ if TYPE_CHECKING:
     from radvault.pipeline._clinical_tables import SignOffRow
 
 __all__ = ["StudyCases"]
-
-logger = logging.getLogger(__name__)
-
 
 
 class StudyCases(ServiceCore):
@@ -216,19 +208,6 @@ class StudyCases(ServiceCore):
         if not 1 <= limit <= 500 or offset < 0:
             raise InvalidRequest("limit must be within 1..500 and offset not negative")
         scope = self.policy.visible_study_filter(principal)
-        sources: list[Iterator[StudyRecord]] = [
-            self._studies_of_site(s) for s in sorted(scope.sites)
-            if site is None or s == site
-        ]
-        singles = []
-        for study_id in sorted(scope.study_ids):
-            try:
-                study = self.vault.catalog.get_study(study_id)
-            except ObjectNotFound:
-                continue
-            if study.site not in scope.sites and (site is None or study.site == site):
-                singles.append(study)
-        sources.append(iter(sorted(singles, key=newest_first)))
 
         def wanted(s: StudyRecord) -> bool:
             return ((modality is None or (s.modality or "").upper() == modality.upper())
@@ -237,10 +216,7 @@ class StudyCases(ServiceCore):
 
         page: list[StudyRecord] = []
         seen = 0
-        for scanned, study in enumerate(heapq.merge(*sources, key=newest_first)):
-            if scanned >= SCAN_LIMIT:
-                logger.warning("study search stopped after %d studies", SCAN_LIMIT)
-                break
+        for study in self._studies_in_scope(scope, site=site):
             if not wanted(study):
                 continue
             if seen >= offset:
@@ -249,7 +225,6 @@ class StudyCases(ServiceCore):
                     break
             seen += 1
         return page
-
 
     def study(self, principal: Principal, study_id: str) -> StudyDetail:
         """One study and its instances.
@@ -344,7 +319,6 @@ class StudyCases(ServiceCore):
 
 
 # --------------------------------------------------------------------------- helpers
-
 
 
 _INGEST_ERRORS: dict[str, type[ImageInputError]] = {

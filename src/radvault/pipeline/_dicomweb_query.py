@@ -9,8 +9,6 @@ query can probe hidden values. :class:`DicomWebQueryCases` is a base of
 
 from __future__ import annotations
 
-import heapq
-import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,17 +24,14 @@ from radvault.access.principal import Principal
 from radvault.errors import ObjectNotFound
 from radvault.pipeline._clinical_base import (
     ID_RE,
-    SCAN_LIMIT,
     InvalidRequest,
     ServiceCore,
-    newest_first,
 )
 from radvault.vault.audit import Outcome
 from radvault.vault.catalog import InstanceRecord, StudyRecord
 
 __all__ = ["QIDO_LEVELS", "DicomWebQueryCases", "SearchResult"]
 
-logger = logging.getLogger(__name__)
 
 QIDO_LEVELS = ("study", "series", "instance")
 """The levels a QIDO-RS search can be made at."""
@@ -295,24 +290,9 @@ class DicomWebQueryCases(ServiceCore):
                 if scope.contains(study.study_id, study.site) and study.shredded_at is None:
                     yield study
             return
-        sources: list[Iterator[StudyRecord]] = [
-            self._studies_of_site(s) for s in sorted(scope.sites)]
-        singles = []
-        for uid in sorted(scope.study_ids):
-            try:
-                study = self.vault.catalog.get_study(uid)
-            except ObjectNotFound:
-                continue
-            if study.site not in scope.sites:
-                singles.append(study)
-        sources.append(iter(sorted(singles, key=newest_first)))
-        for scanned, study in enumerate(heapq.merge(*sources, key=newest_first)):
-            if scanned >= SCAN_LIMIT:
-                logger.warning("DICOMweb search stopped after %d studies", SCAN_LIMIT)
-                return
+        for study in self._studies_in_scope(scope, search="DICOMweb"):
             if study.shredded_at is None:
                 yield study
-
 
     def _qido_rows(self, level: str, studies: Iterator[StudyRecord],
                    series_id: str | None) -> Iterator[dict[str, Any]]:

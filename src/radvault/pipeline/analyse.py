@@ -292,8 +292,8 @@ class Analyser:
         objects = self.vault.catalog.objects_of_instances(chunk, kinds=(MODEL_INPUT_KIND,))
         try:
             for instance_id in chunk:
-                obj = next((o for o in objects.get(instance_id, ())
-                            if o.kind == MODEL_INPUT_KIND and o.study_id is not None), None)
+                obj = next((o for o in objects.get(instance_id, ()) if o.study_id is not None),
+                           None)
                 try:
                     if obj is None:
                         prepared.append(self._prepare(instance_id, model_name))

@@ -31,7 +31,6 @@ grant before it opens anything.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -88,7 +87,6 @@ __all__ = [
     "token_signing_key",
 ]
 
-logger = logging.getLogger(__name__)
 
 _TOKEN_KEY_INFO = b"radvault/api-token-signing-key/v1"
 
