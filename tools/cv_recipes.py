@@ -98,9 +98,10 @@ def fold_manifests(manifest: Path, task: str, folds: int, out: Path,
     return paths, shuffle
 
 
-def summarise_cv(sweep_summary: dict[str, Any], recipes: list[str], folds: int
-                 ) -> dict[str, Any]:
-    """Per recipe, the held-out figures of every (fold, seed) and their mean and spread."""
+def summarise_cv(sweep_summary: dict[str, Any], recipes: list[str], folds: int,
+                 reference: str | None = None) -> dict[str, Any]:
+    """Per recipe, the held-out figures of every (fold, seed), their mean and spread, and
+    the paired held-out AUC difference against ``reference`` (default: the runner-up)."""
     keys = ("auc_macro", "accuracy", "mcc", "balanced_accuracy")
     out: dict[str, Any] = {"recipes": {}, "metric": "held-out macro AUC (mean over folds "
                                                       "and seeds)"}
@@ -121,18 +122,21 @@ def summarise_cv(sweep_summary: dict[str, Any], recipes: list[str], folds: int
                 if out["recipes"][r]["heldout"]["auc_macro"]["mean"] is not None]
     out["ranking"] = sorted(complete, reverse=True,
                             key=lambda r: out["recipes"][r]["heldout"]["auc_macro"]["mean"])
-    if len(out["ranking"]) >= 2:
-        best, second = out["ranking"][:2]
-        diffs = []  # paired by (fold, seed): the two recipes saw the same data and seed
-        a = {(r["fold"], r["seed"]): r["heldout"]["auc_macro"]
-             for r in out["recipes"][best]["runs"]}
-        for r in out["recipes"][second]["runs"]:
-            other = a.get((r["fold"], r["seed"]))
-            if other is not None and r["heldout"]["auc_macro"] is not None:
-                diffs.append(other - r["heldout"]["auc_macro"])
-        out["paired_difference"] = {"recipes": [best, second], "n": len(diffs),
-                                    "wins": sum(d > 0 for d in diffs),
-                                    **sweep._mean_sd(diffs)}
+    ref = reference if reference in out["recipes"] else None
+    if ref is None and len(out["ranking"]) >= 2:
+        ref = out["ranking"][1]
+    if ref is not None:
+        base = {(r["fold"], r["seed"]): r["heldout"]["auc_macro"]
+                for r in out["recipes"][ref]["runs"]}
+        out["paired_against"] = ref
+        for recipe in recipes:
+            # paired by (fold, seed): both recipes saw the same data and the same seed
+            diffs = [r["heldout"]["auc_macro"] - base[(r["fold"], r["seed"])]
+                     for r in out["recipes"][recipe]["runs"]
+                     if recipe != ref and base.get((r["fold"], r["seed"])) is not None
+                     and r["heldout"]["auc_macro"] is not None]
+            out["recipes"][recipe]["paired_vs_reference"] = {
+                "n": len(diffs), "wins": sum(d > 0 for d in diffs), **sweep._mean_sd(diffs)}
     return out
 
 
@@ -145,11 +149,12 @@ def print_cv(cv: dict[str, Any]) -> None:
         print(f"{name:<12} {cv['recipes'][name]['finished']:>4}  "
               f"{sweep._fmt(h['auc_macro']):>15} {sweep._fmt(h['accuracy']):>15} "
               f"{sweep._fmt(h['mcc']):>15} {sweep._fmt(h['balanced_accuracy']):>15}")
-    d = cv.get("paired_difference")
-    if d and d["mean"] is not None:
-        print(f"paired ({d['recipes'][0]} - {d['recipes'][1]}): {d['mean']:+.4f} ± "
-              f"{d['sd']:.4f}, better in {d['wins']} of {d['n']}")
-
+    ref = cv.get("paired_against")
+    for name in cv["ranking"]:
+        d = cv["recipes"][name].get("paired_vs_reference") or {}
+        if name != ref and d.get("mean") is not None:
+            print(f"paired ({name} - {ref}): {d['mean']:+.4f} ± {d['sd']:.4f}, "
+                  f"better in {d['wins']} of {d['n']}")
 
 def main(argv: list[str] | None = None) -> int:
     """Write the folds, run every recipe on every fold, rank; 1 if a run failed."""
@@ -167,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--config", action="append", required=True, metavar="NAME=ARGS",
                    help="a recipe: its name and the train options that differ")
+    p.add_argument("--reference", default=None, metavar="NAME",
+                   help="recipe every other is compared with, run by run (default: the "
+                        "runner-up)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--jobs", type=int, default=None)
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS")
@@ -196,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                                        f"--test-split heldout"]
     status = sweep.main([*sweep_argv, "--", "--task", args.task, *common])
     sweep_summary = json.loads((args.out / "runs" / "summary.json").read_text())
-    cv = summarise_cv(sweep_summary, list(recipes), args.folds)
+    cv = summarise_cv(sweep_summary, list(recipes), args.folds, args.reference)
     cv.update(task=args.task, folds=args.folds, fold_shuffle=shuffle, seeds=args.seeds,
               recipes_args=recipes, common_args=common, pooled_splits=args.pool,
               manifest_sha256=_sha256(args.manifest),
