@@ -98,7 +98,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, toy_manifest: Path, toy_ta
     config = TrainConfig(source=ManifestSource(toy_manifest, toy_task_file),
                          out_dir=out / "toy", network="resnet18", width=0.25,
                          preprocess=tiny_settings, epochs=8, batch_size=8, seed=0, threads=1,
-                         checkpoint_dir=out / "ckpt")
+                         checkpoint_dir=out / "ckpt", device="cpu")
     return train(config, progress=False, signer=signer)
 
 

@@ -21,7 +21,7 @@ def second(tmp_path_factory, toy_manifest, toy_task_file, tiny_settings, signer)
     config = TrainConfig(source=ManifestSource(toy_manifest, toy_task_file),
                          out_dir=out / "toy", network="resnet18", width=0.25,
                          preprocess=tiny_settings, epochs=2, batch_size=8, seed=1, threads=1,
-                         checkpoint_dir=out / "ckpt")
+                         checkpoint_dir=out / "ckpt", device="cpu")
     return train(config, progress=False, signer=signer)
 
 

@@ -44,6 +44,9 @@ def test_card_records_what_service_needs(trained, toy_manifest):
 
 
 def _config(manifest, task, settings, out, **kw):
+    # the CPU unless a test names a GPU: "auto" would pick a GPU where there is one, and
+    # these tests protect the CPU path (bit-for-bit repeatable; the GPU tests say "cuda")
+    kw.setdefault("device", "cpu")
     return TrainConfig(source=ManifestSource(manifest, task), out_dir=out / "m",
                        network="resnet18", width=0.125, preprocess=settings, batch_size=16,
                        threads=1, checkpoint_dir=out / "ckpt", **kw)
@@ -191,7 +194,7 @@ def test_a_run_can_start_from_another_runs_backbone(toy_manifest, toy_task_file,
     train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path / "a", epochs=1,
                   optimisation=opt), progress=False)
     checkpoint = tmp_path / "a" / "ckpt" / "checkpoint.pt"
-    source = torch.load(checkpoint, weights_only=True)["best_state"]
+    source = torch.load(checkpoint, map_location="cpu", weights_only=True)["best_state"]
 
     five_classes = build_network("resnet18", 5, width=0.125)
     load_backbone(five_classes, checkpoint)
