@@ -45,6 +45,9 @@
 # shipped its best validation run (plain seed 1), then `release` again.
 # Session 6 (CPU): hires select. No 256 px run beat the shipped model on validation, so
 # models/ is unchanged (docs/models.md: lung_ct at 256 px is better on test).
+# Session 7 (GPU): tools/cv_recipes.py cross-validated lung_ct's recipes over its train and
+# validation series (128 px fine-tuned, 128 px and 256 px from scratch); none beat the
+# shipped recipe, so models/ is unchanged (commands in docs/models.md).
 #
 # Usage: tools/train_shipped_models.sh [STAGE...]   (default: every stage, then select)
 # Environment:
