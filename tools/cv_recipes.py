@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     cv.update(task=args.task, folds=args.folds, fold_shuffle=shuffle, seeds=args.seeds,
               recipes_args=recipes, common_args=common, pooled_splits=args.pool,
               manifest_sha256=_sha256(args.manifest),
-              fold_groups=[sorted({_group(line) for line in path.read_text().splitlines()[1:]
-                                   if ",heldout," in line}) for path in paths])
+              fold_groups=[_heldout_groups(path) for path in paths])
     (args.out / "cv_summary.json").write_text(json.dumps(cv, indent=1))
     print_cv(cv)
     return status
@@ -221,10 +220,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _group(csv_line: str) -> str:
+def _heldout_groups(fold_manifest: Path) -> list[str]:
+    """The groups (series) a fold holds out, for the record."""
     import csv
 
-    return next(csv.reader([csv_line]))[7]
+    with open(fold_manifest, newline="") as fh:
+        return sorted({r["group"] for r in csv.DictReader(fh) if r["split"] == "heldout"})
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ def test_every_recipe_runs_on_every_fold_and_is_compared_run_by_run(toy_manifest
     cv = json.loads((out / "cv_summary.json").read_text())
     assert set(cv["ranking"]) == {"plain", "enhanced"}
     assert cv["paired_against"] == "enhanced"
+    held = [set(groups) for groups in cv["fold_groups"]]  # each fold holds out its own series
+    assert len(held) == 3 and all(held) and not (held[0] & held[1] or held[1] & held[2])
     for name in ("plain", "enhanced"):
         runs = cv["recipes"][name]["runs"]
         assert sorted(r["fold"] for r in runs) == [0, 1, 2]
