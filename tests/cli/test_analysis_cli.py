@@ -114,3 +114,61 @@ def test_analyze_a_study_runs_every_instance_and_reports_one_that_fails_verifica
     out = " ".join(capsys.readouterr().out.split())
     assert f"{outcomes[1].instance_id}: not analysed (IntegrityError" in out
     assert "1 of 3 instances not analysed" in out
+
+
+def test_analyze_refuses_options_that_contradict_a_dicom_header(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pydicom.data import get_testdata_file
+
+    ct = get_testdata_file("CT_small.dcm")  # ships with pydicom: no download
+    assert main(["analyze", ct, "--modality", "US", "--json"]) == 2
+    assert "contradicts the DICOM header (CT)" in capsys.readouterr().err
+
+
+def test_analyze_says_what_is_missing_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = SAMPLES / "chest_xray__normal__IM-0009-0001.jpeg"
+    assert main(["analyze", str(tmp_path / "missing.png")]) == 6  # not taken for a vault id
+    assert "no such file" in capsys.readouterr().err
+    assert main(["analyze", str(image), "--model", str(tmp_path / "nosuch")]) == 6
+    assert "no model folder" in capsys.readouterr().err
+    assert main(["analyze", str(image), "--heatmap", str(tmp_path / "no" / "cam.png")]) == 2
+    assert "--heatmap: no folder" in capsys.readouterr().err
+
+
+@needs_models
+def test_analyze_a_file_uses_the_configured_referral_threshold(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = SAMPLES / "chest_xray__normal__IM-0009-0001.jpeg"
+    monkeypatch.setenv("RADVAULT_REFER_THRESHOLD", "1.0")  # nothing is that sure
+    assert main(["analyze", str(image), "--modality", "DX", "--body-part", "CHEST",
+                 "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["refer"] is True and "low_confidence" in result["reasons"]
+
+
+@needs_models
+def test_a_shipped_medmnist_model_verifies_with_the_shipped_keys(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    image = SAMPLES / "chest_xray__normal__IM-0009-0001.jpeg"
+    model = MODELS / "medmnist" / "pneumoniamnist"
+    assert main(["analyze", str(image), "--model", str(model), "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["model_id"].startswith("pneumoniamnist-")
+    (tmp_path / "keys").mkdir()  # an empty trusted-key folder trusts nothing
+    assert main(["analyze", str(image), "--model", str(model), "--keys",
+                 str(tmp_path / "keys")]) == 5
+    assert "untrusted key" in capsys.readouterr().err
+
+
+def test_a_model_signing_key_inside_the_models_tree_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "models" / "keys"
+    assert main(["keys", "model-key", "--out", str(tmp_path / "models" / "k.pem"),
+                 "--keys", str(keys)]) == 2
+    assert "keep the private key elsewhere" in capsys.readouterr().err

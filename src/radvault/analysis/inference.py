@@ -41,7 +41,7 @@ from radvault.errors import IntegrityError, ModelError, ModelIntegrityError
 from radvault.imaging.records import ImageRecord
 
 __all__ = ["LoadedModel", "ModelCard", "Prediction", "load_model", "onnx_logits",
-           "onnx_session"]
+           "onnx_session", "trusted_keys_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -423,8 +423,8 @@ def verify_model_dir(path: str | PathLike[str], verifier: Verifier | None = None
         The model folder.
     verifier : Verifier, optional
         Checks the signature (e.g. the vault's). Without one, the key named in
-        ``signature.json`` is looked up in ``keyring``, by default
-        ``<path>/../keys`` (the registry's ``models/keys``).
+        ``signature.json`` is looked up in ``keyring``, by default in
+        :func:`trusted_keys_dir` (the registry's ``models/keys``).
     require_signature : bool
         Refuse a folder without ``signature.json`` (default).
 
@@ -458,9 +458,15 @@ def verify_model_dir(path: str | PathLike[str], verifier: Verifier | None = None
             raise ModelIntegrityError(f"{folder}: {ONNX_FILE} does not match its signature")
         if sig.get("card_sha256") != card_sha:
             raise ModelIntegrityError(f"{folder}: {CARD_FILE} does not match its signature")
-        if verifier is None:
-            ring = keyring if keyring is not None else ModelKeyring.from_dir(folder.parent / "keys")
-            verifier = ring.verifier(key_id)
+        if verifier is None and keyring is not None:
+            verifier = keyring.verifier(key_id)
+        elif verifier is None:
+            keys_dir = trusted_keys_dir(folder)
+            try:
+                verifier = ModelKeyring.from_dir(keys_dir).verifier(key_id)
+            except ModelIntegrityError as exc:
+                raise ModelIntegrityError(f"{folder}: {exc} (looked in {keys_dir}; name a "
+                                          "folder of trusted keys with --keys)") from None
         elif getattr(verifier, "key_id", key_id) != key_id:
             raise ModelIntegrityError(f"{folder}: signed by another key than the verifier's")
         try:
@@ -478,6 +484,17 @@ def verify_model_dir(path: str | PathLike[str], verifier: Verifier | None = None
     return card
 
 
+def trusted_keys_dir(model_dir: str | PathLike[str]) -> Path:
+    """Where a model folder's trusted public keys are by default: the nearest ``keys``
+    folder beside it or one level up (``models/<task>`` and ``models/medmnist/<set>`` both
+    find ``models/keys``); ``<model_dir>/../keys`` if there is neither."""
+    folder = Path(model_dir)
+    for candidate in (folder.parent / "keys", folder.parent.parent / "keys"):
+        if candidate.is_dir():
+            return candidate
+    return folder.parent / "keys"
+
+
 def load_model(path: str | PathLike[str], verifier: Verifier | None = None, *,
                keyring: ModelKeyring | None = None, require_signature: bool = True,
                refer_threshold: float | None = None, threads: int | None = None) -> LoadedModel:
@@ -490,7 +507,7 @@ def load_model(path: str | PathLike[str], verifier: Verifier | None = None, *,
     verifier : Verifier, optional
         See :func:`verify_model_dir`.
     keyring : ModelKeyring, optional
-        Trusted keys when no verifier is given (default ``<path>/../keys``).
+        Trusted keys when no verifier is given (default: :func:`trusted_keys_dir`).
     require_signature : bool
         Refuse unsigned folders (default).
     refer_threshold : float, optional

@@ -62,6 +62,8 @@ class ModelRegistry:
         Folder holding model folders (and ``keys/``).
     default : str
         Name of the fallback model folder.
+    keys_dir : path, optional
+        Folder of trusted model public keys (default: ``root/keys``).
 
     Raises
     ------
@@ -70,15 +72,23 @@ class ModelRegistry:
     """
 
     def __init__(self, root: str | PathLike[str] | None = None, *,
-                 default: str = DEFAULT_MODEL) -> None:
+                 default: str = DEFAULT_MODEL,
+                 keys_dir: str | PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_models_dir()
         if not self.root.is_dir():
             raise ModelError(f"{self.root}: no such model folder")
         self.default = default
+        self.keys_dir = Path(keys_dir) if keys_dir is not None else None
 
     @property
     def keyring(self) -> ModelKeyring:
-        """Trusted keys in ``root/keys``."""
+        """Trusted keys: ``keys_dir`` if given, else ``root/keys`` (or, for a nested root
+        such as ``models/medmnist``, ``models/keys``)."""
+        if self.keys_dir is not None:
+            return ModelKeyring.from_dir(self.keys_dir)
+        for candidate in (self.root / "keys", self.root.parent / "keys"):
+            if candidate.is_dir():
+                return ModelKeyring.from_dir(candidate)
         return ModelKeyring.from_dir(self.root / "keys")
 
     def entries(self) -> list[ModelEntry]:

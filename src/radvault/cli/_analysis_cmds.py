@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Annotated
 
@@ -71,6 +73,8 @@ def analyze(
     body_part: Annotated[str | None, typer.Option(help="Body part of a PNG/JPEG file.")] = None,
     heatmap: Annotated[Path | None, typer.Option(
         help="Write the CAM overlay PNG here (one image or instance).")] = None,
+    keys: Annotated[Path | None, typer.Option(
+        help="Folder of trusted model public keys (default: the models' keys folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Classify an image, or every instance of a vault study (in batches): calibrated
@@ -80,10 +84,20 @@ def analyze(
     @handle_errors
     def run() -> None:
         path = Path(target)
+        settings = settings_from_context(ctx)
+        if heatmap is not None and not heatmap.parent.is_dir():
+            raise ConfigurationError(f"--heatmap: no folder {heatmap.parent}")
+        if model is not None and not model.is_dir():
+            raise ObjectNotFound(f"--model: no model folder {model}")
+        if keys is not None and not keys.is_dir():
+            raise ObjectNotFound(f"--keys: no folder {keys}")
         if path.is_file():
-            results = [_analyze_file(path, model, modality, body_part, heatmap)]
+            results = [_analyze_file(path, model, modality, body_part, heatmap, keys,
+                                     settings.refer_threshold)]
+        elif _looks_like_a_file(target):
+            raise ObjectNotFound(f"no such file: {target}")
         else:
-            results = _analyze_vault(settings_from_context(ctx), target, model, heatmap)
+            results = _analyze_vault(settings, target, model, heatmap, keys)
         failed = [r for r in results if "error" in r]
         if as_json:
             typer.echo(json.dumps(results, indent=2))
@@ -112,20 +126,44 @@ def analyze(
     run()
 
 
+#: Endings of the files `analyze` reads; a target with one (or with a folder in it) that
+#: does not exist is a missing file, not a vault id.
+_FILE_ENDINGS = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
+
+
+def _looks_like_a_file(target: str) -> bool:
+    return "/" in target or "\\" in target or target.lower().endswith(_FILE_ENDINGS)
+
+
 def _analyze_file(path: Path, model_dir: Path | None, modality: str | None,
-                  body_part: str | None, heatmap: Path | None) -> dict[str, object]:
+                  body_part: str | None, heatmap: Path | None, keys: Path | None,
+                  refer_threshold: float) -> dict[str, object]:
     from radvault.analysis.explain import gradcam_overlay
+    from radvault.analysis.export import ModelKeyring
     from radvault.analysis.inference import load_model
     from radvault.analysis.registry import ModelRegistry
     from radvault.imaging.reading import read_image
+    from radvault.imaging.records import SourceFormat
 
-    record = read_image(path, modality=modality, body_part=body_part)
+    header = read_image(path)
+    if header.source_format is SourceFormat.DICOM:
+        # The options describe PNG/JPEG files; a DICOM header that says otherwise wins,
+        # or the wrong model would answer without a referral.
+        for option, given, found in (("--modality", modality, header.modality),
+                                     ("--body-part", body_part, header.body_part)):
+            if given and found and given.upper() != found.upper():
+                raise ConfigurationError(f"{option} {given} contradicts the DICOM header "
+                                         f"({found}); it is for PNG/JPEG files")
+    overrides = {k: v for k, v in (("modality", modality), ("body_part", body_part)) if v}
+    record = dataclasses.replace(header, **overrides) if overrides else header
+    keyring = ModelKeyring.from_dir(keys) if keys is not None else None
     if model_dir is None:
-        registry = ModelRegistry()
+        registry = ModelRegistry(keys_dir=keys)
         model_dir = registry.select(record.modality, record.body_part)
-        loaded = load_model(model_dir, keyring=registry.keyring)
+        loaded = load_model(model_dir, keyring=registry.keyring,
+                            refer_threshold=refer_threshold)
     else:
-        loaded = load_model(model_dir)
+        loaded = load_model(model_dir, keyring=keyring, refer_threshold=refer_threshold)
     x = loaded.preprocess(record)
     pred = loaded.predict(x[None], modality=record.modality, body_part=record.body_part)[0]
     if heatmap is not None:
@@ -136,7 +174,7 @@ def _analyze_file(path: Path, model_dir: Path | None, modality: str | None,
 
 
 def _analyze_vault(settings: object, target: str, model_dir: Path | None,
-                   heatmap: Path | None) -> list[dict[str, object]]:
+                   heatmap: Path | None, keys: Path | None) -> list[dict[str, object]]:
     from radvault.cli._vault_cmds import ACTOR, opened_vault
     from radvault.pipeline.analyse import Analyser
     from radvault.pipeline.retrieve import safe_error
@@ -153,7 +191,12 @@ def _analyze_vault(settings: object, target: str, model_dir: Path | None,
         if model_dir is not None:
             from radvault.analysis.registry import ModelRegistry
 
-            analyser = Analyser(vault, ModelRegistry(model_dir.parent), actor=ACTOR)
+            analyser = Analyser(vault, ModelRegistry(model_dir.parent, keys_dir=keys),
+                                actor=ACTOR)
+        elif keys is not None:
+            from radvault.analysis.registry import ModelRegistry
+
+            analyser = Analyser(vault, ModelRegistry(keys_dir=keys), actor=ACTOR)
         name = model_dir.name if model_dir is not None else None
         if heatmap is not None and len(instances) > 1:
             raise ConfigurationError(f"--heatmap draws one image: study {target} has "
@@ -203,16 +246,20 @@ def data_fetch(
                     fh.write(chunk)
                     bar.advance(task, len(chunk))
         try:
-            with np.load(partial) as npz:
+            with np.load(partial, allow_pickle=False) as npz:
                 missing = {"train_images", "train_labels", "test_images"} - set(npz.files)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError, zipfile.BadZipFile) as exc:
             partial.unlink(missing_ok=True)
             raise DatasetError(f"{url}: not a MedMNIST .npz ({exc})") from None
         if missing:
             partial.unlink(missing_ok=True)
             raise DatasetError(f"{url}: .npz lacks {', '.join(sorted(missing))}")
         partial.replace(target)
-        console.print(f"saved {target}; train with: radvault train --medmnist {target} ...")
+        from radvault.analysis.datasets import MEDMNIST_CLASSES
+
+        # the .npz holds label numbers only: other sets need their names, in label order
+        hint = "" if name in MEDMNIST_CLASSES else " --classes NAME0,NAME1,..."
+        console.print(f"saved {target}; train with: radvault train --medmnist {target}{hint} ...")
 
     run()
 

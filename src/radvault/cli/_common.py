@@ -101,5 +101,9 @@ def configure_logging(verbose: int) -> None:
     """Configure the root logger for the CLI (library code only creates loggers)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # pydicom's own warnings can quote element values (possible PHI): keep them out of logs.
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # pydicom's own messages can quote element values (possible PHI), and its errors (a
+    # decoder's traceback) repeat what the imaging layer reports as one line: keep them out.
+    # pydicom sets its logger's level when first imported, so import it before setting ours.
+    import pydicom.config  # noqa: F401
+
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)

@@ -424,8 +424,12 @@ def keys_model_key(
     @handle_errors
     def run() -> None:
         from radvault.analysis.export import new_signing_key
+        from radvault.errors import ModelError
 
-        key_id = new_signing_key(out, keys)
+        try:
+            key_id = new_signing_key(out, keys)
+        except ModelError as exc:  # where the key may go is the user's choice: a usage error
+            raise ConfigurationError(str(exc)) from None
         console.print(f"model signing key {key_id}: private half {out}, "
                       f"public half {keys / (key_id + '.pub')}")
 
