@@ -226,7 +226,7 @@ def _launch(args: argparse.Namespace, extra: list[str], common: list[str], name:
     (run_dir / "model_card.json").unlink(missing_ok=True)  # no stale result counts
     cmd = [sys.executable, "-m", "radvault.analysis.commands", "train", *common, *extra,
            "--seed", str(seed), "--out", str(run_dir), "--quiet", "--threads", "1",
-           "--no-verify-sha256"]
+           "--no-verify-sha256", "--overwrite"]  # a sweep run again replaces its own runs
     log = (args.out / name / f"seed{seed}.log").open("wb")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
 

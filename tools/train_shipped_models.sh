@@ -68,8 +68,9 @@ MEDMNIST=${MEDMNIST:-../shared/data/medmnist}
 RUNS=${RUNS:-/tmp/radvault-runs}
 CACHE=${CACHE:-/tmp/radvault-cache}
 SIGNING_KEY=${SIGNING_KEY:-$HOME/.radvault-release/model_signing_key.pem}
+# --overwrite: RUNS is this script's own scratch space, and a re-run re-exports finished runs
 COMMON=(--width 0.5 --threads "${THREADS:-2}" --fp16-weights --cache-dir "$CACHE"
-        --signing-key "$SIGNING_KEY" --quiet)
+        --signing-key "$SIGNING_KEY" --quiet --overwrite)
 
 run_task() {  # task seed epochs patience
   local task=$1 seed=$2
@@ -169,7 +170,7 @@ EOF
     echo "=== $task ensemble of ${pair[*]} ($(date -u +%H:%M:%S))"
     "$PY" -m radvault.analysis.commands ensemble "${pair[@]}" --manifest "$RADBENCH" \
       --task "$task" --out "$RUNS/$task/ensemble" --cache-dir "$CACHE" --keys models/keys \
-      --signing-key "$SIGNING_KEY"
+      --signing-key "$SIGNING_KEY" --overwrite
   done
 }
 stage_release() {
@@ -201,7 +202,7 @@ stage_recalibrate() {
   for t in radbench6 chest_xray brain_mri lung_ct kidney_ct breast_us; do
     "$PY" -m radvault.analysis.commands recalibrate "models/$t" --manifest "$RADBENCH" \
       --task "$t" --out "$RUNS/$t/recalibrated" --cache-dir "$CACHE" \
-      --signing-key "$SIGNING_KEY"
+      --signing-key "$SIGNING_KEY" --overwrite
     if grep -q '"method": *"bias_temperature"' "$RUNS/$t/recalibrated/model_card.json"; then
       cp "$RUNS/$t/recalibrated/model_card.json" "$RUNS/$t/recalibrated/signature.json" \
         "models/$t/"

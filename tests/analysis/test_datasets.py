@@ -118,3 +118,92 @@ def test_dicom_labels_csv_naming_a_missing_file_is_refused(tmp_path):
     (tmp_path / "labels.csv").write_text("file,label\nnope.dcm,a\n")
     with pytest.raises(DatasetError, match="missing"):
         dicom_folder_manifest(tmp_path, tmp_path / "labels.csv")
+
+
+def test_manifest_source_checks_leakage_against_its_training_split(toy_manifest, toy_task_file):
+    from radvault.analysis.manifest import Manifest, ManifestRow, load_manifest
+
+    m = load_manifest(toy_manifest)
+    names = {"train": "dev", "val": "tune", "test": "holdout"}
+    dev = next(r for r in m.rows if r.split == "train")
+    rows = [ManifestRow(file=r.file, sha256=r.sha256, split=names[r.split], label=r.label,
+                        group=r.group, columns={**r.columns, "split": names[r.split]})
+            for r in m.rows]
+    leak = next(i for i, r in enumerate(rows) if r.split == "holdout")
+    rows[leak] = ManifestRow(file=dev.file, sha256=dev.sha256, split="holdout",
+                             label=dev.label, columns={**dev.columns, "split": "holdout"})
+    leaking = Manifest.from_rows(rows, source="custom.csv")
+    ManifestSource(leaking, toy_task_file)  # nothing is called "train": the default sees no leak
+    with pytest.raises(DatasetError, match="split 'holdout' share a sha-256 with split 'dev'"):
+        ManifestSource(leaking, toy_task_file, train_split="dev")
+
+
+def test_split_folders_with_other_names_are_not_read_as_classes(toy_manifest, tmp_path):
+    images = toy_manifest.parent / "images"
+    root = tmp_path / "fold2"
+    shutil.copytree(images / "train", root / "train")
+    shutil.copytree(images / "val", root / "tune")
+    with pytest.raises(DatasetError, match="class folder 'train' holds sub-folders but no "
+                                           "images; expected one sub-folder per class"):
+        folder_manifest(root)
+
+
+def test_one_file_filed_under_two_classes_is_refused(toy_manifest, tmp_path):
+    root = tmp_path / "folder"
+    for label in ("disc", "square"):
+        shutil.copytree(toy_manifest.parent / "images" / "train" / label, root / label)
+    shutil.copy(root / "disc" / "disc_3.png", root / "square" / "copy.png")
+    with pytest.raises(DatasetError, match=r"same sha-256.*classes 'disc' and 'square'$"):
+        folder_manifest(root)
+
+
+def _write_npz(path, labels, size=8, **extra):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (len(labels), size, size), np.uint8)
+        arrays[f"{split}_labels"] = np.asarray(labels, np.uint8)
+    np.savez(path, **{**arrays, **extra})
+    return path
+
+
+def test_medmnist_plus_file_name_counts_as_its_set(tmp_path):
+    src = MedMNISTSource(_write_npz(tmp_path / "breastmnist_64.npz", [[0], [1], [1]], size=64))
+    assert src.task.class_names == ("malignant", "normal_or_benign")
+    assert src.arrays("val")[0].shape == (3, 64, 64)
+
+
+def test_unknown_medmnist_set_needs_its_class_names(tmp_path):
+    path = _write_npz(tmp_path / "dermamnist.npz", [[0], [2], [1]])
+    with pytest.raises(DatasetError, match=r"unknown MedMNIST set 'dermamnist'.*--classes"):
+        MedMNISTSource(path)
+    src = MedMNISTSource(path, ["akiec", "bcc", "bkl"])
+    assert src.task.class_names == ("akiec", "bcc", "bkl")
+    assert src.arrays("test")[1].tolist() == [0, 2, 1]
+    with pytest.raises(DatasetError, match="labels run to 2 but 2 class names were given"):
+        MedMNISTSource(path, ["akiec", "bcc"])
+
+
+def test_multi_label_medmnist_set_is_refused(tmp_path):
+    path = _write_npz(tmp_path / "chestmnist.npz", np.eye(3, 14, dtype=np.uint8))
+    with pytest.raises(DatasetError, match="multi-label set \\(14 labels per image\\)"):
+        MedMNISTSource(path, [f"finding{i}" for i in range(14)])
+    with pytest.raises(DatasetError, match="multi-label"):  # before the unknown-set message
+        MedMNISTSource(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text", "npy"])
+def test_a_damaged_or_foreign_npz_says_so(tmp_path, damage):
+    path = tmp_path / "dermamnist.npz"
+    if damage == "truncated":
+        data = _write_npz(path, [[0], [1]] * 50, size=28).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "text":
+        path.write_text("not numpy at all\n")
+    else:
+        with open(path, "wb") as fh:
+            np.save(fh, np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(DatasetError, match=r"not a readable \.npz"):
+        MedMNISTSource(path, ["a", "b"])
+    with pytest.raises(DatasetError, match=r"not a readable \.npz"):
+        MedMNISTSource(path)  # not the unknown-set message

@@ -130,3 +130,24 @@ def test_export_model_writes_cam_weights_and_input(tmp_path, signer):
     assert card["input"]["size"] == 32
     ring = ModelKeyring({signer.key_id: signer.verifier()})
     assert load_model(tmp_path / "m", keyring=ring).card.size == 32
+
+
+def test_jsonable_turns_every_non_finite_float_into_null():
+    from radvault.analysis.export import jsonable
+
+    out = jsonable({"a": float("nan"), "b": [np.float64("inf"), (1, -np.inf)],
+                    "c": np.array([0.5, np.nan])})
+    assert out == {"a": None, "b": [None, [1, None]], "c": [0.5, None]}
+    json.dumps(out, allow_nan=False)  # strict JSON
+
+
+def test_efficientnet_export_keeps_torchs_constant_folding_warnings_off_the_console():
+    import warnings
+
+    net = build_network("efficientnet-b0", 3).eval()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        onnx_bytes_from_torch(net, 32)
+        warnings.warn("a warning of the caller's own still shows", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen if issubclass(w.category, UserWarning)] == [
+        "a warning of the caller's own still shows"]

@@ -96,3 +96,39 @@ def test_radbench_manifest_passes_both_checks(radbench_manifest):
     m = load_manifest(radbench_manifest)
     assert len(m.rows) == 7042
     assert set(m.splits) == {"train", "val", "test"}
+
+
+def test_leakage_is_checked_against_a_custom_named_training_split(toy_manifest, tmp_path):
+    manifest = copy_dataset(toy_manifest, tmp_path / "d")
+    names = {"train": "dev", "val": "tune", "test": "holdout"}
+
+    def rename_and_leak(rows):
+        for r in rows:
+            r["split"] = names[r["split"]]
+        held = next(r for r in rows if r["split"] == "holdout")
+        dev = next(r for r in rows if r["split"] == "dev")
+        held["path"], held["sha256"] = dev["path"], dev["sha256"]
+    rewrite(manifest, rename_and_leak)
+    with pytest.raises(DatasetError, match="split 'holdout' share a sha-256 with split 'dev'"):
+        load_manifest(manifest, train_split="dev")
+
+
+def test_manifest_without_a_group_column_loads_with_a_warning(toy_manifest, tmp_path, caplog):
+    manifest = copy_dataset(toy_manifest, tmp_path / "d")
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[k for k in rows[0] if k != "group"],
+                               extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with caplog.at_level("WARNING", logger="radvault.analysis.manifest"):
+        m = load_manifest(manifest)
+    assert len(m.rows) == 108 and all(r.group == "" for r in m.rows)
+    [record] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert str(manifest) in record.getMessage() and "sha-256 only" in record.getMessage()
+    assert "train-" not in record.getMessage()  # names the file, never a row's values
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="radvault.analysis.manifest"):
+        load_manifest(toy_manifest)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

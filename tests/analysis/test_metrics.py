@@ -83,3 +83,17 @@ def test_shape_mismatch_is_refused():
 def test_roc_png_is_a_png():
     png = roc_curve_png(Y, onehotish(PRED), ["a", "b", "c"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_roc_png_has_a_title_and_labelled_axes():
+    from io import BytesIO
+
+    from PIL import Image
+
+    img = np.asarray(Image.open(BytesIO(roc_curve_png(
+        Y, onehotish(PRED), ["a", "b", "c"], size=400, title="toy on test"))).convert("L"))
+    assert img.shape == (400, 400)
+    dark = img < 128
+    assert dark[:30, 60:340].any()  # the title, above the plot
+    assert dark[:, :50].sum() > 200  # tick values and the sideways y label, left of the axis
+    assert dark[360:, 60:].sum() > 200  # tick values and the x label, below the plot

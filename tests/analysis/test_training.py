@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -212,3 +213,34 @@ def test_a_run_can_start_from_another_runs_backbone(toy_manifest, toy_task_file,
                           optimisation=opt, init_from=checkpoint), progress=False)
     assert tuned.card["training"]["init_from_sha256"] == hashlib.sha256(
         checkpoint.read_bytes()).hexdigest()
+
+
+def test_out_of_range_options_are_refused_by_the_config(toy_manifest, toy_task_file,
+                                                       tiny_settings, tmp_path):
+    config = _config(toy_manifest, toy_task_file, tiny_settings, tmp_path)
+    for kw, message in (({"weight_decay": -1.0}, "weight decay must be at least 0"),
+                        ({"threads": 0}, "threads must be at least 1"),
+                        ({"dropout": 1.0}, r"dropout must be within \[0, 1\)"),
+                        ({"lr": 0.0}, "learning rate must be positive"),
+                        ({"batch_size": 0}, "at least 1"),
+                        ({"network": "densenet121", "width": 0.5}, "resnet18 only"),
+                        ({"network": "efficientnet-b0", "width": 2.0}, "resnet18 only")):
+        with pytest.raises(ModelError, match=message):
+            replace(config, **kw)
+    # the other networks at their only width are fine
+    assert replace(config, network="densenet121", width=1.0).width == 1.0
+
+
+def test_the_default_checkpoint_lives_beside_the_model_folder_and_resumes(
+        toy_manifest, toy_task_file, tiny_settings, tmp_path):
+    opt = Optimisation(early_stopping=False)
+    config = replace(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=1,
+                             optimisation=opt, test_split=""), checkpoint_dir=None)
+    assert config.checkpoint_path == (tmp_path / "m.checkpoint").resolve() / "checkpoint.pt"
+    first = train(config, progress=False)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.onnx",
+                                                                   "model_card.json"]
+    assert sorted(p.name for p in (tmp_path / "m.checkpoint").iterdir()) == [
+        "checkpoint.pt", "history.json"]
+    again = train(replace(config, resume=True, finish_now=True), progress=False)
+    assert again.history == first.history

@@ -29,8 +29,18 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     src.add_argument("--manifest", type=Path, help="manifest CSV (radbench layout)")
     src.add_argument("--medmnist", type=Path, help="MedMNIST .npz file")
     src.add_argument("--folder", type=Path, help="folder with one sub-folder per class")
-    p.add_argument("--task", help="task name or JSON file (with --manifest)")
-    p.add_argument("--modality", default="OT", help="modality of --medmnist/--folder images")
+    src.add_argument("--dicom-folder", type=Path, metavar="DIR",
+                     help="folder of DICOM files, labelled by --labels")
+    p.add_argument("--labels", type=Path, metavar="CSV",
+                   help="with --dicom-folder: columns path (or file, relative to DIR) and "
+                        "label, optionally split and group")
+    p.add_argument("--classes", metavar="A,B,...",
+                   help="with --medmnist: class names in label order (comma-separated), for "
+                        "sets other than pneumoniamnist and breastmnist")
+    p.add_argument("--task", help="task name or JSON file (required with --manifest; "
+                                  "default: the labels of --folder/--dicom-folder)")
+    p.add_argument("--modality", default="OT", help="modality of --medmnist/--folder images "
+                                                    "(DICOM: read from the headers)")
     p.add_argument("--body-part", default="", help="body part of --medmnist/--folder images")
     p.add_argument("--no-verify-sha256", action="store_true",
                    help="skip re-hashing manifest files (leakage is still checked)")
@@ -44,8 +54,12 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     t = sub.add_parser("train", help="train, calibrate, export and sign a model")
     _add_data_options(t)
     t.add_argument("--out", type=Path, required=True, help="model folder to write")
-    t.add_argument("--network", default="resnet18")
-    t.add_argument("--width", type=float, default=1.0, help="ResNet channel multiplier")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a model already in --out (refused otherwise)")
+    t.add_argument("--network", default="resnet18",
+                   help="resnet18 (default), densenet121 or efficientnet-b0")
+    t.add_argument("--width", type=float, default=1.0,
+                   help="ResNet channel multiplier (resnet18 only; the others take 1.0)")
     t.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
                    help="start from another run's checkpoint.pt (same network, width and "
                         "stem; transfer learning); the linear layer starts fresh")
@@ -70,11 +84,13 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     t.add_argument("--train-split", default="train")
     t.add_argument("--val-split", default="val")
     t.add_argument("--test-split", default="test")
-    t.add_argument("--checkpoint-dir", type=Path)
+    t.add_argument("--checkpoint-dir", type=Path,
+                   help="where checkpoint.pt and history.json go (default: OUT.checkpoint, "
+                        "beside the model folder, so that copying a model leaves it behind)")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--finish-now", action="store_true",
                    help="with --resume: export the checkpoint's best epoch without training on")
-    t.add_argument("--threads", type=int)
+    t.add_argument("--threads", type=int, help="torch threads (at least 1)")
     t.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU when PyTorch sees one, else the CPU), cpu or cuda[:N]; "
                         "export, calibration and metrics run on the CPU either way")
@@ -86,6 +102,8 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     n.add_argument("members", type=Path, nargs="+", help="model folders (two or more)")
     _add_data_options(n)
     n.add_argument("--out", type=Path, required=True, help="model folder to write")
+    n.add_argument("--overwrite", action="store_true",
+                   help="replace a model already in --out (refused otherwise)")
     n.add_argument("--val-split", default="val", help="split that calibrates the ensemble")
     n.add_argument("--test-split", default="test", help="split measured only ('' for none)")
     n.add_argument("--signing-key", type=Path, help="Ed25519 PKCS#8 PEM model signing key")
@@ -98,6 +116,8 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     r.add_argument("model", type=Path, help="model folder (verified on load)")
     _add_data_options(r)
     r.add_argument("--out", type=Path, required=True, help="model folder to write")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace a model already in --out (refused otherwise)")
     r.add_argument("--method", choices=("auto", "temperature", "bias_temperature"),
                    default="auto",
                    help="auto: the method with the lower out-of-fold NLL in grouped "
@@ -107,7 +127,13 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     r.add_argument("--signing-key", type=Path, help="Ed25519 PKCS#8 PEM model signing key")
     r.add_argument("--keys", type=Path,
                    help="folder of trusted model public keys (default: the model's ../keys)")
-    e = sub.add_parser("evaluate", help="metrics of a model on one split")
+    e = sub.add_parser("evaluate", help="metrics of a model on one split",
+                       description="Print (and with --json write) a model's metrics on one "
+                                   "split: a summary line (ACC AUC MCC BA JI CK ECE), then "
+                                   "the Diagnostic Reliability Index, both balanced "
+                                   "accuracies, ECE before and after calibration, per-class "
+                                   "sensitivity, specificity and paper BA, and the confusion "
+                                   "matrix.")
     _add_data_options(e)
     e.add_argument("--model", type=Path, required=True)
     e.add_argument("--keys", type=Path,
@@ -115,34 +141,86 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     e.add_argument("--allow-unsigned", action="store_true",
                    help="evaluate a model trained without --signing-key (never served)")
     e.add_argument("--split", default="test")
-    e.add_argument("--json", type=Path, help="write the metrics here")
-    e.add_argument("--roc", type=Path, help="write a ROC curve PNG here")
+    e.add_argument("--json", type=Path,
+                   help="write the metrics here as strict JSON (undefined figures are null), "
+                        "and the ROC curve PNG beside it (same name, .roc.png) unless --roc "
+                        "names another file")
+    e.add_argument("--roc", type=Path, help="write the ROC curve PNG here")
     return parser
 
 
 def build_source(args: argparse.Namespace) -> Any:
     """The data source named by the options.
 
+    Leakage is checked against the split trained on: ``--train-split`` for
+    ``train``; for commands on trained models, the split their model cards
+    name (read here only to choose the check; the cards are verified on load),
+    else ``train``.
+
     Raises
     ------
+    ConfigurationError
+        If options that belong together are missing or misplaced.
     DatasetError
         If the data are unusable.
     """
-    from radvault.analysis.datasets import ManifestSource, MedMNISTSource, folder_manifest
-    from radvault.analysis.manifest import load_manifest
+    from radvault.analysis.datasets import (
+        ManifestSource,
+        MedMNISTSource,
+        dicom_folder_manifest,
+        folder_manifest,
+    )
+    from radvault.analysis.manifest import check_leakage, load_manifest
     from radvault.analysis.tasks import Task
+    from radvault.errors import ConfigurationError
 
+    dicom_folder = getattr(args, "dicom_folder", None)
+    labels_csv = getattr(args, "labels", None)
+    class_names = getattr(args, "classes", None)
+    if labels_csv and not dicom_folder:
+        raise ConfigurationError("--labels is used only with --dicom-folder")
+    if class_names and not args.medmnist:
+        raise ConfigurationError("--classes is used only with --medmnist")
     if args.medmnist:
-        return MedMNISTSource(args.medmnist, modality=args.modality, body_part=args.body_part)
-    if args.folder:
+        classes = None
+        if class_names:
+            classes = [c.strip() for c in class_names.split(",")]
+            if len(classes) < 2 or not all(classes):
+                raise ConfigurationError("--classes needs two or more comma-separated names")
+        return MedMNISTSource(args.medmnist, classes, modality=args.modality,
+                              body_part=args.body_part)
+    if hasattr(args, "train_split"):
+        trained_on = [args.train_split]
+    else:  # evaluate, recalibrate, ensemble: the split(s) the models' cards name
+        models = [args.model] if getattr(args, "model", None) else getattr(args, "members", [])
+        trained_on = []
+        for folder in models:
+            try:
+                card = json.loads((Path(folder) / "model_card.json").read_text("utf-8"))
+                trained_on.append(str(card["training"]["splits"]["train"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # an ensemble, or no readable card: loading the model will say
+    if dicom_folder:
+        if not labels_csv:
+            raise ConfigurationError("--labels is required with --dicom-folder")
+        manifest = dicom_folder_manifest(dicom_folder, labels_csv)
+    elif args.folder:
         manifest = folder_manifest(args.folder, modality=args.modality,
                                    body_part=args.body_part)
+    else:
+        if not args.task:
+            raise ConfigurationError("--task is required with --manifest")
+        manifest = load_manifest(args.manifest, verify_sha256=False, check_leak=False)
+    trained_on = list(dict.fromkeys(s for s in trained_on if s in manifest.splits)) or ["train"]
+    for split in trained_on:  # before re-hashing every file: a leak fails fast
+        check_leakage(manifest, train_split=split)
+    if args.manifest and not args.no_verify_sha256:
+        manifest.verify_files()
+    task = args.task
+    if not task:
         labels = sorted({r.label for r in manifest.rows})
-        return ManifestSource(manifest, args.task or Task.from_labels(args.folder.name, labels))
-    if not args.task:
-        raise SystemExit("--task is required with --manifest")
-    manifest = load_manifest(args.manifest, verify_sha256=not args.no_verify_sha256)
-    return ManifestSource(manifest, args.task)
+        task = Task.from_labels(Path(args.folder or dicom_folder).resolve().name, labels)
+    return ManifestSource(manifest, task, train_split=trained_on[0])
 
 
 def build_preprocess(args: argparse.Namespace) -> PreprocessSettings:
@@ -152,7 +230,15 @@ def build_preprocess(args: argparse.Namespace) -> PreprocessSettings:
 
 
 def build_train_config(args: argparse.Namespace, source: Any) -> Any:
-    """A :class:`TrainConfig` from parsed ``train`` options."""
+    """A :class:`TrainConfig` from parsed ``train`` options.
+
+    Raises
+    ------
+    ModelError
+        If an option is out of range (checked here, before any data are read).
+    ConfigurationError
+        If the preprocessing settings are (``--size`` below 8, say).
+    """
     from radvault.analysis.training import Optimisation, TrainConfig
 
     return TrainConfig(
@@ -179,10 +265,65 @@ def _summary(m: dict[str, Any]) -> str:
             f"CK {m['cohen_kappa']:.4f}  ECE {m['ece']:.4f}")
 
 
-def _print_val_test(val: dict[str, Any], test: dict[str, Any] | None) -> None:
+def _print_val_test(val: dict[str, Any], test: dict[str, Any] | None,
+                    calibration: dict[str, Any] | None = None) -> None:
+    """The summary lines of a written model, then its ECE before and after calibration
+    (validation from the card's calibration record, test from the test metrics)."""
     print("val : " + _summary(val))
     if test:
         print("test: " + _summary(test))
+    if not calibration:  # trained without calibration: nothing to compare
+        return
+    parts = []
+    if calibration.get("ece_before") is not None and calibration.get("ece_after") is not None:
+        parts.append(f"val {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")
+    if test and test.get("ece_uncalibrated") is not None:
+        parts.append(f"test {test['ece_uncalibrated']:.4f} -> {test['ece']:.4f}")
+    if parts:
+        print("ECE before -> after calibration: " + ", ".join(parts))
+
+
+def _refuse_overwrite(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` folder that already holds a model, unless ``--overwrite``.
+
+    Writing replaces the model and drops its signature when no key is given, so a
+    signed model (a shipped one, say) must never be replaced by a slip of ``--out``.
+
+    Raises
+    ------
+    ModelError
+        If ``--out`` holds ``model_card.json`` or ``model.onnx`` and ``--overwrite`` is absent.
+    """
+    from radvault.analysis.export import CARD_FILE, ONNX_FILE
+    from radvault.errors import ModelError
+
+    if args.overwrite:
+        return
+    if any((args.out / name).exists() for name in (CARD_FILE, ONNX_FILE)):
+        raise ModelError(f"{args.out} already holds a model; pass --overwrite to replace it")
+
+
+def _evaluate(args: argparse.Namespace, source: Any) -> int:
+    from radvault.analysis.evaluate import evaluate_model, metrics_json, metrics_report
+    from radvault.analysis.inference import load_model
+    from radvault.analysis.metrics import roc_curve_png
+
+    _, keyring = _signer_and_keyring(args)
+    model = load_model(args.model, keyring=keyring, require_signature=not args.allow_unsigned)
+    metrics = evaluate_model(model, source, args.split, cache_dir=args.cache_dir)
+    where = f"{metrics['model_id']} on {metrics['task']}/{args.split}"
+    print(f"{where}: {_summary(metrics)}")  # the first line stays as it was: scripts read it
+    print(metrics_report(metrics))
+    if args.json:
+        args.json.write_text(metrics_json(metrics))
+        print(f"metrics written to {args.json}")
+    roc = args.roc or (args.json.with_suffix(".roc.png") if args.json else None)
+    if roc:
+        pred = metrics["predictions"]
+        roc.write_bytes(roc_curve_png(pred["y_true"], pred["probs"], metrics["classes"],
+                                      title=f"ROC, {where}"))
+        print(f"ROC curve written to {roc}")
+    return 0
 
 
 def _signer_and_keyring(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -215,7 +356,7 @@ def _recalibrate(args: argparse.Namespace, source: Any) -> int:
                   f"ACC {m['accuracy_mean']:.4f} +/- {m['accuracy_sd']:.4f}")
     print(f"model {card['model_id']} written to {args.out} ({cal['method']}, "
           f"T={card['temperature']:.3f})")
-    _print_val_test(card["metrics"]["val"], card["metrics"]["test"])
+    _print_val_test(card["metrics"]["val"], card["metrics"]["test"], cal)
     return 0
 
 
@@ -228,10 +369,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "train":  # a wrong device fails now, not after hashing the data
+        if args.command == "train":  # a wrong device or option fails now, not after hashing
             from radvault.analysis.training import resolve_device
 
             resolve_device(args.device)
+            build_train_config(args, None)  # the data source is not needed to check the rest
+        if args.command in ("train", "ensemble", "recalibrate"):
+            _refuse_overwrite(args)
         source = build_source(args)
         if args.command == "train":
             from radvault.analysis.training import train
@@ -242,7 +386,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             print(f"model {result.card['model_id']} written to {result.model_dir} "
                   f"(best epoch {result.best_epoch}, T={result.temperature:.3f}, "
                   f"{result.seconds / 60:.1f} min)")
-            _print_val_test(result.val_metrics, result.test_metrics)
+            _print_val_test(result.val_metrics, result.test_metrics,
+                            result.card["calibration"])
             return 0
         if args.command == "ensemble":
             from radvault.analysis.ensemble import build_ensemble
@@ -253,26 +398,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
                                   cache_dir=args.cache_dir)
             print(f"ensemble {card['model_id']} of {len(args.members)} models written to "
                   f"{args.out} (T={card['temperature']:.3f})")
-            _print_val_test(card["metrics"]["val"], card["metrics"]["test"])
+            _print_val_test(card["metrics"]["val"], card["metrics"]["test"], card["calibration"])
             return 0
         if args.command == "recalibrate":
             return _recalibrate(args, source)
-        from radvault.analysis.evaluate import evaluate_model
-        from radvault.analysis.inference import load_model
-        from radvault.analysis.metrics import roc_curve_png
-
-        _, keyring = _signer_and_keyring(args)
-        model = load_model(args.model, keyring=keyring,
-                           require_signature=not args.allow_unsigned)
-        metrics = evaluate_model(model, source, args.split, cache_dir=args.cache_dir)
-        print(f"{metrics['model_id']} on {metrics['task']}/{args.split}: {_summary(metrics)}")
-        if args.json:
-            args.json.write_text(json.dumps(metrics, indent=1))
-        if args.roc:
-            pred = metrics["predictions"]
-            args.roc.write_bytes(roc_curve_png(pred["y_true"], pred["probs"],
-                                               metrics["classes"]))
-        return 0
+        return _evaluate(args, source)
     except RadVaultError as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = exit_status(exc)  # integrity 5, not found 6, ... as every radvault command

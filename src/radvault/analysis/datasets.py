@@ -26,6 +26,9 @@ import hashlib
 import json
 import logging
 import os
+import re
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -67,6 +70,8 @@ MEDMNIST_CLASSES: dict[str, tuple[str, ...]] = {
     "pneumoniamnist": ("normal", "pneumonia"),
     "breastmnist": ("malignant", "normal_or_benign"),
 }
+#: MedMNIST+ names larger images ``<name>_<size>.npz`` (``breastmnist_64.npz``).
+_MEDMNIST_SIZED = re.compile(r"(?P<name>[a-z0-9]+)_(?P<size>\d+)")
 _CACHE_VERSION = "radvault-prepared/1"
 
 ProgressFn = Callable[[int, int], None]
@@ -246,18 +251,22 @@ class ManifestSource:
         A loaded manifest, or a CSV path (loaded with sha-256 and leakage checks).
     task : Task, str or path
         Which rows form which class.
+    train_split : str
+        The split trained on (``--train-split``): every other split is checked
+        against it for leakage, whatever it is called.
 
     Raises
     ------
     DatasetError
         If the manifest cannot be loaded, its splits leak (a sha-256 or group
-        shared with ``train``), or the task selects no rows.
+        shared with ``train_split``), or the task selects no rows.
     """
 
     def __init__(self, manifest: Manifest | str | PathLike[str],
-                 task: Task | str | PathLike[str]) -> None:
-        self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-        check_leakage(self.manifest)
+                 task: Task | str | PathLike[str], *, train_split: str = "train") -> None:
+        self.manifest = (manifest if isinstance(manifest, Manifest)
+                         else load_manifest(manifest, train_split=train_split))
+        check_leakage(self.manifest, train_split=train_split)
         self.task = load_task(task)
         self._labels: dict[int, int] = {}
         for i, row in enumerate(self.manifest.rows):
@@ -338,31 +347,48 @@ class MedMNISTSource:
         The ``.npz`` file; it is read with numpy only (never downloaded).
     classes : sequence of str, optional
         Class names in label order; by default taken from
-        :data:`MEDMNIST_CLASSES` by file stem.
+        :data:`MEDMNIST_CLASSES` by file stem, where a MedMNIST+ stem
+        ``<name>_<size>`` (``breastmnist_64``) counts as ``<name>``.
     modality, body_part : str
         What the images are (e.g. ``DX``/``CHEST`` for PneumoniaMNIST).
 
     Raises
     ------
     DatasetError
-        If the file is unreadable, lacks the keys or the classes are unknown.
+        If the file is unreadable or not an ``.npz``, lacks the keys, holds a
+        multi-label set (e.g. ChestMNIST: one task per image only), its labels
+        exceed the classes, or the classes are unknown and not given.
     """
 
     def __init__(self, path: str | PathLike[str], classes: Sequence[str] | None = None, *,
                  modality: str = "OT", body_part: str = "") -> None:
         self.path = Path(path)
-        name = self.path.stem.lower()
-        if classes is None:
-            if name not in MEDMNIST_CLASSES:
-                raise DatasetError(f"{self.path}: unknown MedMNIST set; pass the class names")
-            classes = MEDMNIST_CLASSES[name]
-        self.task = Task.from_labels(name, list(classes))
+        stem = self.path.stem.lower()
+        sized = _MEDMNIST_SIZED.fullmatch(stem)
+        name = sized["name"] if sized else stem
         try:
             self._sha256 = file_sha256(self.path)
-            with np.load(self.path, allow_pickle=False) as data:
-                self._arrays = {k: np.asarray(data[k]) for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{self.path}: cannot read MedMNIST file ({exc})") from None
+        except OSError as exc:
+            raise DatasetError(f"{self.path}: cannot read MedMNIST file "
+                               f"({exc.strerror or type(exc).__name__})") from None
+        self._arrays = _read_npz(self.path)
+        if not self.splits:
+            raise DatasetError(f"{self.path}: no '<split>_images' arrays; not a MedMNIST file")
+        labels = [a for k, a in self._arrays.items() if k.endswith("_labels")]
+        wide = max((a.shape[1] for a in labels if a.ndim == 2), default=1)
+        if wide > 1:  # ChestMNIST: 14 findings per image, each 0 or 1
+            raise DatasetError(f"{self.path}: a multi-label set ({wide} labels per image); "
+                               "only single-label classification can be trained")
+        if classes is None:
+            if name not in MEDMNIST_CLASSES:
+                raise DatasetError(f"{self.path}: unknown MedMNIST set {name!r}; pass the class "
+                                   "names in label order (--classes a,b,...)")
+            classes = MEDMNIST_CLASSES[name]
+        self.task = Task.from_labels(name, list(classes))
+        top = max((int(a.max()) for a in labels if a.size), default=0)
+        if top >= len(self.task.classes):
+            raise DatasetError(f"{self.path}: labels run to {top} but "
+                               f"{len(self.task.classes)} class names were given")
         self.modality = modality.upper()
         self.body_part = body_part.upper()
 
@@ -430,6 +456,27 @@ class MedMNISTSource:
                              modalities=[self.modality] * n, body_parts=[self.body_part] * n)
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (never unpickled), read now so that a damaged file fails here.
+
+    Raises
+    ------
+    DatasetError
+        If the file is truncated, damaged or not an ``.npz`` at all.
+    """
+    try:  # our own handle: numpy leaves its own open when a damaged zip fails to load
+        with open(path, "rb") as fh:
+            data = np.load(fh, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array
+                raise DatasetError(f"{path}: not a readable .npz (a single .npy array)")
+            with data:
+                return {k: np.asarray(data[k]) for k in data.files}
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetError(f"{path}: not a readable .npz ({type(exc).__name__})") from None
+
+
 def _stratified_splits(labels: Sequence[str], groups: Sequence[str], *, val_fraction: float,
                        test_fraction: float, seed: int) -> list[str]:
     """Assign whole groups to train/val/test, roughly stratified by label."""
@@ -471,10 +518,16 @@ def folder_manifest(root: str | PathLike[str], *, modality: str = "OT", body_par
     ``root/<split>/<class>/<image>`` with split folders named ``train``,
     ``val``/``validation``, ``test`` or ``holdout`` (kept as they are).
 
+    A class folder must hold its images directly: one that holds only
+    sub-folders is refused rather than read as a class (split folders with
+    other names, such as ``dev``/``tune``, would otherwise become classes).
+
     Raises
     ------
     DatasetError
-        If the folder has no class sub-folders with images.
+        If the folder has no class sub-folders with images, a class folder holds
+        sub-folders but no images, or one file (same sha-256) is filed under
+        two classes.
     """
     root = Path(root)
     if not root.is_dir():
@@ -485,12 +538,25 @@ def folder_manifest(root: str | PathLike[str], *, modality: str = "OT", body_par
     for top in subdirs:
         class_dirs = sorted(p for p in top.iterdir() if p.is_dir()) if presplit else [top]
         for cdir in class_dirs:
+            direct = [f for f in cdir.iterdir() if f.is_file()
+                      and f.suffix.lower() in IMAGE_SUFFIXES]
+            if not direct and any(f.is_dir() for f in cdir.iterdir()):
+                raise DatasetError(
+                    f"{root}: class folder {cdir.name!r} holds sub-folders but no images; "
+                    "expected one sub-folder per class with the images directly inside, "
+                    "optionally within split folders named train, val, test or holdout")
             for f in sorted(cdir.rglob("*")):
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                     entries.append((f, cdir.name, top.name.lower() if presplit else ""))
     if not entries:
         raise DatasetError(f"{root}: no images in class sub-folders")
     digests = [file_sha256(f) for f, _, _ in entries]
+    label_of: dict[str, str] = {}
+    for (_, label, _), digest in zip(entries, digests, strict=True):
+        first = label_of.setdefault(digest, label)
+        if first != label:
+            raise DatasetError(f"{root}: identical files (same sha-256) are filed under "
+                               f"classes {first!r} and {label!r}")
     if presplit:
         splits = ["val" if s == "validation" else s for _, _, s in entries]
     else:

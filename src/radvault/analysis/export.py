@@ -57,6 +57,7 @@ __all__ = [
     "Signer",
     "Verifier",
     "export_model",
+    "jsonable",
     "new_signing_key",
     "onnx_bytes_from_torch",
     "signing_message",
@@ -380,6 +381,11 @@ def onnx_bytes_from_torch(model: nn.Module, size: int, *, fp16_weights: bool = F
             # torch warns that the TorchScript exporter is the legacy one.
             warnings.filterwarnings("ignore", category=DeprecationWarning,
                                     message=".*legacy TorchScript-based ONNX export")
+            # EfficientNet's strided slices cannot be constant-folded; the exported graph
+            # computes them at run time instead (same result), so this is noise on a console.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx\.",
+                                    message="Constant folding - Only steps=1 can be constant "
+                                            "folded")
             torch.onnx.export(
                 _Both(model), (torch.zeros(1, 3, size, size),), buf, opset_version=OPSET,
                 dynamo=False, input_names=["image"], output_names=["logits", "features"],
@@ -446,10 +452,10 @@ def write_model(out_dir: str | PathLike[str], onnx_bytes: bytes, card: Mapping[s
     full["model_id"] = f"{full.get('task', 'model')}-{onnx_sha[:12]}"
     try:
         if full.get("class_bias") is not None:  # same network, other predictions: another id
-            calibration = _canonical_json(_jsonable({"temperature": full.get("temperature"),
+            calibration = _canonical_json(jsonable({"temperature": full.get("temperature"),
                                                      "class_bias": full["class_bias"]}))
             full["model_id"] += "-b" + hashlib.sha256(calibration).hexdigest()[:6]
-        card_bytes = _canonical_json(_jsonable(full))
+        card_bytes = _canonical_json(jsonable(full))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model card is not valid JSON ({exc})") from None
     try:
@@ -472,20 +478,24 @@ def write_model(out_dir: str | PathLike[str], onnx_bytes: bytes, card: Mapping[s
     return json.loads(card_bytes)
 
 
-def _jsonable(obj: Any) -> Any:
-    """Turn numpy scalars/arrays and tuples into JSON types; NaN becomes None."""
+def jsonable(obj: Any) -> Any:
+    """Turn numpy scalars/arrays and tuples into JSON types; NaN and infinities become None.
+
+    What model cards and ``evaluate --json`` go through, so that
+    ``json.dumps(..., allow_nan=False)`` writes strict JSON.
+    """
     import math
 
     import numpy as np
 
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
+        return jsonable(obj.item())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, Path):

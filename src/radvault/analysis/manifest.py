@@ -246,6 +246,11 @@ def load_manifest(
     DatasetError
         If the file is unreadable, a required column is missing, a file is
         missing or altered, or the splits leak.
+
+    Notes
+    -----
+    A manifest without a ``group`` column loads, with a warning: leakage can
+    then only be checked on the files' sha-256, not per patient or series.
     """
     path = Path(path)
     try:
@@ -261,6 +266,9 @@ def load_manifest(
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DatasetError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+    if "group" not in header:  # patients or series may then span splits unnoticed
+        log.warning("%s: manifest has no 'group' column; train/test leakage is checked on "
+                    "sha-256 only (add a patient or series group to check it fully)", path)
     base = path.resolve().parent
     rows = []
     for i, rec in enumerate(reader, start=2):

@@ -167,10 +167,24 @@ def _f(x: float) -> float:
     return x if math.isfinite(x) else float("nan")
 
 
-def roc_curve_png(y_true: Any, probs: Any, classes: Sequence[str], *, size: int = 480) -> bytes:
+def roc_curve_png(y_true: Any, probs: Any, classes: Sequence[str], *, size: int = 480,
+                  title: str = "ROC curves (one vs rest)") -> bytes:
     """Draw one-vs-rest ROC curves (one colour per class) as PNG bytes.
 
-    Drawn with Pillow so that no plotting library is needed.
+    Drawn with Pillow so that no plotting library is needed. Both axes carry
+    ticks at 0, 0.2, ..., 1 with their values and a label, and the plot has a
+    title, so the picture can be read on its own (in a report, say); the
+    legend gives each class's AUC. A class absent from ``y_true`` (or the only
+    class present) has no curve.
+
+    Parameters
+    ----------
+    y_true, probs, classes
+        As for :func:`compute_metrics`.
+    size : int
+        Side of the square image in pixels.
+    title : str
+        Drawn above the plot (e.g. the model and the split).
 
     Raises
     ------
@@ -180,19 +194,29 @@ def roc_curve_png(y_true: Any, probs: Any, classes: Sequence[str], *, size: int 
     from PIL import Image, ImageDraw
 
     y, p = _check(y_true, probs, classes)
-    margin = 40
+    left, top, right, bottom = 56, 34, size - 16, size - 44
     img = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(img)
-    lo, hi = margin, size - margin
-    span = hi - lo
 
     def xy(fpr: float, tpr: float) -> tuple[float, float]:
-        return lo + fpr * span, hi - tpr * span
+        return left + fpr * (right - left), bottom - tpr * (bottom - top)
 
-    draw.rectangle([lo, lo, hi, hi], outline="black")
+    def centred(x: float, y_top: float, text: str, fill: str = "black") -> None:
+        draw.text((x - draw.textlength(text) / 2, y_top), text, fill=fill)
+
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for i in range(6):  # ticks and their values on both axes
+        v = i / 5
+        x, _ = xy(v, 0)
+        _, y_tick = xy(0, v)
+        draw.line([(x, bottom), (x, bottom + 4)], fill="black")
+        centred(x, bottom + 6, f"{v:.1f}")
+        draw.line([(left - 4, y_tick), (left, y_tick)], fill="black")
+        draw.text((left - 26, y_tick - 6), f"{v:.1f}", fill="black")
     draw.line([xy(0, 0), xy(1, 1)], fill=(160, 160, 160))
     palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    legend: list[tuple[str, tuple[int, int, int]]] = []
     for c, name in enumerate(classes):
         positives = y == c
         if not positives.any() or positives.all():
@@ -200,10 +224,18 @@ def roc_curve_png(y_true: Any, probs: Any, classes: Sequence[str], *, size: int 
         fpr, tpr, _ = skm.roc_curve(positives, p[:, c])
         colour = palette[c % len(palette)]
         draw.line([xy(a, b) for a, b in zip(fpr, tpr, strict=True)], fill=colour, width=2)
-        auc = skm.auc(fpr, tpr)
-        draw.text((lo + 6, lo + 4 + 12 * c), f"{name}: AUC {auc:.3f}", fill=colour)
-    draw.text((size // 2 - 50, size - margin + 10), "false positive rate", fill="black")
-    draw.text((4, margin - 16), "true positive rate", fill="black")
+        legend.append((f"{name}: AUC {skm.auc(fpr, tpr):.3f}", colour))
+    # bottom right, below the diagonal, where a useful curve rarely runs
+    width = max((draw.textlength(text) for text, _ in legend), default=0)
+    for i, (text, colour) in enumerate(legend):
+        draw.text((right - 6 - width, bottom - 4 - 12 * (len(legend) - i)), text, fill=colour)
+    centred((left + right) / 2, 10, title)
+    centred((left + right) / 2, bottom + 22, "false positive rate (1 - specificity)")
+    label = "true positive rate (sensitivity)"  # written sideways along the y axis
+    side = Image.new("RGB", (int(draw.textlength(label)) + 2, 12), "white")
+    ImageDraw.Draw(side).text((1, 0), label, fill="black")
+    side = side.rotate(90, expand=True)
+    img.paste(side, (4, int((top + bottom - side.height) / 2)))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

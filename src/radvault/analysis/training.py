@@ -144,19 +144,24 @@ class TrainConfig:
     network : str
         ``resnet18``, ``densenet121`` or ``efficientnet-b0``.
     width : float
-        ResNet channel multiplier (1.0 = standard ResNet-18).
+        ResNet channel multiplier (1.0 = standard ResNet-18); the other networks
+        have fixed channel counts and refuse any other value than 1.0 (the card
+        would record a width the network does not have).
     stem : str
         ResNet stem: ``imagenet`` (7x7 stride 2 + max-pool) or ``small``
         (3x3 stride 1, for 28-pixel MedMNIST images).
     preprocess : PreprocessSettings
         The imaging layer's settings; ``size`` is the network input size.
     epochs, batch_size, lr, dropout, weight_decay, seed
-        The usual; paper defaults.
+        The usual; paper defaults. ``epochs`` and ``batch_size`` are at least 1,
+        ``lr`` is positive, ``dropout`` within [0, 1), ``weight_decay`` at least 0.
     optimisation : Optimisation
     train_split, val_split, test_split : str
         Split names; ``test_split=""`` skips the test evaluation.
     checkpoint_dir : path, optional
-        Where ``checkpoint.pt`` and ``history.json`` go (default ``out_dir/train``).
+        Where ``checkpoint.pt`` and ``history.json`` go (default the sibling folder
+        ``<out_dir>.checkpoint``: outside the model folder, so that copying a model
+        never copies its checkpoint, 108 MB for DenseNet-121).
     cache_dir : path, optional
         Cache of preprocessed public images (never for vault data).
     resume : bool
@@ -165,7 +170,7 @@ class TrainConfig:
         With ``resume``: train no further epoch, export the best epoch so far
         (for a run that must stop before its epoch budget).
     threads : int, optional
-        ``torch.set_num_threads``.
+        ``torch.set_num_threads`` (at least 1; ``None``: PyTorch's default).
     fp16_weights : bool
         Store the ONNX weights as float16 (metrics are computed on that file).
     init_from : path, optional
@@ -220,6 +225,15 @@ class TrainConfig:
             raise ModelError("epochs and batch_size must be at least 1")
         if not self.lr > 0:
             raise ModelError("learning rate must be positive")
+        if not self.weight_decay >= 0:
+            raise ModelError(f"weight decay must be at least 0, not {self.weight_decay}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ModelError(f"dropout must be within [0, 1), not {self.dropout}")
+        if self.threads is not None and self.threads < 1:
+            raise ModelError(f"threads must be at least 1, not {self.threads}")
+        if self.network != "resnet18" and self.width != 1.0:
+            raise ModelError(f"width {self.width} applies to resnet18 only; {self.network} "
+                             "has fixed channel counts (leave width at 1.0)")
         if self.finish_now and not self.resume:
             raise ModelError("finish_now needs resume (it exports a checkpoint's best epoch)")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
@@ -232,8 +246,11 @@ class TrainConfig:
 
     @property
     def checkpoint_path(self) -> Path:
-        """Where the resumable checkpoint lives."""
-        return (self.checkpoint_dir or self.out_dir / "train") / CHECKPOINT_FILE
+        """Where the resumable checkpoint lives (``<out_dir>.checkpoint/`` by default)."""
+        if self.checkpoint_dir is not None:
+            return self.checkpoint_dir / CHECKPOINT_FILE
+        out = self.out_dir.resolve()  # "runs/m/" and "runs/m" name the same sibling
+        return out.with_name(out.name + ".checkpoint") / CHECKPOINT_FILE
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed."""
