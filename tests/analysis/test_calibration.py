@@ -42,3 +42,18 @@ def test_bad_input_is_refused():
         fit_temperature(np.zeros((0, 3)), np.zeros(0))
     with pytest.raises(ModelError):
         softmax([[1.0, 2.0]], temperature=0)
+
+
+def test_a_temperature_at_the_edge_of_its_range_is_warned_about(caplog):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(0, 1, (300, 3)) * 200.0  # confident and unrelated to the labels
+    with caplog.at_level("WARNING", logger="radvault.analysis.calibration"):
+        cal = fit_temperature(logits, y)
+    assert cal.temperature == pytest.approx(20.0, rel=1e-2)
+    assert "edge of its range" in caplog.text
+    caplog.clear()
+    good, y = overconfident()
+    with caplog.at_level("WARNING", logger="radvault.analysis.calibration"):
+        fit_temperature(good, y)
+    assert "edge of its range" not in caplog.text

@@ -334,6 +334,11 @@ def test_evaluate_prints_every_figure_and_writes_strict_json_and_a_roc_beside_it
                  "--task", str(toy_task_file), "--json", str(out),
                  "--roc", str(tmp_path / "curve.png")]) == 0
     assert (tmp_path / "curve.png").is_file() and not roc.exists()
+    assert "trained on" not in capsys.readouterr().err
+    # the training split can be measured, with a warning that it proves nothing
+    assert main(["evaluate", "--model", str(model), "--manifest", str(toy_manifest),
+                 "--task", str(toy_task_file), "--split", "train"]) == 0
+    assert "is the split this model was trained on" in capsys.readouterr().err
 
 
 def test_evaluate_help_says_where_the_roc_curve_goes(capsys):

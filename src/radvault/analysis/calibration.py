@@ -13,12 +13,15 @@ Pure numpy/scipy, so serving never needs torch.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from radvault.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Calibration", "compare_calibrations", "fit_bias_temperature", "fit_temperature",
            "nll", "softmax"]
@@ -118,6 +121,11 @@ def fit_temperature(logits: Any, labels: Any, *, bounds: tuple[float, float] = (
     before, after = nll(z, y, 1.0), nll(z, y, temperature)
     if after > before:  # never make it worse than no scaling
         temperature, after = 1.0, before
+    elif min(abs(res.x - lo), abs(res.x - hi)) < 1e-3:
+        # the best temperature lies outside the search range: the model is far from
+        # calibrated on this split (often a validation split the model cannot rank)
+        log.warning("temperature stopped at the edge of its range (T=%.3f of %s-%s): the "
+                    "model's confidence is far off on this split", temperature, *bounds)
     return Calibration(
         temperature=temperature, nll_before=before, nll_after=after,
         ece_before=expected_calibration_error(y, softmax(z)),

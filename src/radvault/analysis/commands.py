@@ -310,6 +310,10 @@ def _evaluate(args: argparse.Namespace, source: Any) -> int:
 
     _, keyring = _signer_and_keyring(args)
     model = load_model(args.model, keyring=keyring, require_signature=not args.allow_unsigned)
+    trained_on = (model.card.raw.get("training") or {}).get("splits", {}).get("train")
+    if args.split == trained_on:
+        print(f"warning: {args.split!r} is the split this model was trained on; its figures "
+              "say nothing about unseen images", file=sys.stderr)
     metrics = evaluate_model(model, source, args.split, cache_dir=args.cache_dir)
     where = f"{metrics['model_id']} on {metrics['task']}/{args.split}"
     print(f"{where}: {_summary(metrics)}")  # the first line stays as it was: scripts read it
