@@ -60,7 +60,7 @@ def test_resume_continues_from_the_checkpoint(toy_manifest, toy_task_file, tiny_
                           optimisation=opt), progress=False)
     assert [h["epoch"] for h in first.history] == [1]
     # a different epoch budget is a different configuration: refused
-    with pytest.raises(ModelError, match="different configuration"):
+    with pytest.raises(ModelError, match=r"different configuration \(differs: epochs\)"):
         train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=2,
                       optimisation=opt, resume=True), progress=False)
     ckpt = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)

@@ -59,22 +59,28 @@ def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse
     t.add_argument("--network", default="resnet18",
                    help="resnet18 (default), densenet121 or efficientnet-b0")
     t.add_argument("--width", type=float, default=1.0,
-                   help="ResNet channel multiplier (resnet18 only; the others take 1.0)")
+                   help="ResNet channel multiplier (default 1.0; resnet18 only, the others "
+                        "take 1.0)")
     t.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
                    help="start from another run's checkpoint.pt (same network, width and "
                         "stem; transfer learning); the linear layer starts fresh")
     t.add_argument("--stem", choices=("imagenet", "small"), default="imagenet",
                    help="ResNet stem: 7x7 stride 2 + max-pool, or 3x3 stride 1 for 28 px "
-                        "MedMNIST images")
-    t.add_argument("--size", type=int, default=224)
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--dropout", type=float, default=0.30)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--patience", type=int, default=8)
-    t.add_argument("--balance", choices=("sampler", "weights", "none"), default="sampler")
+                        "MedMNIST images (default imagenet)")
+    t.add_argument("--size", type=int, default=224,
+                   help="input size in pixels (default 224, the paper's; 128 is much cheaper "
+                        "on a CPU)")
+    t.add_argument("--epochs", type=int, default=30, help="at most this many (default 30)")
+    t.add_argument("--batch-size", type=int, default=32, help="default 32")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    t.add_argument("--dropout", type=float, default=0.30, help="default 0.30")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
+    t.add_argument("--seed", type=int, default=0, help="default 0")
+    t.add_argument("--patience", type=int, default=8,
+                   help="early stopping: epochs without a better validation AUC (default 8)")
+    t.add_argument("--balance", choices=("sampler", "weights", "none"), default="sampler",
+                   help="class balance: balanced sampling (default), a class-weighted loss, "
+                        "or none")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--no-schedule", action="store_true")
     t.add_argument("--no-early-stopping", action="store_true")

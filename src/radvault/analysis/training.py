@@ -434,6 +434,19 @@ def _load_splits(config: TrainConfig, reporter: _Reporter) -> dict[str, Prepared
     return out
 
 
+def _differing(saved: Any, now: dict[str, Any]) -> str:
+    """`` (differs: epochs, lr)``: which settings a checkpoint was made with otherwise."""
+    try:
+        then = json.loads(saved)
+    except (TypeError, ValueError):
+        return ""
+    if not isinstance(then, dict):
+        return ""
+    now = json.loads(json.dumps(now, sort_keys=True))  # tuples as lists, as when saved
+    keys = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    return f" (differs: {', '.join(keys)})" if keys else ""
+
+
 def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None = None
           ) -> TrainResult:
     """Train, calibrate, export and evaluate one model.
@@ -500,7 +513,8 @@ def train(config: TrainConfig, progress: bool = True, *, signer: Signer | None =
         if config.resume and ckpt_path.is_file():
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             if ckpt.get("fingerprint") != json.dumps(fingerprint, sort_keys=True):
-                raise ModelError(f"{ckpt_path}: checkpoint is from a different configuration")
+                raise ModelError(f"{ckpt_path}: checkpoint is from a different configuration"
+                                 f"{_differing(ckpt.get('fingerprint'), fingerprint)}")
             model.load_state_dict(ckpt["model"])
             optimiser.load_state_dict(ckpt["optimiser"])
             if scheduler is not None:
