@@ -172,3 +172,17 @@ def test_a_model_signing_key_inside_the_models_tree_is_a_usage_error(
     assert main(["keys", "model-key", "--out", str(tmp_path / "models" / "k.pem"),
                  "--keys", str(keys)]) == 2
     assert "keep the private key elsewhere" in capsys.readouterr().err
+
+
+@needs_models
+def test_the_heatmap_is_drawn_at_the_images_own_size(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    wide = tmp_path / "wide.png"  # 300 x 150: larger than the model input, not square
+    Image.fromarray(np.tile(np.linspace(0, 255, 300, dtype=np.uint8), (150, 1))).save(wide)
+    cam = tmp_path / "cam.png"
+    assert main(["analyze", str(wide), "--modality", "DX", "--body-part", "CHEST",
+                 "--heatmap", str(cam), "--json"]) == 0
+    with Image.open(cam) as drawn:  # the image's long side, letterboxed as it is shown
+        assert drawn.size == (300, 300)

@@ -142,6 +142,7 @@ def _analyze_file(path: Path, model_dir: Path | None, modality: str | None,
     from radvault.analysis.export import ModelKeyring
     from radvault.analysis.inference import load_model
     from radvault.analysis.registry import ModelRegistry
+    from radvault.imaging.preprocess import display_array
     from radvault.imaging.reading import read_image
     from radvault.imaging.records import SourceFormat
 
@@ -166,8 +167,8 @@ def _analyze_file(path: Path, model_dir: Path | None, modality: str | None,
         loaded = load_model(model_dir, keyring=keyring, refer_threshold=refer_threshold)
     x = loaded.preprocess(record)
     pred = loaded.predict(x[None], modality=record.modality, body_part=record.body_part)[0]
-    if heatmap is not None:
-        heatmap.write_bytes(gradcam_overlay(x, loaded.cam(x[None])))
+    if heatmap is not None:  # over the image as a person views it, at its own size
+        heatmap.write_bytes(gradcam_overlay(display_array(record), loaded.cam(x[None])))
     return {"target": str(path), "model_id": pred.model_id, "prediction": pred.label,
             "probability": pred.probability, "probabilities": dict(pred.probabilities),
             "refer": pred.refer, "reasons": list(pred.reasons)}

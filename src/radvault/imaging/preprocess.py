@@ -62,6 +62,7 @@ from radvault.imaging.records import ImageRecord
 
 __all__ = [
     "Preprocessor",
+    "display_array",
     "settings_from_dict",
     "settings_to_dict",
     "to_png_bytes",
@@ -453,6 +454,36 @@ def _fit_square(image: np.ndarray, size: int) -> np.ndarray:
 
 
 # -- inspection -----------------------------------------------------------------
+
+
+def display_array(record: ImageRecord, *, frame: int | None = None,
+                  window: tuple[float, float] | None = None, max_size: int = 1024
+                  ) -> np.ndarray:
+    """One frame as a person views it: windowed (the given window, else the image's own,
+    else min-max), no enhancement, letterboxed into a square of its long side (at most
+    ``max_size``).
+
+    The square has the model input's geometry at another scale (both are the same
+    letterbox of the same frame), so a heatmap of the model input resized to it lines up.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32``, shape ``(3, side, side)``, values in ``[0, 1]``.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``frame`` is not within the record's frames.
+    """
+    index = _frame_index(record.frames, frame)
+    if window is None and record.window_center is not None and record.window_width is not None:
+        window = (record.window_center, record.window_width)
+    side = max(8, min(max_size, max(record.rows, record.columns)))
+    render = Preprocessor(PreprocessSettings(size=side, window=window is not None,
+                                             normalize=window is None, enhance=False,
+                                             denoise=False))
+    return render.from_array(record.frame(index), window=window)
 
 
 def to_uint8_rgb(array: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ import numpy as np
 
 from radvault.access.policy import Action, Resource
 from radvault.access.principal import Principal
-from radvault.config import PreprocessSettings
 from radvault.errors import (
     BurnedInAnnotationRefused,
     CorruptImage,
@@ -29,7 +28,7 @@ from radvault.errors import (
     RadVaultError,
     UnsupportedTransferSyntax,
 )
-from radvault.imaging.preprocess import Preprocessor, to_png_bytes
+from radvault.imaging.preprocess import display_array, to_png_bytes
 from radvault.pipeline._clinical_base import (
     BODY_PART_RE,
     FILE_NAME_MAX,
@@ -298,17 +297,10 @@ class StudyCases(ServiceCore):
             raise InvalidRequest(f"frame must be within 0..{instance.frames - 1}")
         record = open_image(self.vault, instance.instance_id, actor=principal.username)
         try:
-            index = record.frames // 2 if frame is None else frame
             window: tuple[float, float] | None = None
             if window_center is not None and window_width is not None:
                 window = (float(window_center), float(window_width))
-            elif record.window_center is not None and record.window_width is not None:
-                window = (record.window_center, record.window_width)
-            side = max(8, min(max_size, max(record.rows, record.columns)))
-            render = Preprocessor(PreprocessSettings(
-                size=side, window=window is not None, normalize=window is None,
-                enhance=False, denoise=False))
-            array = render.from_array(record.frame(index), window=window)
+            array = display_array(record, frame=frame, window=window, max_size=max_size)
             try:
                 return to_png_bytes(array)
             finally:
