@@ -62,6 +62,11 @@ def test_images_and_heatmaps_are_rendered_as_png(world, north_study, analysed):
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
     heat = world.get("rad-n", f"{base}/heatmap")
     assert heat.status_code == 200 and heat.content.startswith(PNG)
+    # a physician may see the heatmap but not the image: theirs is drawn over the model
+    # input, the radiologist's over the image as the image page shows it
+    theirs = world.get("phys-n", f"{base}/heatmap")
+    assert theirs.status_code == 200 and theirs.content.startswith(PNG)
+    assert theirs.content != heat.content
 
 
 def test_reports_come_in_four_formats_pseudonymous(world, north_study, analysed):

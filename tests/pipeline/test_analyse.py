@@ -1,8 +1,10 @@
 """Analysing a vault instance: result and audit entry together, idempotent by result id."""
 
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from radvault.analysis.inference import LoadedModel
 from radvault.config import load_settings
@@ -46,9 +48,15 @@ def test_a_result_is_stored_with_its_audit_entry_and_a_rerun_stores_nothing_new(
 
 def test_the_heatmap_is_a_png_computed_in_memory(vault: Vault) -> None:
     outcome = Ingestor(vault, actor="tech").ingest_file(SAMPLE, modality="DX", body_part="CHEST")
-    png = Analyser.default(vault, actor="dr").heatmap_png(outcome.instance_id)
+    analyser = Analyser.default(vault, actor="dr")
+    png = analyser.heatmap_png(outcome.instance_id)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    over_image = analyser.heatmap_png(outcome.instance_id, over_image=True)
     assert not any(p.suffix == ".png" for p in vault.paths.home.rglob("*"))
+    with (Image.open(io.BytesIO(png)) as small, Image.open(io.BytesIO(over_image)) as large,
+          Image.open(SAMPLE) as source):
+        assert small.size == (128, 128)  # the chest model's input
+        assert large.size == (max(source.size),) * 2  # the image's own size
 
 
 HINTS = {"brain_mri": ("MR", "BRAIN"), "breast_us": ("US", "BREAST"),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
-from radvault.access.policy import ROLE_ACTIONS, Action
+from radvault.access.policy import ROLE_ACTIONS, Action, Resource
 from radvault.access.principal import Principal
 from radvault.errors import (
     AccessDenied,
@@ -184,10 +184,18 @@ class AnalysisCases(ServiceCore):
         ModelError
             If no model can compute it.
         """
-        _, inst = self._instance(principal, Action.VIEW_RESULT, study_id, instance_id)
+        study, inst = self._instance(principal, Action.VIEW_RESULT, study_id, instance_id)
         if not self.vault.catalog.results_of_instance(inst.instance_id):
             raise ObjectNotFound(f"instance {inst.instance_id} has not been analysed")
-        return self._analyser(principal.username).heatmap_png(inst.instance_id)
+        # Over the image at the size the image page shows it, for whoever may view the image
+        # (that view is authorised and audited); else over the small model input, so that a
+        # physician, who may see results but not images, is not shown the image.
+        resource = Resource.study(study.study_id, study.site)
+        over_image = self.policy.allowed(principal, Action.VIEW_IMAGE, resource)
+        if over_image:
+            self.policy.authorize(principal, Action.VIEW_IMAGE, resource)
+        return self._analyser(principal.username).heatmap_png(inst.instance_id,
+                                                              over_image=over_image)
 
     # ------------------------------------------------------------------ analysis task
 

@@ -23,7 +23,8 @@ import numpy as np
 from radvault.analysis.explain import gradcam_overlay
 from radvault.analysis.inference import LoadedModel, load_model
 from radvault.analysis.registry import ModelRegistry
-from radvault.errors import ModelError, RadVaultError
+from radvault.errors import RadVaultError
+from radvault.imaging.preprocess import display_array
 from radvault.pipeline.ingest import MODEL_INPUT_KIND
 from radvault.pipeline.retrieve import (
     open_image,
@@ -414,8 +415,13 @@ class Analyser:
             log.info("analysed instance %s with %s", result.instance_id, result.model_id)
         return stored_results
 
-    def heatmap_png(self, instance_id: str, *, model_name: str | None = None) -> bytes:
+    def heatmap_png(self, instance_id: str, *, model_name: str | None = None,
+                    over_image: bool = False) -> bytes:
         """Class-activation overlay (PNG bytes) for the predicted class, computed in memory.
+
+        Drawn over the model input (small, contrast-enhanced), or with ``over_image`` over
+        the stored image as a person views it, at its own size (at most 1024 px; opened
+        and audited as a read). Only for callers allowed to see the image.
 
         Raises
         ------
@@ -428,11 +434,21 @@ class Analyser:
         array, _ = self._model_input(model, instance_id)
         try:
             heatmap = model.cam(array[None])
-            png = gradcam_overlay(array, heatmap)
-        except ModelError:
-            raise
+            if not over_image:
+                png = gradcam_overlay(array, heatmap)
         finally:
             array.fill(0)
+        if over_image:
+            record = open_image(self.vault, instance_id, actor=self.actor)
+            try:
+                base = display_array(record)  # the model input's letterbox: they line up
+                try:
+                    png = gradcam_overlay(base, heatmap)
+                finally:
+                    base.fill(0)
+            finally:
+                if record.pixels.flags.writeable:
+                    record.pixels.fill(0)
         self.vault.audit.append(self.actor, Action.READ, Outcome.OK,
                                 object_ids=[instance.study_id, instance_id],
                                 details={"what": "heatmap"})
