@@ -44,8 +44,9 @@ def _train_args(common: list[str], extra: list[str], out: str = "/nonexistent"
 
 def _data_key(ns: argparse.Namespace) -> tuple[Any, ...]:
     """What decides a run's data: source, task and splits (not the training options)."""
-    return (str(ns.manifest), str(ns.medmnist), str(ns.folder), ns.task, ns.modality,
-            ns.body_part, ns.train_split, ns.val_split, ns.test_split)
+    return (str(ns.manifest), str(ns.medmnist), str(ns.folder), str(ns.dicom_folder),
+            str(ns.labels), ns.classes, ns.task, ns.modality, ns.body_part, ns.train_split,
+            ns.val_split, ns.test_split)
 
 
 def _prepare(common: list[str], extra: list[str], split: str) -> str:

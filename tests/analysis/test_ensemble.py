@@ -46,6 +46,8 @@ def test_the_ensemble_serves_the_mean_of_its_members_logits(
     assert [m["model_id"] for m in card["training"]["members"]] == [
         m.card.model_id for m in members]
     assert card["training"]["seed"] == [0, 1]
+    # the split its members trained on: what evaluating the ensemble checks leakage against
+    assert card["training"]["splits"] == {"train": "train", "val": "val", "test": "test"}
     assert card["metrics"]["val"]["auc_macro"] is not None and card["metrics"]["test"]
     assert card["temperature"] > 0
     heatmap = ensemble.cam(x[0])

@@ -224,7 +224,11 @@ def test_out_of_range_options_are_refused_by_the_config(toy_manifest, toy_task_f
                         ({"lr": 0.0}, "learning rate must be positive"),
                         ({"batch_size": 0}, "at least 1"),
                         ({"network": "densenet121", "width": 0.5}, "resnet18 only"),
-                        ({"network": "efficientnet-b0", "width": 2.0}, "resnet18 only")):
+                        ({"network": "efficientnet-b0", "width": 2.0}, "resnet18 only"),
+                        ({"network": "vgg16"}, "unknown network"),
+                        ({"width": 0.0}, "width must be within"),
+                        ({"width": float("nan")}, "width must be within"),
+                        ({"network": "densenet121", "stem": "small"}, "resnet18 only")):
         with pytest.raises(ModelError, match=message):
             replace(config, **kw)
     # the other networks at their only width are fine
@@ -244,3 +248,9 @@ def test_the_default_checkpoint_lives_beside_the_model_folder_and_resumes(
         "checkpoint.pt", "history.json"]
     again = train(replace(config, resume=True, finish_now=True), progress=False)
     assert again.history == first.history
+    # a run begun before the checkpoint moved (inside the model folder) still resumes
+    (tmp_path / "m.checkpoint").rename(tmp_path / "legacy")
+    (tmp_path / "legacy").rename(tmp_path / "m" / "train")
+    assert config.checkpoint_path == (tmp_path / "m" / "train").resolve() / "checkpoint.pt"
+    assert train(replace(config, resume=True, finish_now=True),
+                 progress=False).history == first.history

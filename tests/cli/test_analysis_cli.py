@@ -126,6 +126,21 @@ def test_analyze_refuses_options_that_contradict_a_dicom_header(
     assert "contradicts the DICOM header (CT)" in capsys.readouterr().err
 
 
+@needs_models
+def test_a_dicom_file_without_a_modality_takes_one_from_the_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.Modality  # reads as "OT": the header says nothing, so the option is not refused
+    ds.save_as(tmp_path / "nomod.dcm")
+    assert main(["analyze", str(tmp_path / "nomod.dcm"), "--modality", "CT", "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert "modality_not_trained" not in result["reasons"]
+
+
 def test_analyze_says_what_is_missing_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

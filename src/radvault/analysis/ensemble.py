@@ -166,7 +166,8 @@ def build_ensemble(member_dirs: Sequence[str | PathLike[str]], source: DataSourc
         "training": {
             "manifest_sha256": raws[0]["training"]["manifest_sha256"],
             "seed": [r["training"]["seed"] for r in raws],
-            "splits": {"val": val_split, "test": test_split or None},
+            "splits": {"train": _common_train_split(raws), "val": val_split,
+                       "test": test_split or None},
             "epochs_run": max(r["training"]["epochs_run"] for r in raws),
             "seconds": round(sum(r["training"]["seconds"] for r in raws), 1),
             "members": [{"model_id": r["model_id"], "onnx_sha256": r["onnx_sha256"],
@@ -182,3 +183,8 @@ def build_ensemble(member_dirs: Sequence[str | PathLike[str]], source: DataSourc
     })
     return write_model(out_dir, onnx_bytes, card, signer)
 
+
+def _common_train_split(cards: list[dict[str, Any]]) -> str | None:
+    """The split every member trained on (what leakage is checked against), if they agree."""
+    names = {((c.get("training") or {}).get("splits") or {}).get("train") for c in cards}
+    return names.pop() if len(names) == 1 else None

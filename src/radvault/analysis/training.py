@@ -53,7 +53,7 @@ from radvault.analysis.export import (
 )
 from radvault.analysis.inference import onnx_logits
 from radvault.analysis.metrics import compute_metrics, held_out_metrics
-from radvault.analysis.networks import build_network
+from radvault.analysis.networks import NETWORKS, build_network
 from radvault.config import PreprocessSettings
 from radvault.errors import ModelError
 
@@ -231,9 +231,15 @@ class TrainConfig:
             raise ModelError(f"dropout must be within [0, 1), not {self.dropout}")
         if self.threads is not None and self.threads < 1:
             raise ModelError(f"threads must be at least 1, not {self.threads}")
+        if self.network not in (*NETWORKS, "efficientnet_b0"):
+            raise ModelError(f"unknown network {self.network!r}; one of {', '.join(NETWORKS)}")
+        if not (math.isfinite(self.width) and 0.05 <= self.width <= 4.0):
+            raise ModelError(f"width must be within 0.05..4, not {self.width}")
         if self.network != "resnet18" and self.width != 1.0:
             raise ModelError(f"width {self.width} applies to resnet18 only; {self.network} "
                              "has fixed channel counts (leave width at 1.0)")
+        if self.network != "resnet18" and self.stem != "imagenet":
+            raise ModelError(f"stem {self.stem!r} applies to resnet18 only")
         if self.finish_now and not self.resume:
             raise ModelError("finish_now needs resume (it exports a checkpoint's best epoch)")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
@@ -246,11 +252,15 @@ class TrainConfig:
 
     @property
     def checkpoint_path(self) -> Path:
-        """Where the resumable checkpoint lives (``<out_dir>.checkpoint/`` by default)."""
+        """Where the resumable checkpoint lives (``<out_dir>.checkpoint/`` by default; a
+        run begun by an older version, with its checkpoint in ``<out_dir>/train/``, resumes
+        from there)."""
         if self.checkpoint_dir is not None:
             return self.checkpoint_dir / CHECKPOINT_FILE
         out = self.out_dir.resolve()  # "runs/m/" and "runs/m" name the same sibling
-        return out.with_name(out.name + ".checkpoint") / CHECKPOINT_FILE
+        path = out.with_name(out.name + ".checkpoint") / CHECKPOINT_FILE
+        legacy = out / "train" / CHECKPOINT_FILE  # where runs before session 7 kept it
+        return legacy if not path.is_file() and legacy.is_file() else path
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed."""

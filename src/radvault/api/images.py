@@ -39,5 +39,6 @@ def image(
 @router.get("/heatmap", response_class=Response, responses=_PNG)
 def heatmap(service: Service, principal: CurrentPrincipal, study_id: StudyId,
             instance_id: InstanceId) -> Response:
-    """The Grad-CAM overlay of the predicted class on the model's input (PNG)."""
+    """The Grad-CAM overlay of the predicted class (PNG): over the image for whoever may view
+    it, over the model's small input for a physician."""
     return Response(service.heatmap(principal, study_id, instance_id), media_type="image/png")

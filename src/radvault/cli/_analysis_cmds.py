@@ -150,8 +150,11 @@ def _analyze_file(path: Path, model_dir: Path | None, modality: str | None,
     if header.source_format is SourceFormat.DICOM:
         # The options describe PNG/JPEG files; a DICOM header that says otherwise wins,
         # or the wrong model would answer without a referral.
+        # ("OT" is what a file without a Modality reads as: the header says nothing then)
         for option, given, found in (("--modality", modality, header.modality),
                                      ("--body-part", body_part, header.body_part)):
+            if found and found.upper() == "OT" and option == "--modality":
+                continue
             if given and found and given.upper() != found.upper():
                 raise ConfigurationError(f"{option} {given} contradicts the DICOM header "
                                          f"({found}); it is for PNG/JPEG files")

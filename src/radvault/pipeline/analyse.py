@@ -416,12 +416,12 @@ class Analyser:
         return stored_results
 
     def heatmap_png(self, instance_id: str, *, model_name: str | None = None,
-                    over_image: bool = False) -> bytes:
+                    over_image: bool = False, max_size: int = 1024) -> bytes:
         """Class-activation overlay (PNG bytes) for the predicted class, computed in memory.
 
         Drawn over the model input (small, contrast-enhanced), or with ``over_image`` over
-        the stored image as a person views it, at its own size (at most 1024 px; opened
-        and audited as a read). Only for callers allowed to see the image.
+        the stored image as a person views it, at its own size (at most ``max_size`` px;
+        opened and audited as a read). Only for callers allowed to see the image.
 
         Raises
         ------
@@ -441,7 +441,7 @@ class Analyser:
         if over_image:
             record = open_image(self.vault, instance_id, actor=self.actor)
             try:
-                base = display_array(record)  # the model input's letterbox: they line up
+                base = display_array(record, max_size=max_size)  # the model input's letterbox
                 try:
                     png = gradcam_overlay(base, heatmap)
                 finally:
