@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sweep  # tools/sweep.py, beside this file
 
+from radvault.analysis.manifest import file_sha256
+
 #: How many fold assignments to try before refusing: StratifiedGroupKFold is greedy
 #: and, with few groups per class, may leave a class out of a fold.
 _MAX_SHUFFLES = 200
@@ -158,11 +160,7 @@ def print_cv(cv: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the folds, run every recipe on every fold, rank; 1 if a run failed."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    common: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, common = argv[:cut], argv[cut + 1:]
+    argv, common = sweep.split_common(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--task", required=True)
@@ -184,12 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--folds must be at least 3 (held-out, early-stopping and training folds)")
     if any(("--manifest" in c or "-split" in c or c == "--task") for c in common):
         p.error("the shared train options must not name --manifest, --task or a split")
-    recipes = {}
-    for item in args.config:
-        name, sep, extra = item.partition("=")
-        if not sep or not name:
-            p.error(f"--config {item!r}: expected NAME=ARGS")
-        recipes[name] = extra
+    recipes = sweep.parse_configs(p, args.config)
     paths, shuffle = fold_manifests(args.manifest, args.task, args.folds, args.out / "folds",
                                     tuple(args.pool))
     print(f"{args.folds} folds written to {args.out / 'folds'} (shuffle {shuffle})", flush=True)
@@ -207,17 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     cv = summarise_cv(sweep_summary, list(recipes), args.folds, args.reference)
     cv.update(task=args.task, folds=args.folds, fold_shuffle=shuffle, seeds=args.seeds,
               recipes_args=recipes, common_args=common, pooled_splits=args.pool,
-              manifest_sha256=_sha256(args.manifest),
+              manifest_sha256=file_sha256(args.manifest),
               fold_groups=[_heldout_groups(path) for path in paths])
     (args.out / "cv_summary.json").write_text(json.dumps(cv, indent=1))
     print_cv(cv)
     return status
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _heldout_groups(fold_manifest: Path) -> list[str]:

@@ -142,13 +142,32 @@ def print_table(summary: dict[str, Any]) -> None:
               f"{_fmt(c['test']['mcc']):>15}")
 
 
+def split_common(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """The tool's own options and, after ``--``, the ``train`` options every run shares."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
+def parse_configs(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--config NAME=ARGS`` items as name -> ARGS (not yet split); a malformed or
+    repeated name is a usage error."""
+    configs: dict[str, str] = {}
+    for item in items:
+        name, sep, extra = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--config {item!r}: expected NAME=ARGS (ARGS may be empty)")
+        if name in configs:
+            parser.error(f"--config {name!r} given twice")
+        configs[name] = extra
+    return configs
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep; the exit status is 1 if any run failed, 2 for bad options."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    common: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, common = argv[:cut], argv[cut + 1:]
+    argv, common = split_common(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--config", action="append", required=True, metavar="NAME=ARGS",
@@ -163,14 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="stop runs still going after this many seconds (they count as "
                         "failed) and report what finished")
     args = p.parse_args(argv)
-    configs: dict[str, list[str]] = {}
-    for item in args.config:
-        name, sep, extra = item.partition("=")
-        if not sep or not name:
-            p.error(f"--config {item!r}: expected NAME=ARGS (ARGS may be empty)")
-        if name in configs:
-            p.error(f"--config {name!r} given twice")
-        configs[name] = shlex.split(extra)
+    configs = {name: shlex.split(extra)
+               for name, extra in parse_configs(p, args.config).items()}
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 

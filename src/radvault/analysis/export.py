@@ -58,6 +58,7 @@ __all__ = [
     "Verifier",
     "export_model",
     "jsonable",
+    "keys_dir_near",
     "new_signing_key",
     "onnx_bytes_from_torch",
     "signing_message",
@@ -215,6 +216,16 @@ class Ed25519Verifier:
             self._key.verify(signature, message)
         except InvalidSignature:
             raise IntegrityError("model signature does not verify") from None
+
+
+def keys_dir_near(folder: str | PathLike[str]) -> Path:
+    """The trusted-keys folder of a folder of models: its own ``keys``, else its parent's
+    (``models/medmnist`` uses ``models/keys``); ``folder/keys`` when there is neither."""
+    folder = Path(folder)
+    for candidate in (folder / "keys", folder.parent / "keys"):
+        if candidate.is_dir():
+            return candidate
+    return folder / "keys"
 
 
 class ModelKeyring:

@@ -34,6 +34,7 @@ from radvault.analysis.export import (
     SIGNATURE_FILE,
     ModelKeyring,
     Verifier,
+    keys_dir_near,
     signing_message,
 )
 from radvault.config import PreprocessSettings, Settings
@@ -488,11 +489,7 @@ def trusted_keys_dir(model_dir: str | PathLike[str]) -> Path:
     """Where a model folder's trusted public keys are by default: the nearest ``keys``
     folder beside it or one level up (``models/<task>`` and ``models/medmnist/<set>`` both
     find ``models/keys``); ``<model_dir>/../keys`` if there is neither."""
-    folder = Path(model_dir)
-    for candidate in (folder.parent / "keys", folder.parent.parent / "keys"):
-        if candidate.is_dir():
-            return candidate
-    return folder.parent / "keys"
+    return keys_dir_near(Path(model_dir).parent)
 
 
 def load_model(path: str | PathLike[str], verifier: Verifier | None = None, *,

@@ -22,7 +22,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from radvault.analysis.export import CARD_FILE, ModelKeyring
+from radvault.analysis.export import CARD_FILE, ModelKeyring, keys_dir_near
 from radvault.errors import ModelError
 
 __all__ = ["DEFAULT_MODEL", "ModelEntry", "ModelRegistry", "default_models_dir"]
@@ -84,12 +84,8 @@ class ModelRegistry:
     def keyring(self) -> ModelKeyring:
         """Trusted keys: ``keys_dir`` if given, else ``root/keys`` (or, for a nested root
         such as ``models/medmnist``, ``models/keys``)."""
-        if self.keys_dir is not None:
-            return ModelKeyring.from_dir(self.keys_dir)
-        for candidate in (self.root / "keys", self.root.parent / "keys"):
-            if candidate.is_dir():
-                return ModelKeyring.from_dir(candidate)
-        return ModelKeyring.from_dir(self.root / "keys")
+        return ModelKeyring.from_dir(self.keys_dir if self.keys_dir is not None
+                                     else keys_dir_near(self.root))
 
     def entries(self) -> list[ModelEntry]:
         """Every model folder with a readable card, sorted by name."""
