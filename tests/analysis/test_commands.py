@@ -356,7 +356,9 @@ def test_out_of_range_train_options_fail_with_one_line_before_the_data_are_read(
                            (["--lr", "0"], "learning rate must be positive"),
                            (["--epochs", "0"], "at least 1"),
                            (["--size", "4"], "size must be within 8..4096"),
-                           (["--network", "densenet121", "--width", "0.5"], "resnet18 only")):
+                           (["--network", "densenet121", "--width", "0.5"], "resnet18 only"),
+                           (["--network", "densenet121", "--size", "28"],
+                            "densenet121 needs an input of at least 32 px, not 28")):
         assert main([*common, *extra]) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1

@@ -10,7 +10,12 @@ import torch
 from PIL import Image
 
 from radvault.analysis.datasets import ManifestSource
-from radvault.analysis.explain import cam_from_features, gradcam, gradcam_overlay
+from radvault.analysis.explain import (
+    cam_from_features,
+    gradcam,
+    gradcam_overlay,
+    heatmap_only_png,
+)
 from radvault.analysis.inference import load_model
 from radvault.analysis.networks import build_network
 from radvault.errors import ModelError
@@ -48,6 +53,18 @@ def test_overlay_is_an_rgb_png_of_the_image_size(image):
         assert im.format == "PNG" and im.size == (32, 32) and im.mode == "RGB"
 
 
+def test_a_heatmap_alone_is_black_where_the_model_did_not_look():
+    heat = np.zeros((4, 4), dtype=np.float32)
+    heat[0, 0] = 1.0  # the model looked at the top-left corner only
+    with Image.open(io.BytesIO(heatmap_only_png(heat, size=64))) as im:
+        assert im.size == (64, 64) and im.mode == "RGB"
+        pixels = np.asarray(im)
+    assert pixels[:8, :8].max() > 100  # coloured where it looked
+    assert pixels[32:, 32:].max() == 0  # black everywhere it did not
+    with Image.open(io.BytesIO(heatmap_only_png(np.zeros((4, 4)), size=16))) as im:
+        assert np.asarray(im).max() == 0  # no activation, nothing drawn
+
+
 def test_mismatched_shapes_are_refused():
     with pytest.raises(ModelError):
         cam_from_features(np.zeros((4, 2, 2)), np.zeros((3, 5)), 0, 8)
@@ -55,3 +72,7 @@ def test_mismatched_shapes_are_refused():
         cam_from_features(np.zeros((4, 2, 2)), np.zeros((3, 4)), 3, 8)
     with pytest.raises(ModelError):
         gradcam_overlay(np.zeros((32, 32)), np.zeros((32, 32)))
+    with pytest.raises(ModelError):
+        heatmap_only_png(np.zeros((3, 4, 4)), size=16)
+    with pytest.raises(ModelError):
+        heatmap_only_png(np.zeros((4, 4)), size=0)

@@ -228,7 +228,13 @@ def test_out_of_range_options_are_refused_by_the_config(toy_manifest, toy_task_f
                         ({"network": "vgg16"}, "unknown network"),
                         ({"width": 0.0}, "width must be within"),
                         ({"width": float("nan")}, "width must be within"),
-                        ({"network": "densenet121", "stem": "small"}, "resnet18 only")):
+                        ({"network": "densenet121", "stem": "small"}, "resnet18 only"),
+                        ({"network": "densenet121", "width": 1.0,
+                          "preprocess": replace(config.preprocess, size=28)},
+                         "densenet121 needs an input of at least 32 px, not 28"),
+                        ({"network": "efficientnet-b0", "width": 1.0,
+                          "preprocess": replace(config.preprocess, size=16)},
+                         "at least 32 px")):
         with pytest.raises(ModelError, match=message):
             replace(config, **kw)
     # the other networks at their only width are fine

@@ -60,13 +60,17 @@ def test_images_and_heatmaps_are_rendered_as_png(world, north_study, analysed):
     assert plain.content != windowed.content
     bad = world.get("rad-n", f"{base}/image", params={"window_center": 40})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
+    mark = world.mark()
     heat = world.get("rad-n", f"{base}/heatmap")
     assert heat.status_code == 200 and heat.content.startswith(PNG)
-    # a physician may see the heatmap but not the image: theirs is drawn over the model
-    # input, the radiologist's over the image as the image page shows it
+    # a physician may see the heatmap but not the image: theirs is the heatmap alone; the
+    # radiologist's is over the image as the image page shows it (a view that is audited)
     theirs = world.get("phys-n", f"{base}/heatmap")
     assert theirs.status_code == 200 and theirs.content.startswith(PNG)
     assert theirs.content != heat.content
+    drawn = {e.actor: e.details["under"] for e in world.audit_since(mark, "read")
+             if e.details.get("what") == "heatmap"}
+    assert drawn == {"rad-n": "image", "phys-n": "nothing"}
 
 
 def test_reports_come_in_four_formats_pseudonymous(world, north_study, analysed):
@@ -85,6 +89,10 @@ def test_reports_come_in_four_formats_pseudonymous(world, north_study, analysed)
     assert sr.Modality == "SR"
     for r in got.values():
         assert PATIENT.split("^")[0].encode() not in r.content  # pseudonymous by default
+    # the physician's report holds the heatmap alone; a radiologist's, over the model input
+    assert "the image is not part of this report" in got["html"].text
+    theirs = world.get("rad-n", f"/api/v1/studies/{study}/report", params={"format": "html"})
+    assert "overlaid on the model input" in theirs.text
 
 
 def test_a_radiologist_signs_off_and_the_report_shows_it(world, north_study, analysed):

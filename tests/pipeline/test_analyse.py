@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from radvault.analysis.explain import heatmap_only_png
 from radvault.analysis.inference import LoadedModel
 from radvault.config import load_settings
 from radvault.errors import IntegrityError, ObjectNotFound
 from radvault.pipeline.analyse import FIRST_CHUNK, Analyser, _batched
 from radvault.pipeline.ingest import Ingestor
 from radvault.pipeline.maintenance import verify_vault
+from radvault.pipeline.retrieve import open_image
 from radvault.vault.keys import KdfParams
 from radvault.vault.vault import Vault
 
@@ -51,12 +53,30 @@ def test_the_heatmap_is_a_png_computed_in_memory(vault: Vault) -> None:
     analyser = Analyser.default(vault, actor="dr")
     png = analyser.heatmap_png(outcome.instance_id)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    over_image = analyser.heatmap_png(outcome.instance_id, over_image=True)
+    over_image = analyser.heatmap_png(outcome.instance_id, under="image")
     assert not any(p.suffix == ".png" for p in vault.paths.home.rglob("*"))
     with (Image.open(io.BytesIO(png)) as small, Image.open(io.BytesIO(over_image)) as large,
           Image.open(SAMPLE) as source):
         assert small.size == (128, 128)  # the chest model's input
         assert large.size == (max(source.size),) * 2  # the image's own size
+    with pytest.raises(ValueError, match="under must be"):
+        analyser.heatmap_png(outcome.instance_id, under="pixels")  # type: ignore[arg-type]
+
+
+def test_a_heatmap_over_nothing_holds_the_activation_map_and_nothing_of_the_image(
+    vault: Vault,
+) -> None:
+    outcome = Ingestor(vault, actor="tech").ingest_file(SAMPLE, modality="DX", body_part="CHEST")
+    analyser = Analyser.default(vault, actor="dr")
+    alone = analyser.heatmap_png(outcome.instance_id, under="nothing")
+    model = analyser.model_for("DX", "CHEST")
+    array = model.preprocess(open_image(vault, outcome.instance_id, actor="dr"))
+    # exactly the activation map's own picture: no pixel of the image is in it
+    assert alone == heatmap_only_png(model.cam(array[None]), size=array.shape[-1])
+    assert alone != analyser.heatmap_png(outcome.instance_id, under="model_input")
+    reads = vault.audit.query(action="read")
+    assert sorted(e.details.get("under") for e in reads if e.details.get("what") == "heatmap") == [
+        "model_input", "nothing"]
 
 
 HINTS = {"brain_mri": ("MR", "BRAIN"), "breast_us": ("US", "BREAST"),

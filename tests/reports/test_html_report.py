@@ -76,6 +76,13 @@ def test_without_heatmap_says_so(report):
     assert "No heatmap was rendered" in html and "data:image" not in html
 
 
+def test_a_heatmap_without_the_image_is_captioned_so(report):
+    assert "overlaid on the model input" in render_html(report)
+    alone = render_html(with_(report, heatmap_over_image=False))
+    assert "shown alone: the image is not part of this report" in alone
+    assert "overlaid on the model input" not in alone
+
+
 def test_hostile_class_names_and_comments_stay_inert(report, overridden):
     html = render_html(with_(report, sign_off=overridden))
     parsed = _parse(html)

@@ -10,7 +10,8 @@ Two routes to the same picture:
   or for networks whose head is not a single linear layer).
 
 :func:`gradcam_overlay` blends a heatmap over the preprocessed image and
-returns PNG bytes.
+returns PNG bytes; :func:`heatmap_only_png` draws the heatmap with no image
+under it, for a viewer who may see where the model looked but not the image.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from radvault.errors import ModelError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["cam_from_features", "gradcam", "gradcam_overlay"]
+__all__ = ["cam_from_features", "gradcam", "gradcam_overlay", "heatmap_only_png"]
 
 
 def _normalise(cam: np.ndarray) -> np.ndarray:
@@ -150,12 +151,43 @@ def gradcam_overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.
     if not 0.0 <= alpha <= 1.0:
         raise ModelError("alpha must be within [0, 1]")
     h, w = img.shape[1:]
-    if heat.shape != (h, w):
-        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    colour = _jet(heat, h, w)
     base = np.clip(img.transpose(1, 2, 0) * 255.0, 0, 255).astype(np.uint8)
-    colour = cv2.applyColorMap(np.clip(heat * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
     blended = cv2.addWeighted(base, 1.0 - alpha, colour, alpha, 0.0)
     buf = io.BytesIO()
     Image.fromarray(blended).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def heatmap_only_png(heatmap: np.ndarray, *, size: int) -> bytes:
+    """The heatmap alone (JET colours over black, weighted by activation), ``size`` px square.
+
+    For a viewer who may see where the model looked but not the image: nothing of the
+    image's pixels is drawn, only the class activation map, whose own resolution is the
+    network's last feature map (a few cells across).
+
+    Raises
+    ------
+    ModelError
+        If the heatmap is not 2-D or the size is not positive.
+    """
+    from PIL import Image
+
+    heat = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    if heat.ndim != 2:
+        raise ModelError("expected a heatmap (S, S)")
+    if size < 1:
+        raise ModelError("size must be positive")
+    colour = _jet(heat, size, size).astype(np.float32)
+    weight = cv2.resize(heat, (size, size), interpolation=cv2.INTER_LINEAR)[..., None]
+    buf = io.BytesIO()
+    Image.fromarray((colour * weight).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jet(heat: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The heatmap resized to ``(h, w)`` in RGB JET colours (uint8)."""
+    if heat.shape != (h, w):
+        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.clip(heat * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)

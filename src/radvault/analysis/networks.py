@@ -26,10 +26,16 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["NETWORKS", "STEMS", "build_network"]
+__all__ = ["MIN_INPUT_SIZE", "NETWORKS", "STEMS", "build_network"]
 
 NETWORKS = ("resnet18", "densenet121", "efficientnet-b0")
 STEMS = ("imagenet", "small")
+#: The smallest square input each network runs on (measured): DenseNet-121's last
+#: transition pool and EfficientNet-B0's 5x5 kernels need a 2x2 map where ResNet-18's
+#: global pool takes a 1x1 one. (At 28 px the ResNet stem still leaves 1x1; see
+#: ``--stem small``.)
+MIN_INPUT_SIZE = {"resnet18": 8, "densenet121": 32, "efficientnet-b0": 32,
+                  "efficientnet_b0": 32}
 
 
 def _classifier_class() -> type:

@@ -53,7 +53,7 @@ from radvault.analysis.export import (
 )
 from radvault.analysis.inference import onnx_logits
 from radvault.analysis.metrics import compute_metrics, held_out_metrics
-from radvault.analysis.networks import NETWORKS, build_network
+from radvault.analysis.networks import MIN_INPUT_SIZE, NETWORKS, build_network
 from radvault.config import PreprocessSettings
 from radvault.errors import ModelError
 
@@ -240,6 +240,10 @@ class TrainConfig:
                              "has fixed channel counts (leave width at 1.0)")
         if self.network != "resnet18" and self.stem != "imagenet":
             raise ModelError(f"stem {self.stem!r} applies to resnet18 only")
+        if self.size < MIN_INPUT_SIZE[self.network]:
+            raise ModelError(f"{self.network} needs an input of at least "
+                             f"{MIN_INPUT_SIZE[self.network]} px, not {self.size} "
+                             "(resnet18 with --stem small suits small images)")
         if self.finish_now and not self.resume:
             raise ModelError("finish_now needs resume (it exports a checkpoint's best epoch)")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):

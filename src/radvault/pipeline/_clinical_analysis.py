@@ -188,15 +188,14 @@ class AnalysisCases(ServiceCore):
         if not self.vault.catalog.results_of_instance(inst.instance_id):
             raise ObjectNotFound(f"instance {inst.instance_id} has not been analysed")
         # Over the image at the size the image page shows it, for whoever may view the image
-        # (that view is authorised and audited); else over the small, contrast-enhanced
-        # model input, as before, so that a physician, who may see results but not images,
-        # is not shown the image at full size (the overlay still blends that 128 px copy).
+        # (that view is authorised and audited); for a physician, who may see results but
+        # not images, the heatmap alone, with nothing of the image under it.
         resource = Resource.study(study.study_id, study.site)
         over_image = self.policy.allowed(principal, Action.VIEW_IMAGE, resource)
         if over_image:
             self.policy.authorize(principal, Action.VIEW_IMAGE, resource)
         return self._analyser(principal.username).heatmap_png(
-            inst.instance_id, over_image=over_image,
+            inst.instance_id, under="image" if over_image else "nothing",
             max_size=min(1024, self.settings.render_max_size))  # as the image page's largest
 
     # ------------------------------------------------------------------ analysis task

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from radvault.access.policy import Action
+from radvault.access.policy import Action, Resource
 from radvault.access.principal import Principal
 from radvault.errors import (
     IntegrityError,
@@ -239,9 +239,14 @@ class ReportCases(ServiceCore):
         card = _card_of(analyser, study, result.model_id)
         analysis = AnalysisSummary.from_payload(result.payload, model_id=result.model_id,
                                                 result_id=result.result_id)
+        # The model-input overlay for whoever may view the image; the heatmap alone for
+        # anyone else (a physician downloads reports but may not view images).
+        may_view = self.policy.allowed(principal, Action.VIEW_IMAGE,
+                                       Resource.study(study.study_id, study.site))
         heatmap = None
         try:
-            heatmap = analyser.heatmap_png(inst.instance_id)
+            heatmap = analyser.heatmap_png(
+                inst.instance_id, under="model_input" if may_view else "nothing")
         except ModelError:
             logger.info("no heatmap for a report: the model cannot compute one")
         signoff = next((s for s in reversed(self._signoffs(inst.instance_id))
@@ -257,6 +262,7 @@ class ReportCases(ServiceCore):
             patient_pseudonym=study.patient_pseudonym, site=study.site,
             modality=study.modality or "", body_part=study.body_part or "",
             analysis=analysis, model=ModelSummary.from_card(card), heatmap_png=heatmap,
+            heatmap_over_image=may_view,
             sign_off=sign, identity=identity)
 
     def _render(self, fmt: ReportFormat, data: Any, study: StudyRecord,

@@ -16,11 +16,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from radvault.analysis.explain import gradcam_overlay
+from radvault.analysis.explain import gradcam_overlay, heatmap_only_png
 from radvault.analysis.inference import LoadedModel, load_model
 from radvault.analysis.registry import ModelRegistry
 from radvault.errors import RadVaultError
@@ -35,7 +35,10 @@ from radvault.vault.audit import Action, EntryDraft, Outcome
 from radvault.vault.catalog import ObjectRecord
 from radvault.vault.vault import Vault
 
-__all__ = ["Analyser", "AnalysisResult", "BatchAnalysis"]
+__all__ = ["Analyser", "AnalysisResult", "BatchAnalysis", "HeatmapBase"]
+
+#: What a heatmap is drawn over: the model input, the image as viewed, or nothing.
+HeatmapBase = Literal["model_input", "image", "nothing"]
 
 log = logging.getLogger(__name__)
 
@@ -416,29 +419,36 @@ class Analyser:
         return stored_results
 
     def heatmap_png(self, instance_id: str, *, model_name: str | None = None,
-                    over_image: bool = False, max_size: int = 1024) -> bytes:
-        """Class-activation overlay (PNG bytes) for the predicted class, computed in memory.
+                    under: HeatmapBase = "model_input", max_size: int = 1024) -> bytes:
+        """Class-activation heatmap (PNG bytes) for the predicted class, computed in memory.
 
-        Drawn over the model input (small, contrast-enhanced), or with ``over_image`` over
-        the stored image as a person views it, at its own size (at most ``max_size`` px;
-        opened and audited as a read). Only for callers allowed to see the image.
+        ``under`` says what is drawn beneath it: the model input (small, contrast-enhanced),
+        the stored ``image`` as a person views it, at its own size (at most ``max_size``
+        px; opened and audited as a read), or ``nothing`` (the heatmap alone, at the model
+        input's size). The first two only for callers allowed to see the image.
 
         Raises
         ------
         ModelError
             If the model carries no activation weights.
+        ValueError
+            If ``under`` is none of the three.
         """
+        if under not in ("model_input", "image", "nothing"):
+            raise ValueError(f"under must be model_input, image or nothing, not {under!r}")
         instance = self.vault.catalog.get_instance(instance_id)
         study = self.vault.catalog.get_study(instance.study_id)
         model = self.model_for(study.modality, study.body_part, model_name)
         array, _ = self._model_input(model, instance_id)
         try:
             heatmap = model.cam(array[None])
-            if not over_image:
+            if under == "model_input":
                 png = gradcam_overlay(array, heatmap)
+            elif under == "nothing":
+                png = heatmap_only_png(heatmap, size=array.shape[-1])
         finally:
             array.fill(0)
-        if over_image:
+        if under == "image":
             record = open_image(self.vault, instance_id, actor=self.actor)
             try:
                 base = display_array(record, max_size=max_size)  # the model input's letterbox
@@ -451,5 +461,5 @@ class Analyser:
                     record.pixels.fill(0)
         self.vault.audit.append(self.actor, Action.READ, Outcome.OK,
                                 object_ids=[instance.study_id, instance_id],
-                                details={"what": "heatmap"})
+                                details={"what": "heatmap", "under": under})
         return png

@@ -198,7 +198,7 @@ def _media(report: ReportInput, png: bytes) -> dict[str, Any]:
         "device": _ref("model", report.model.model_id),
         "content": {"contentType": "image/png",
                     "data": base64.b64encode(png).decode("ascii"),
-                    "title": "Class-activation heatmap for the predicted class"},
+                    "title": _text.heatmap_title(report)},
     }
 
 

@@ -99,8 +99,7 @@ Authorised, audited re-identification only; do not forward.</div>
 {% if heatmap_uri %}<figure>
 <img class="heatmap" src="{{ heatmap_uri }}"
      alt="Class-activation heatmap for {{ r.analysis.predicted_class }}">
-<figcaption>Class-activation heatmap for the predicted class, overlaid on the model input.
-Warm areas weighed most in the prediction; they are not a segmentation.</figcaption>
+<figcaption>{{ heatmap_caption }}</figcaption>
 </figure>{% else %}<p>No heatmap was rendered for this report.</p>{% endif %}
 </section>
 
@@ -167,6 +166,7 @@ def render_html(report: ReportInput) -> str:
         flag=_text.flag_sentence(report), sign_off=_text.sign_off_sentence(report),
         study_rows=_text.study_rows(report), model_rows=_text.model_rows(report),
         metric_rows=_text.metric_rows(report), heatmap_uri=heatmap_uri,
+        heatmap_caption=_text.heatmap_caption(report),
     )
     log.info("rendered HTML report for study %s%s", report.study_id,
              " (re-identified copy)" if report.reidentified else "")

@@ -459,7 +459,10 @@ class ReportInput:
     study_date : date, optional
         The (shifted) study date.
     heatmap_png : bytes, optional
-        The class-activation overlay, PNG.
+        The class-activation heatmap, PNG.
+    heatmap_over_image : bool
+        Whether the heatmap is drawn over the model input (default) or alone, for a
+        reader who may not view the image.
     sign_off : SignOff, optional
         Absent: the report is preliminary, "awaiting radiologist sign-off".
     identity : Identity, optional
@@ -484,6 +487,7 @@ class ReportInput:
     model: ModelSummary
     study_date: date | None = None
     heatmap_png: bytes | None = field(default=None, repr=False)
+    heatmap_over_image: bool = True
     sign_off: SignOff | None = None
     identity: Identity | None = field(default=None, repr=False)
     generated_at: datetime = field(default_factory=_now)

@@ -214,9 +214,7 @@ def _story(report: ReportInput, styles: dict[str, Any], width: float) -> list[An
 
     if report.heatmap_png is not None:
         explanation = [_heatmap(report.heatmap_png), Spacer(1, 3),
-                       _p("Class-activation heatmap for the predicted class, overlaid on the "
-                          "model input. Warm areas weighed most in the prediction; they are "
-                          "not a segmentation.", styles["small"])]
+                       _p(_text.heatmap_caption(report), styles["small"])]
     else:
         explanation = [_p("No heatmap was rendered for this report.", styles["body"])]
     story.append(_section("Explanation", explanation, styles))

@@ -69,6 +69,19 @@ def prediction_sentence(report: ReportInput) -> str:
     return f"Model prediction: {a.predicted_class} (probability {prob(a.probability)})"
 
 
+def heatmap_title(report: ReportInput) -> str:
+    """What the heatmap figure shows: over the model input, or alone (no image under it)."""
+    where = ("overlaid on the model input" if report.heatmap_over_image
+             else "shown alone: the image is not part of this report")
+    return f"Class-activation heatmap for the predicted class, {where}"
+
+
+def heatmap_caption(report: ReportInput) -> str:
+    """The heatmap's title and how to read it."""
+    return (f"{heatmap_title(report)}. Warm areas weighed most in the prediction; they are "
+            "not a segmentation.")
+
+
 def timestamp(value: datetime) -> str:
     """A time as reports print it: ISO 8601 to the second, with its offset."""
     return value.isoformat(timespec="seconds")
