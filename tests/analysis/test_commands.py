@@ -280,6 +280,50 @@ def test_data_fetch_hints_at_classes_for_a_set_whose_names_are_unknown(
     assert "breastmnist.npz" in out and "--classes" not in out
 
 
+def test_data_fetch_checks_a_published_digest_and_keeps_nothing_that_differs(
+        tmp_path, capsys, monkeypatch):
+    import hashlib
+    import io
+    import urllib.error
+    from types import MappingProxyType
+
+    import numpy as np
+
+    from radvault.cli import main as radvault
+
+    buf = io.BytesIO()
+    np.savez(buf, train_images=np.zeros((2, 28, 28), np.uint8),
+             train_labels=np.zeros((2, 1), np.uint8), test_images=np.zeros((2, 28, 28), np.uint8))
+    data = buf.getvalue()
+
+    class Response(io.BytesIO):
+        headers = MappingProxyType({"Content-Length": str(len(data))})
+
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: Response(data))
+    fetch = ["data", "fetch", "medmnist", "breastmnist", "--out", str(tmp_path)]
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    assert radvault([*fetch, "--md5", md5.upper()]) == 0
+    out = capsys.readouterr().out
+    assert f"md5 {md5}" in out and "md5 matches" in out
+    assert f"sha256 {hashlib.sha256(data).hexdigest()}" in out
+    (tmp_path / "breastmnist.npz").unlink()
+    assert radvault([*fetch, "--sha256", "0" * 64]) != 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "is not the expected" in err and "not kept" in err
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a partial one
+    assert radvault([*fetch, "--md5", "xyz"]) == 2
+    assert "--md5 must be 32 hexadecimal digits" in capsys.readouterr().err
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    assert radvault(fetch) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not download") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- evaluate's report, strict JSON and ROC; option checks; models never overwritten ---
 
 def _signed_copy(trained, signer, dest, **card_changes):

@@ -229,26 +229,55 @@ def data_fetch(
     source: Annotated[str, typer.Argument(help="Only 'medmnist' for now.")],
     name: Annotated[str, typer.Argument(help="e.g. pneumoniamnist, breastmnist.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the .npz.")] = Path("data"),
+    md5: Annotated[str | None, typer.Option(
+        "--md5", help="Expected MD5 (hex) of the file, as the Zenodo record lists it; "
+                      "a file that differs is not kept.")] = None,
+    sha256: Annotated[str | None, typer.Option(
+        "--sha256", help="Expected SHA-256 (hex) of the file; a file that differs is not "
+                         "kept.")] = None,
 ) -> None:
-    """Download an official MedMNIST v2 .npz (28x28) and check it loads."""
+    """Download an official MedMNIST v2 .npz (28x28), check it loads, print its digests.
+
+    Without --md5 or --sha256 nothing vouches for the bytes but TLS: compare the printed
+    MD5 with the one the Zenodo record lists for the file, or pass it as --md5.
+    """
 
     @handle_errors
     def run() -> None:
+        import hashlib
+
         import numpy as np
 
         if source != "medmnist":
             raise ConfigurationError("only 'medmnist' can be fetched")
         url = medmnist_url(name)
+        expected = {algo: _hex_digest(f"--{algo}", value, size)
+                    for algo, value, size in (("md5", md5, 32), ("sha256", sha256, 64))
+                    if value is not None}
         out.mkdir(parents=True, exist_ok=True)
         target = out / f"{name}.npz"
         partial = target.with_suffix(".npz.partial")
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as fh:  # noqa: S310 (fixed https URL)
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with progress_bar() as bar:
-                task = bar.add_task(f"fetching {name}", total=total)
-                while chunk := response.read(1 << 16):
-                    fh.write(chunk)
-                    bar.advance(task, len(chunk))
+        digests = {"md5": hashlib.md5(usedforsecurity=False), "sha256": hashlib.sha256()}
+        try:
+            with (urllib.request.urlopen(url, timeout=60) as response,  # noqa: S310 (fixed https URL)
+                  open(partial, "wb") as fh):
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with progress_bar() as bar:
+                    task = bar.add_task(f"fetching {name}", total=total)
+                    while chunk := response.read(1 << 16):
+                        fh.write(chunk)
+                        for digest in digests.values():
+                            digest.update(chunk)
+                        bar.advance(task, len(chunk))
+        except OSError as exc:  # URLError, timeouts and a full disk are all OSErrors
+            partial.unlink(missing_ok=True)
+            raise DatasetError(f"could not download {url}: {exc}") from None
+        got = {algo: digest.hexdigest() for algo, digest in digests.items()}
+        for algo, want in expected.items():
+            if got[algo] != want:  # public digests, not secrets: no constant time needed
+                partial.unlink(missing_ok=True)
+                raise DatasetError(f"{url}: {algo} {got[algo]} is not the expected {want}; "
+                                   "the file was not kept")
         try:
             with np.load(partial, allow_pickle=False) as npz:
                 missing = {"train_images", "train_labels", "test_images"} - set(npz.files)
@@ -261,11 +290,23 @@ def data_fetch(
         partial.replace(target)
         from radvault.analysis.datasets import MEDMNIST_CLASSES
 
+        checked = ", ".join(f"{algo} matches" for algo in expected) or (
+            "not checked against a published digest: compare the md5 with the Zenodo record")
+        console.print(f"md5 {got['md5']}\nsha256 {got['sha256']}\n({checked})",
+                      highlight=False)
         # the .npz holds label numbers only: other sets need their names, in label order
         hint = "" if name in MEDMNIST_CLASSES else " --classes NAME0,NAME1,..."
         console.print(f"saved {target}; train with: radvault train --medmnist {target}{hint} ...")
 
     run()
+
+
+def _hex_digest(option: str, value: str, length: int) -> str:
+    """``value`` as lower-case hex of ``length`` digits, or a clear error naming ``option``."""
+    text = value.strip().lower()
+    if len(text) != length or any(c not in "0123456789abcdef" for c in text):
+        raise ConfigurationError(f"{option} must be {length} hexadecimal digits")
+    return text
 
 
 def register(app: typer.Typer) -> None:
