@@ -199,3 +199,26 @@ def test_the_first_chunk_is_small_so_inference_starts_early() -> None:
     assert [i for c in chunks for i in c] == ids
     assert [len(c) for c in _batched(ids[:5], 2, first=FIRST_CHUNK)] == [2, 2, 1]
     assert list(_batched([], 32, first=FIRST_CHUNK)) == []
+
+
+def test_a_tampered_model_is_audited_as_an_integrity_failure(vault: Vault, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from radvault.errors import ModelIntegrityError
+
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "models" / "chest_xray", models / "chest_xray")
+    shutil.copytree(REPO / "models" / "keys", models / "keys")
+    card = models / "chest_xray" / "model_card.json"
+    changed = json.loads(card.read_text())
+    changed["temperature"] *= 2  # a sharper confidence than the model earned
+    card.write_text(json.dumps(changed))
+    outcome = Ingestor(vault, actor="tech").ingest_file(SAMPLE, modality="DX", body_part="CHEST")
+    analyser = Analyser.default(vault, actor="dr", models_dir=models)
+    with pytest.raises(ModelIntegrityError):
+        analyser.analyse_instance(outcome.instance_id, model_name="chest_xray")
+    (refused,) = vault.audit.query(action="integrity_failure")
+    assert refused.outcome == "refused" and refused.actor == "dr"
+    assert refused.details == {"error": "model signature mismatch", "model_folder": "chest_xray"}
+    assert vault.catalog.results_of_instance(outcome.instance_id) == []

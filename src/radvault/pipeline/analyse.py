@@ -23,7 +23,7 @@ import numpy as np
 from radvault.analysis.explain import gradcam_overlay, heatmap_only_png
 from radvault.analysis.inference import LoadedModel, load_model
 from radvault.analysis.registry import ModelRegistry
-from radvault.errors import RadVaultError
+from radvault.errors import ModelIntegrityError, RadVaultError
 from radvault.imaging.preprocess import display_array
 from radvault.pipeline.ingest import MODEL_INPUT_KIND
 from radvault.pipeline.retrieve import (
@@ -163,8 +163,15 @@ class Analyser:
                 modality, body_part)
             self._paths[key] = path
         if path not in self._models:
-            model = load_model(path, keyring=self.registry.keyring,
-                               refer_threshold=self.vault.settings.refer_threshold)
+            try:
+                model = load_model(path, keyring=self.registry.keyring,
+                                   refer_threshold=self.vault.settings.refer_threshold)
+            except ModelIntegrityError:
+                # audited as tampering, like a sealed object that fails its check
+                self.vault.audit.append(self.actor, Action.INTEGRITY_FAILURE, Outcome.REFUSED,
+                                        details={"error": "model signature mismatch",
+                                                 "model_folder": Path(path).name})
+                raise
             self.vault.audit.append(self.actor, Action.MODEL_LOAD, Outcome.OK,
                                     details={"model_id": model.model_id})
             self._models[path] = model
