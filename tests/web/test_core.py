@@ -97,3 +97,19 @@ def test_static_files_are_served_locally(world: World) -> None:
 ])
 def test_sign_in_returns_only_to_local_pages(target: str | None, expected: str | None) -> None:
     assert safe_next(target) == expected
+
+
+def test_a_forged_session_cookie_is_refused_and_audited_but_a_first_visit_is_not(
+        world: World) -> None:
+    mark = world.mark()
+    with httpx.Client(base_url=world.base_url, timeout=30) as c:
+        first = c.get("/web/")  # no cookie yet: an ordinary first visit
+        assert first.status_code == 303
+        assert world.audit_since(mark, "token_refused") == []
+        c.cookies.set("rv_session", "forgedsessionid12345")
+        forged = c.get("/web/")
+    assert forged.status_code == 303 and forged.headers["location"].startswith("/web/login")
+    (refused,) = world.audit_since(mark, "token_refused")
+    assert refused.actor == "anonymous" and refused.outcome == "refused"
+    assert refused.details == {"reason": "unknown web session"}
+    assert "forgedsessionid12345" not in str(refused.details)

@@ -162,6 +162,9 @@ def current_user(request: Request,
     session_id = request.cookies.get(session_cookie(request))
     session = state.sessions.get(session_id)
     if session is None or session_id is None:
+        if session_id:  # a cookie naming no live session: forged, replayed or expired
+            service.vault.audit.append("anonymous", "token_refused", "refused",
+                                       details={"reason": "unknown web session"})
         raise AuthenticationFailed("sign in to continue")
     with session.lock:  # parallel requests of one page renew the token once
         if state.sessions.needs_refresh(session):
