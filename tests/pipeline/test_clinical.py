@@ -217,6 +217,19 @@ def test_a_grant_withdrawn_before_the_job_runs_stops_it(clinic, kit, tmp_path):
     assert s.job(clinic.p["rad-n"], job.job_id).error == "AccessDenied"
 
 
+def test_a_job_whose_requester_was_locked_since_is_refused_and_audited(clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 6)
+    s = clinic.service
+    job = s.start_analysis(clinic.p["rad-n"], study)
+    s.accounts.lock("cli:admin", "rad-n")
+    s.run_pending_jobs()
+    assert s.vault.catalog.results_of_instance(job.instance_ids[0]) == []
+    refused = [e for e in s.vault.audit.query(action="access_denied")
+               if list(e.object_ids) == [job.job_id]]
+    assert [(e.actor, e.outcome, e.details["reason"]) for e in refused] == [
+        ("rad-n", "refused", "the job's requester is not active")]
+
+
 def test_signoffs_are_signed_and_their_comments_sealed(clinic, kit, tmp_path):
     study = clinic.upload_png(kit, tmp_path, 5)
     s, rad = clinic.service, clinic.p["rad-n"]

@@ -208,7 +208,7 @@ class AnalysisCases(ServiceCore):
         study_id = str(payload.get("study_id", ""))
         instance_ids = [str(i) for i in payload.get("instance_ids", [])]
         model = payload.get("model")
-        principal = self._principal_of(info.actor)
+        principal = self._principal_of(info.actor, info.job_id)
         study = self._study(principal, Action.ANALYSE, study_id)
         analyser = self._analyser(info.actor)
         for instance_id in instance_ids:
@@ -241,10 +241,15 @@ class AnalysisCases(ServiceCore):
                         "refer": record.payload.get("refer")})
         return {"study_id": study.study_id, "results": out}
 
-    def _principal_of(self, username: str) -> Principal:
-        """The current principal of an account (for a job run on its behalf)."""
+    def _principal_of(self, username: str, job_id: str) -> Principal:
+        """The current principal of an account (for a job run on its behalf); a requester
+        removed or locked by an admin since is refused, and the refusal audited."""
         user = self.accounts.find_user(username)
         if user is None or (user.is_locked(datetime.now(UTC)) and user.locked_by_admin):
+            self.vault.audit.append(username, "access_denied", Outcome.REFUSED,
+                                    object_ids=[job_id],
+                                    details={"action": Action.ANALYSE.value,
+                                             "reason": "the job's requester is not active"})
             raise AccessDenied("the job's requester is no longer an active user")
         scopes = frozenset(a.value for a in ROLE_ACTIONS[user.role])
         return Principal(user.username, user.role, user.site, scopes)
