@@ -140,6 +140,7 @@ def test_device_choice(toy_manifest, toy_task_file, tiny_settings, tmp_path, mon
 
 def test_cpu_run_records_its_device(trained):
     assert trained.card["training"]["device"] == "cpu"
+    assert trained.card["training"]["threads"] >= 1  # a seed repeats only at one count
 
 
 def test_augmentation_is_a_function_of_its_generator_alone():

@@ -637,6 +637,8 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
             te: PreparedSplit | None, history: list[dict[str, Any]], best_epoch: int,
             signer: Signer | None, started: float, *, device: str = "cpu") -> TrainResult:
     """Export, calibrate and evaluate on the exported ONNX file, then write the folder."""
+    import torch
+
     from radvault.imaging.preprocess import settings_to_dict
 
     task = config.source.task
@@ -674,6 +676,8 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
             "weight_decay": config.weight_decay, "loss": "cross-entropy",
             "optimisation": asdict(config.optimisation), "seconds": round(seconds, 1),
             "device": device.split(":")[0],
+            # a seed repeats a CPU run only at the same thread count (summation order)
+            "threads": torch.get_num_threads(),
             "init_from_sha256": (None if config.init_from is None
                                  else _file_sha256(config.init_from)),
         },
