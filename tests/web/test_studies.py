@@ -110,6 +110,7 @@ def test_a_physician_sees_results_heatmap_and_reports_but_no_image(
     assert page.get_by_role("button", name=re.compile("Analyse")).count() == 0
     page.get_by_role("button", name="Show heatmap").click()
     image_loaded(page, "#heatmap-image")
+    assert page.locator("#heatmap-image").get_attribute("alt").endswith("without the image")
     with page.expect_download() as info:
         page.get_by_role("link", name="HTML", exact=True).click()
     assert info.value.suggested_filename.endswith(".html")
