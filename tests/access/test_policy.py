@@ -110,6 +110,27 @@ def test_without_the_studys_site_only_study_grants_count(policy):
         policy.authorize(who, Action.VIEW_IMAGE, Resource.study("1.2.840.20", None))
 
 
+def test_a_study_the_catalog_lacks_is_judged_by_id_but_audited_by_digest(policy, audit):
+    unknown = Resource.unknown_study("MRN55512345", "0123456789abcdef")
+    with pytest.raises(AccessDenied, match="no grant for this study"):
+        policy.authorize(principal(Role.RADIOLOGIST), Action.VIEW_STUDY, unknown)
+    assert audit.events == [("rad", "access_denied", "refused", [],
+                             {"action": "view_study", "role": "radiologist",
+                              "reason": "no grant for this study",
+                              "unknown_id_hmac": "0123456789abcdef"})]
+    assert "MRN55512345" not in audit.text()
+    # A grant by id still applies (the use case then answers "not found").
+    granted_but_gone = Resource.unknown_study(GRANTED.study_id, "fedcba9876543210")
+    policy.authorize(principal(Role.RADIOLOGIST), Action.VIEW_STUDY, granted_but_gone)
+
+
+def test_only_a_study_without_a_site_is_named_by_a_digest():
+    with pytest.raises(ValueError, match="digest"):
+        Resource(site="north", study_id="1.2.3", unknown_id_hmac="0123456789abcdef")
+    with pytest.raises(ValueError, match="digest"):
+        Resource(unknown_id_hmac="0123456789abcdef")
+
+
 def test_technologists_upload_only_to_their_own_site(policy, audit):
     tech = principal(Role.TECHNOLOGIST)
     policy.authorize(tech, Action.UPLOAD, Resource(site="north"))

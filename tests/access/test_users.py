@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import timedelta
 
 import pytest
@@ -178,14 +180,40 @@ def test_a_password_changed_during_a_login_refuses_that_login(store, audit, cloc
     assert accounts.verify_credentials("rad", OTHER).username == "rad"
 
 
-def test_unknown_usernames_are_audited_only_as_a_digest(accounts, audit):
+def keyed(text: str) -> str:
+    """A stand-in for the vault's keyed audit digest (HMAC under a secret the test holds)."""
+    return hmac.new(b"k" * 32, text.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def test_unknown_usernames_are_audited_only_as_a_digest(store, hasher, audit, clock):
+    accounts = Accounts(store, hasher=hasher, audit=audit, clock=clock, digest=keyed)
     typed = "Vivid-Lantern-42!-typed-in-the-wrong-field"
     with pytest.raises(AuthenticationFailed):
         accounts.verify_credentials(typed, "x")
     (event,) = audit.of("login_failed")
     assert event[0] == "anonymous" and event[2] == "refused"
     assert typed not in audit.text()
-    assert len(event[4]["username_sha256"]) == 16
+    assert event[4] == {"reason": "unknown user", "username_hmac": keyed(typed)}
+
+
+def test_an_unknown_username_is_never_recorded_as_a_plain_hash(store, hasher, audit, clock):
+    # A plain sha-256 of a short name (or a password typed as one) is reversed by
+    # hashing a dictionary; only the injected keyed digest may name it.
+    accounts = Accounts(store, hasher=hasher, audit=audit, clock=clock, digest=keyed)
+    for _ in range(2):
+        with pytest.raises(AuthenticationFailed):
+            accounts.verify_credentials("Summer2024!Quib", "x")
+    first, again = (e[4] for e in audit.of("login_failed"))
+    plain = hashlib.sha256(b"Summer2024!Quib").hexdigest()
+    assert first == again, "repeated attempts with the same text still correlate"
+    assert plain[:16] not in audit.text() and plain not in audit.text()
+    assert "username_sha256" not in first
+
+
+def test_without_a_digest_an_unknown_username_leaves_no_trace_of_itself(accounts, audit):
+    with pytest.raises(AuthenticationFailed):
+        accounts.verify_credentials("Summer2024!Quib", "x")
+    assert audit.of("login_failed")[0][4] == {"reason": "unknown user"}
 
 
 def test_passwords_never_reach_the_audit_trail(accounts, rad, audit):
@@ -357,3 +385,18 @@ def test_grant_input_is_checked(accounts, rad):
         accounts.revoke_grant("admin1", "rad", study_id="9.9")
     with pytest.raises(ObjectNotFound):
         accounts.grant("admin1", "ghost", study_id="1.2")
+
+
+def test_a_grant_of_a_study_the_catalog_lacks_is_revoked_under_its_digest(store, hasher, audit,
+                                                                         clock):
+    # Only the use case can see the catalog; it says so, and the id stays out of the trail.
+    accounts = Accounts(store, hasher=hasher, audit=audit, clock=clock, digest=keyed)
+    accounts.add_site("setup", "north")
+    accounts.add_user("admin1", "rad", Role.RADIOLOGIST, site="north", password=PASSWORD)
+    accounts.grant("setup", "rad", study_id="ACC77331")
+    audit.events.clear()
+    accounts.revoke_grant("admin1", "rad", study_id="ACC77331", catalogued=False)
+    assert accounts.grants("rad") == []
+    assert audit.events == [
+        ("admin1", "revoke", "ok", [], {"user": "rad", "unknown_id_hmac": keyed("ACC77331")})]
+    assert "ACC77331" not in audit.text()

@@ -3,7 +3,10 @@ object-level authorisation attempts. Every refusal is a 4xx and is audited."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
+from sqlalchemy import text
 
 from radvault.pipeline.clinical import operator_principal
 
@@ -111,10 +114,51 @@ def test_another_sites_or_guessed_study_ids_are_refused_alike(world, paths, nort
         mark = world.mark()
         r = world.get("rad-s", f"/api/v1/studies/{study}")
         assert r.status_code == 403
-        refused = world.audit_since(mark, "access_denied")
-        assert [e.object_ids[0] for e in refused] == [study]
-        answers.append(r.json()["detail"])
-    assert len(set(answers)) == 1, "an unknown id is answered like a forbidden one"
+        (refused,) = world.audit_since(mark, "access_denied")
+        if study == north_study["study_id"]:
+            assert refused.object_ids == (study, "site:north")
+        else:  # a guess is named only by its keyed digest
+            assert refused.object_ids == ()
+            assert refused.details["unknown_id_hmac"] == world.vault.audit_digest(study)
+        answers.append((r.status_code, r.json()))
+    assert len({repr(a) for a in answers}) == 1, "an unknown id is answered like a forbidden one"
+
+
+def audit_trail_text(world) -> str:
+    """The audit trail as stored: the catalog's audit table and the audit.log file copy."""
+    with world.vault.catalog.engine.connect() as conn:
+        rows = conn.execute(text("SELECT actor, object_ids, details FROM audit_entries")).all()
+    return repr(rows) + world.vault.paths.audit_file.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("user", "method", "path", "body"), [
+    ("rad-n", "GET", "/api/v1/studies/MRN55512345", None),
+    ("phys-n", "POST", "/api/v1/studies/ACC77331/reidentify", {"reason": REASON}),
+    ("rad-n", "GET", "/api/v1/studies/ACC77332/instances/MRN55512346/image", None),
+])
+def test_an_id_pasted_into_a_url_leaves_no_trace_of_itself_in_the_audit_trail(
+        world, user, method, path, body):
+    typed = [part for part in path.split("/") if part[:3] in ("MRN", "ACC")]
+    mark = world.mark()
+    r = world.request(method, user, path, json=body)
+    assert r.status_code == 403 and r.json()["code"] == "access_denied"
+    (refused,) = world.audit_since(mark, "access_denied")  # the refusal is still audited
+    assert refused.actor == user and refused.outcome == "refused"
+    assert refused.object_ids == ()
+    assert refused.details["unknown_id_hmac"] == world.vault.audit_digest(typed[0])
+    trail = audit_trail_text(world)
+    assert all(t not in trail for t in typed)
+
+
+def test_a_study_is_granted_over_http_only_once_the_catalog_holds_it(world):
+    world.add_user("grant-probe", "radiologist", "south")
+    mark = world.mark()
+    r = world.post("admin1", "/api/v1/admin/users/grant-probe/grants",
+                   json={"study_id": "ACC77333"})
+    assert r.status_code == 404 and r.json()["code"] == "not_found", r.text
+    assert world.get("admin1", "/api/v1/admin/users/grant-probe/grants").json() == []
+    assert [e.action for e in world.audit_since(mark) if e.actor == "admin1"] == []
+    assert "ACC77333" not in audit_trail_text(world)
 
 
 def test_listing_never_shows_another_sites_studies(world, north_study, south_study):
@@ -192,3 +236,15 @@ def test_admins_manage_users_and_grants_over_http(world):
     assert world.post("admin1", "/api/v1/admin/users/new-phys/unlock").status_code == 204
     assert world.request("DELETE", "admin1", "/api/v1/admin/users/new-phys").status_code == 204
     assert world.request("DELETE", "admin1", "/api/v1/admin/users/admin1").status_code == 403
+
+
+def test_a_traversal_path_is_audited_only_under_a_keyed_digest(world):
+    raw = "/api/v1/jobs/..%2F..%2FSummer2024!Quib"
+    mark = world.mark()
+    with world.client() as c:
+        r = c.get(raw, headers=world.auth("rad-n"))
+    assert r.status_code == 404
+    (refused,) = world.audit_since(mark, "request_refused")
+    assert refused.details == {"reason": "path traversal",
+                               "path_hmac": world.vault.audit_digest(raw.lower())}
+    assert hashlib.sha256(raw.lower().encode()).hexdigest()[:16] not in audit_trail_text(world)

@@ -67,7 +67,6 @@ def test_users_sites_and_grants_are_administered_and_audited(home, capsys):
     assert run(home, "sites", "add", "north") == 0
     assert run(home, "users", "add", "alice", "--role", "radiologist", "--site", "north") == 0
     assert run(home, "grants", "add", "alice", "--site", "north") == 0
-    assert run(home, "grants", "add", "alice", "--study", "2.25.1") == 0
     assert run(home, "users", "lock", "alice") == 0
     assert run(home, "users", "unlock", "alice") == 0
     assert run(home, "grants", "remove", "alice", "--site", "north") == 0
@@ -80,9 +79,25 @@ def test_users_sites_and_grants_are_administered_and_audited(home, capsys):
     with Vault.open(load_settings(env={}, home=home), PASSPHRASE) as vault:
         actions = [(e.action, e.actor) for e in reversed(vault.audit.query(limit=200))]
     changes = [a for a, actor in actions if actor.startswith("cli:")]
-    assert changes == ["site.add", "user.add", "grant", "grant", "user.lock", "user.unlock",
+    assert changes == ["site.add", "user.add", "grant", "user.lock", "user.unlock",
                        "revoke", "user.remove"]
     assert PASSWORD not in repr(actions)
+
+
+def test_a_study_the_catalog_lacks_is_not_granted_nor_audited(home, capsys):
+    assert run(home, "sites", "add", "north") == 0
+    assert run(home, "users", "add", "rad2", "--role", "radiologist", "--site", "north") == 0
+    capsys.readouterr()
+    assert run(home, "grants", "add", "rad2", "--study", "ACC77331") == 6  # as other not-founds
+    err = capsys.readouterr().err
+    assert "no such study" in err and "Traceback" not in err
+    assert run(home, "grants", "list", "rad2") == 0
+    assert capsys.readouterr().out.strip() == ""
+    assert run(home, "grants", "remove", "rad2", "--study", "ACC77331") == 6  # no such grant
+    with Vault.open(load_settings(env={}, home=home), PASSPHRASE) as vault:
+        assert not vault.audit.query(action="grant")
+    trail = (home / "audit.log").read_text(encoding="utf-8")
+    assert "ACC77331" not in trail
 
 
 def free_port() -> int:

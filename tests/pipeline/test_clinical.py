@@ -3,6 +3,7 @@ idempotent analysis, signed sign-offs, sealed comments and reasons, restart-proo
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import sqlite3
 from pathlib import Path
@@ -11,12 +12,13 @@ import numpy as np
 import pydicom
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from sqlalchemy import text
 
 from radvault.access.policy import scopes_for
 from radvault.access.principal import Principal, Role
 from radvault.analysis.export import Ed25519Signer, input_spec, write_model
 from radvault.config import PreprocessSettings
-from radvault.errors import AccessDenied, IntegrityError, ObjectNotFound
+from radvault.errors import AccessDenied, AuthenticationFailed, IntegrityError, ObjectNotFound
 from radvault.imaging.preprocess import settings_to_dict
 from radvault.jobs import JobInfo
 from radvault.jobs._job import running_job
@@ -322,3 +324,83 @@ def test_one_tampered_instance_fails_the_job_after_the_others_are_stored(clinic,
     assert failed.status == "failed" and failed.error == "IntegrityError"
     assert len(s.results(rad, study, good)) == 1  # analysed and kept
     assert s.results(rad, study, bad) == []
+
+
+def trail_text(vault: Vault) -> str:
+    """Everything the audit trail holds: the catalog table and the audit.log file copy."""
+    with vault.catalog.engine.connect() as conn:
+        rows = conn.execute(text("SELECT actor, object_ids, details FROM audit_entries")).all()
+    return repr(rows) + vault.paths.audit_file.read_text(encoding="utf-8")
+
+
+def test_ids_the_catalog_lacks_are_refused_alike_and_audited_only_as_digests(clinic, kit,
+                                                                            tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 8)
+    s, v, p = clinic.service, clinic.vault, clinic.p
+    mark = clinic.mark()
+    with pytest.raises(AccessDenied) as known:
+        s.study(p["rad-s"], study)
+    with pytest.raises(AccessDenied) as unknown:
+        s.study(p["rad-s"], "MRN55512345")
+    with pytest.raises(AccessDenied):
+        s.reidentify(p["phys-n"], "ACC77331", REASON)
+    with pytest.raises(ObjectNotFound):
+        s.job(p["rad-n"], "MRN55512346")
+    assert str(known.value) == str(unknown.value), "no answer tells whether a study exists"
+    kept, mrn, acc, job = clinic.denied(mark)[::-1]
+    assert kept.object_ids == (study, "site:north")
+    assert mrn.object_ids == () and mrn.details["unknown_id_hmac"] == v.audit_digest(
+        "MRN55512345")
+    assert acc.object_ids == () and acc.details["reason"] == "no grant for this study"
+    assert job.object_ids == () and job.details == {
+        "action": "view_result", "role": "radiologist", "reason": "unknown job",
+        "unknown_id_hmac": v.audit_digest("MRN55512346")}
+    assert v.audit_digest("MRN55512345") != hashlib.sha256(b"MRN55512345").hexdigest()[:16]
+    text = trail_text(v)
+    assert all(typed not in text for typed in ("MRN55512345", "ACC77331", "MRN55512346"))
+
+
+def test_malformed_ids_are_audited_under_a_keyed_digest(clinic):
+    mark = clinic.mark()
+    with pytest.raises(ObjectNotFound):
+        clinic.service.study(clinic.p["rad-n"], "MRN 555/12345")
+    (refusal,) = clinic.denied(mark)
+    assert refusal.details["id_hmac"] == clinic.vault.audit_digest("MRN 555/12345")
+    assert "id_sha256" not in refusal.details
+    assert "555/12345" not in trail_text(clinic.vault)
+
+
+def test_an_unknown_login_name_is_audited_under_the_vaults_keyed_digest(clinic, kit):
+    for service in (clinic.service, clinic.build()):
+        with pytest.raises(AuthenticationFailed):
+            service.login("Summer2024!Quib", "x")
+    first, again = (e.details for e in clinic.vault.audit.query(action="login_failed",
+                                                                 limit=10))
+    assert first == again == {"reason": "unknown user",
+                              "username_hmac": clinic.vault.audit_digest("Summer2024!Quib")}
+    assert first["username_hmac"] != hashlib.sha256(b"Summer2024!Quib").hexdigest()[:16]
+    clinic.vault.close()
+    clinic.vault = Vault.open(clinic.settings, kit.PASSPHRASE)
+    assert clinic.vault.audit_digest("Summer2024!Quib") == first["username_hmac"]
+    assert "Summer2024!Quib" not in trail_text(clinic.vault)
+
+
+def test_a_study_is_granted_by_id_only_once_the_catalog_holds_it(clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 9)
+    s, op = clinic.service, clinic.operator
+    mark = clinic.mark()
+    with pytest.raises(ObjectNotFound, match="catalog"):
+        s.grant(op, "rad-s", study_id="ACC77331")
+    assert [g.object_id for g in s.grants(op, "rad-s")] == ["site:south"]
+    assert clinic.vault.audit.tail(1)[-1].seq == mark  # nothing stored, nothing audited
+    assert s.grant(op, "rad-s", study_id=study).study_id == study
+    # A grant by id made before the check (or whose study is gone) is still withdrawn,
+    # and the trail names that id only by its digest.
+    s.accounts.grant("cli:legacy", "rad-s", study_id="ACC77332")
+    s.revoke_grant(op, "rad-s", study_id="ACC77332")
+    s.revoke_grant(op, "rad-s", study_id=study)
+    assert [g.object_id for g in s.grants(op, "rad-s")] == ["site:south"]
+    legacy, known = clinic.vault.audit.query(action="revoke", limit=2)[::-1]
+    assert legacy.object_ids == () and legacy.details == {
+        "user": "rad-s", "unknown_id_hmac": clinic.vault.audit_digest("ACC77332")}
+    assert known.object_ids == (study,)

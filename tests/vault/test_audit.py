@@ -9,6 +9,7 @@ but without the vault's signing key would.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import shutil
 import stat
@@ -22,15 +23,19 @@ from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import text
 from sqlalchemy.exc import NoResultFound
 
-from radvault.errors import AuditChainError, ConfigurationError, IntegrityError
+from radvault.errors import AuditChainError, ConfigurationError, IntegrityError, VaultLocked
 from radvault.vault.audit import (
+    AUDIT_DIGEST_INFO,
     GENESIS_HASH,
     MAX_DETAILS_BYTES,
     Action,
+    AuditDigest,
     AuditLog,
     Checkpoint,
     EntryDraft,
@@ -41,6 +46,7 @@ from radvault.vault.audit import (
     load_anchors,
 )
 from radvault.vault.catalog import Catalog
+from radvault.vault.keys import InMemoryKeyProvider
 
 SEED = bytes(range(32))
 
@@ -558,3 +564,38 @@ def test_a_postgres_or_sqlite_log_detects_an_edit(catalog_url: str) -> None:
             conn.execute(text("UPDATE audit_entries SET details = '{}' WHERE seq = 7"))
         assert log.verify().problems == ("entry 7: hash mismatch (altered)",)
         log.close(checkpoint=False)
+
+
+# ---------------------------------------------------------------- keyed digests of typed text
+
+
+def test_a_typed_text_digest_is_keyed_stable_and_short() -> None:
+    keys = InMemoryKeyProvider()
+    digest = AuditDigest.from_secrets(keys)
+    typed = "Summer2024!Quib"
+    assert digest(typed) == digest(typed) == AuditDigest.from_secrets(keys)(typed)
+    assert len(digest(typed)) == 16 and int(digest(typed), 16) >= 0
+    assert digest(typed) != hashlib.sha256(typed.encode()).hexdigest()[:16]
+    assert digest(typed) != digest("Summer2024!Quic")
+    assert AuditDigest.from_secrets(InMemoryKeyProvider())(typed) != digest(typed)
+    assert "key" in repr(digest) and keys.deid_secret().hex() not in repr(digest)
+
+
+def test_the_digest_key_is_derived_apart_from_the_deidentification_secret() -> None:
+    keys = InMemoryKeyProvider()
+    secret = keys.deid_secret()
+    typed = "ACC77331"
+    direct = hmac.new(secret, typed.encode(), hashlib.sha256).hexdigest()[:16]
+    assert AuditDigest.from_secrets(keys)(typed) != direct
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                   info=AUDIT_DIGEST_INFO).derive(secret)
+    assert AuditDigest.from_secrets(keys)(typed) == AuditDigest(derived)(typed)
+
+
+def test_a_closed_key_provider_gives_no_digest() -> None:
+    keys = InMemoryKeyProvider()
+    keys.close()
+    with pytest.raises(VaultLocked):
+        AuditDigest.from_secrets(keys)
+    with pytest.raises(ValueError, match="32 bytes"):
+        AuditDigest(b"short")

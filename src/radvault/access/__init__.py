@@ -7,7 +7,7 @@ No HTTP here: the faces call :class:`TokenService` to authenticate and
 from radvault.access.oidc import OIDCSettings, OIDCVerifier
 from radvault.access.passwords import PasswordPolicy, make_hasher
 from radvault.access.policy import ROLE_ACTIONS, Action, Policy, Resource, StudyScope, scopes_for
-from radvault.access.principal import AuditSink, Clock, Principal, Role
+from radvault.access.principal import AuditSink, Clock, Principal, Role, TextDigest
 from radvault.access.store import AccessStore
 from radvault.access.tokens import SigningKey, TokenPair, TokenService
 from radvault.access.users import Accounts, Grant, LockoutPolicy, Site, User
@@ -31,6 +31,7 @@ __all__ = [
     "SigningKey",
     "Site",
     "StudyScope",
+    "TextDigest",
     "TokenPair",
     "TokenService",
     "User",

@@ -17,7 +17,10 @@ and grants but never see images or results.
 
 Every refusal raises :class:`~radvault.errors.AccessDenied` and is reported to
 the audit sink with outcome ``"refused"`` (ids and reasons only, never PHI or
-the re-identification reason's text).
+the re-identification reason's text). A study id the catalog does not hold is
+whatever the caller typed (an MRN pasted into a URL, say): the use case builds
+its resource with :meth:`Resource.unknown_study`, and the refusal names it only
+by its keyed digest, never verbatim.
 """
 
 from __future__ import annotations
@@ -126,10 +129,23 @@ class Resource:
         The site the object belongs to (an upload's destination, a study's site).
     study_id : str, optional
         The study's pseudonymous id, for clinical actions.
+    unknown_id_hmac : str, optional
+        Set when the catalog does not hold ``study_id``: its keyed digest,
+        under which the audit trail names it instead (see :meth:`unknown_study`).
+
+    Raises
+    ------
+    ValueError
+        If ``unknown_id_hmac`` is given without a study id, or with a site.
     """
 
     site: str | None = None
     study_id: str | None = None
+    unknown_id_hmac: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.unknown_id_hmac is not None and (self.study_id is None or self.site is not None):
+            raise ValueError("only a study id the catalog does not hold (so no site) has a digest")
 
     @classmethod
     def study(cls, study_id: str, site: str | None) -> Resource:
@@ -149,8 +165,30 @@ class Resource:
         """
         return cls(site=site, study_id=study_id)
 
+    @classmethod
+    def unknown_study(cls, study_id: str, id_hmac: str) -> Resource:
+        """A study id the catalog does not hold, and its keyed digest.
+
+        The policy still judges the id itself (a grant by id may outlive its
+        study), but a refusal names it only by ``id_hmac``: an id nobody
+        stored is just text someone typed, perhaps a medical record number.
+
+        Parameters
+        ----------
+        study_id : str
+            The id as the caller gave it.
+        id_hmac : str
+            Its keyed digest (the vault's ``audit_digest``).
+
+        Returns
+        -------
+        Resource
+            The resource (no site: the catalog knows none).
+        """
+        return cls(study_id=study_id, unknown_id_hmac=id_hmac)
+
     def object_ids(self) -> list[str]:
-        """Ids for the audit trail: the study id and ``site:<name>``.
+        """Ids for the audit trail: the study id (if the catalog holds it) and ``site:<name>``.
 
         Returns
         -------
@@ -158,11 +196,21 @@ class Resource:
             The ids of what was asked for.
         """
         ids = []
-        if self.study_id is not None:
+        if self.study_id is not None and self.unknown_id_hmac is None:
             ids.append(self.study_id)
         if self.site is not None:
             ids.append(f"site:{self.site}")
         return ids
+
+    def audit_details(self) -> dict[str, str]:
+        """What the audit trail adds to the details: the digest of an unknown study id.
+
+        Returns
+        -------
+        dict
+            ``{"unknown_id_hmac": ...}``, or empty.
+        """
+        return {} if self.unknown_id_hmac is None else {"unknown_id_hmac": self.unknown_id_hmac}
 
 
 @dataclass(frozen=True)
@@ -258,7 +306,8 @@ class Policy:
             "access_denied",
             "refused",
             resource.object_ids() if resource is not None else [],
-            {"action": action_name, "role": principal.role.value, "reason": refusal},
+            {"action": action_name, "role": principal.role.value, "reason": refusal,
+             **(resource.audit_details() if resource is not None else {})},
         )
         logger.info("access refused: %s", refusal)
         raise AccessDenied(f"{action_name} refused: {refusal}")

@@ -5,7 +5,9 @@ judges. It is built only from verified tokens and current account rows, never
 from anything a caller merely claims.
 
 The access core reports its decisions through an :class:`AuditSink`, a callable
-with the signature of the vault's ``AuditLog.append``; it takes a
+with the signature of the vault's ``AuditLog.append``, and names text a user
+typed that must not be kept (an unknown login name) only through a
+:data:`TextDigest`, the vault's keyed ``audit_digest``; it takes a
 :data:`Clock` so tests can move time without sleeping.
 """
 
@@ -18,12 +20,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-__all__ = ["AuditSink", "Clock", "Principal", "Role", "emit_audit", "utcnow"]
+__all__ = ["AuditSink", "Clock", "Principal", "Role", "TextDigest", "emit_audit", "utcnow"]
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 """A callable returning the current time as an aware UTC datetime."""
+
+TextDigest = Callable[[str], str]
+"""A keyed digest of text a user typed, for the audit trail (the vault's ``audit_digest``).
+
+Same text, same digest (repeats correlate); without the vault's secrets no
+guess can be tested against it, unlike a plain hash of short text.
+"""
 
 
 def utcnow() -> datetime:

@@ -17,7 +17,6 @@ a dummy hash) and gets the same error as a wrong password.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import secrets
@@ -37,7 +36,7 @@ from radvault.access.passwords import (
     make_hasher,
     normalise_password,
 )
-from radvault.access.principal import AuditSink, Clock, Role, emit_audit, utcnow
+from radvault.access.principal import AuditSink, Clock, Role, TextDigest, emit_audit, utcnow
 from radvault.access.store import AccessStore
 from radvault.errors import AuthenticationFailed, ConfigurationError, ObjectNotFound
 
@@ -191,6 +190,11 @@ class Accounts:
         When repeated failures lock an account.
     audit : AuditSink, optional
         Receives every change and login outcome (none: log only).
+    digest : TextDigest, optional
+        The keyed digest (the vault's ``audit_digest``) under which the audit
+        trail names what must not be kept verbatim: a login name no account
+        has, a study id the catalog does not hold. Without one, such text is
+        left out of the trail altogether.
     clock : Clock, optional
         The current time (tests inject one).
 
@@ -208,6 +212,7 @@ class Accounts:
         password_policy: PasswordPolicy | None = None,
         lockout: LockoutPolicy | None = None,
         audit: AuditSink | None = None,
+        digest: TextDigest | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self.store = store
@@ -215,6 +220,7 @@ class Accounts:
         self.password_policy = password_policy or PasswordPolicy()
         self.lockout = lockout or LockoutPolicy()
         self.audit = audit
+        self.digest = digest
         self.clock = clock
         self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(24))
 
@@ -539,6 +545,10 @@ class Accounts:
               site: str | None = None) -> Grant:
         """Grant an account one study or every study of one site.
 
+        This layer cannot see the catalog: the use case that calls it
+        (``ClinicalService.grant``) refuses a study id the catalog does not
+        hold, so that no typed text reaches the audit trail as an id.
+
         Parameters
         ----------
         actor : str
@@ -577,7 +587,7 @@ class Accounts:
         return grant
 
     def revoke_grant(self, actor: str, username: str, *, study_id: str | None = None,
-                     site: str | None = None) -> None:
+                     site: str | None = None, catalogued: bool = True) -> None:
         """Withdraw a grant.
 
         Parameters
@@ -590,6 +600,12 @@ class Accounts:
             The study.
         site : str, optional
             The site. Exactly one of ``study_id`` and ``site`` is given.
+        catalogued : bool
+            Whether the catalog holds ``study_id`` (the caller knows; this layer
+            cannot see the catalog). A grant of a study it does not hold (never,
+            or no longer) is withdrawn all the same, but the audit trail names
+            the study only by its keyed digest (``unknown_id_hmac``): the id may
+            be anything an admin once typed.
 
         Raises
         ------
@@ -605,6 +621,12 @@ class Accounts:
             if grant is None:
                 raise ObjectNotFound("no such grant")
             session.delete(grant)
+        if study_id is not None and not catalogued:
+            details: dict[str, object] = {"user": username}
+            if self.digest is not None:
+                details["unknown_id_hmac"] = self.digest(study_id)
+            emit_audit(self.audit, actor, "revoke", "ok", [], details)
+            return
         object_id = study_id if study_id is not None else f"site:{site}"
         emit_audit(self.audit, actor, "revoke", "ok", [object_id], {"user": username})
 
@@ -730,10 +752,12 @@ class Accounts:
         if outcome == "ok":
             emit_audit(self.audit, username, "login", "ok", [], details)
         elif outcome == "unknown":
-            # The name typed may be a mistyped password: record only a digest of it.
-            digest = hashlib.sha256((username or "").encode("utf-8", "replace")).hexdigest()[:16]
-            emit_audit(self.audit, "anonymous", "login_failed", "refused", [],
-                       {"reason": "unknown user", "username_sha256": digest})
+            # The name typed may be a mistyped password: record only its keyed digest
+            # (repeats correlate; no dictionary of passwords can be tested against it).
+            refusal: dict[str, object] = {"reason": "unknown user"}
+            if self.digest is not None:
+                refusal["username_hmac"] = self.digest(username or "")
+            emit_audit(self.audit, "anonymous", "login_failed", "refused", [], refusal)
         elif outcome == "locked":
             emit_audit(self.audit, username, "login_failed", "refused", [], {"reason": "locked"})
         elif outcome == "changed":

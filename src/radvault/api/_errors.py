@@ -11,7 +11,6 @@ the exception's type, never its message or a stack trace.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -188,9 +187,10 @@ def _audit_traversal(request: Request, path: str) -> None:
     service = getattr(request.app.state, "service", None)
     if service is None:
         return
-    digest = hashlib.sha256(path.encode("latin-1", "replace")).hexdigest()[:16]
+    # The path is whatever the caller typed: the trail keeps only its keyed digest.
     service.vault.audit.append("anonymous", "request_refused", "refused",
-                               details={"reason": "path traversal", "path_sha256": digest})
+                               details={"reason": "path traversal",
+                                        "path_hmac": service.vault.audit_digest(path)})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,7 +2,10 @@
 
 Auditors read and verify the audit trail; admins manage sites, users and
 grants. Every method asks the policy first, so a clinician calling them is
-refused (and audited) like anyone else without the role.
+refused (and audited) like anyone else without the role. A study is granted
+by id only once the catalog holds it (the access layer cannot see the
+catalog, so the check is here): an id nobody stored may be a medical record
+number typed in the wrong field, and a grant would audit it verbatim.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from datetime import datetime
 from radvault.access.policy import Action
 from radvault.access.principal import Principal, Role
 from radvault.access.users import Grant, Site, User
+from radvault.errors import ObjectNotFound
 from radvault.pipeline._clinical_base import (
     AUDIT_ACTION_RE,
     AUDIT_NAME_RE,
@@ -215,17 +219,25 @@ class AdminCases(ServiceCore):
         AccessDenied
             If the caller is not an admin (audited).
         ObjectNotFound
-            If there is no such live account.
+            If there is no such live account, or the catalog holds no study
+            ``study_id`` (nothing is stored or audited).
         AccountError
-            If both or neither target is given, the site is unknown or the
-            grant exists.
+            If both or neither target is given, the site is unknown, the study
+            id malformed, or the grant exists.
         """
         self.policy.authorize(principal, Action.MANAGE_GRANTS)
+        if site is None and self._unknown_study(study_id):
+            raise ObjectNotFound("no such study: a study is granted by id only once the "
+                                 "catalog holds it")
         return self.accounts.grant(principal.username, username, study_id=study_id, site=site)
 
     def revoke_grant(self, principal: Principal, username: str, *, study_id: str | None = None,
                      site: str | None = None) -> None:
         """Withdraw a grant (admins; audited; effective at once).
+
+        A grant of a study the catalog does not hold (granted before grants
+        were checked, or its study since removed) is withdrawn all the same;
+        the audit trail names that study only by its keyed digest.
 
         Raises
         ------
@@ -237,4 +249,6 @@ class AdminCases(ServiceCore):
             If both or neither target is given.
         """
         self.policy.authorize(principal, Action.MANAGE_GRANTS)
-        self.accounts.revoke_grant(principal.username, username, study_id=study_id, site=site)
+        catalogued = site is not None or not self._unknown_study(study_id)
+        self.accounts.revoke_grant(principal.username, username, study_id=study_id, site=site,
+                                   catalogued=catalogued)

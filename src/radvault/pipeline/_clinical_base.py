@@ -3,8 +3,11 @@
 What every use case needs: the answers' types, the settings, and the look-ups
 that ask the policy before an object is touched (``_study``, ``_instance``),
 refuse malformed ids (audited), and audit refusals the policy object cannot
-phrase. :class:`~radvault.pipeline.clinical.ClinicalService` is built from
-this core and the mixins of :mod:`._clinical_studies` (upload, browse, render),
+phrase. An id the catalog (or the job runner) does not hold is only text the
+caller typed, perhaps a medical record number: the audit trail names it by
+its keyed digest (``Vault.audit_digest``), never verbatim.
+:class:`~radvault.pipeline.clinical.ClinicalService` is built from this core
+and the mixins of :mod:`._clinical_studies` (upload, browse, render),
 :mod:`._clinical_analysis` (analysis jobs, results, heatmaps), :mod:`._clinical_admin`,
 :mod:`._clinical_reports` and :mod:`._clinical_dicomweb` (with :mod:`._dicomweb_query`
 and :mod:`._dicomweb_store`).
@@ -12,7 +15,6 @@ and :mod:`._dicomweb_store`).
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import re
@@ -352,25 +354,41 @@ class ServiceCore:
         """Return ``value`` if it can be an id; otherwise audit the attempt and refuse it."""
         if isinstance(value, str) and ID_RE.fullmatch(value):
             return value
-        digest = hashlib.sha256(str(value).encode("utf-8", "replace")).hexdigest()[:16]
         self.vault.audit.append(principal.username, "access_denied", Outcome.REFUSED,
                                 details={"action": action.value, "role": principal.role.value,
-                                         "reason": f"malformed {what} id", "id_sha256": digest})
+                                         "reason": f"malformed {what} id",
+                                         "id_hmac": self.vault.audit_digest(str(value))})
         raise ObjectNotFound(f"no such {what}")
 
     def _study(self, principal: Principal, action: Action, study_id: str, *,
                reason: str | None = None) -> StudyRecord:
-        """The study, after the policy allowed ``action`` on it (site from the catalog)."""
+        """The study, after the policy allowed ``action`` on it (site from the catalog).
+
+        An id the catalog does not hold is judged all the same (the same
+        refusal whether or not the study exists), but a refusal names it only
+        by its keyed digest.
+        """
         study_id = self._check_id(principal, action, study_id, "study")
         try:
             study: StudyRecord | None = self.vault.catalog.get_study(study_id)
         except ObjectNotFound:
             study = None
-        site = study.site if study is not None else None
-        self.policy.authorize(principal, action, Resource.study(study_id, site), reason=reason)
+        resource = (Resource.study(study_id, study.site) if study is not None
+                    else Resource.unknown_study(study_id, self.vault.audit_digest(study_id)))
+        self.policy.authorize(principal, action, resource, reason=reason)
         if study is None:  # granted by id, but not (or no longer) in the catalog
             raise ObjectNotFound(f"no study {study_id}")
         return study
+
+    def _unknown_study(self, study_id: object) -> bool:
+        """Whether ``study_id`` is a well-formed id that the catalog does not hold."""
+        if not isinstance(study_id, str) or not ID_RE.fullmatch(study_id):
+            return False  # malformed: the caller refuses it for that
+        try:
+            self.vault.catalog.get_study(study_id)
+        except ObjectNotFound:
+            return True
+        return False
 
     def _instance(self, principal: Principal, action: Action, study_id: str,
                   instance_id: str) -> tuple[StudyRecord, InstanceRecord]:
@@ -387,10 +405,13 @@ class ServiceCore:
 
     def _not_found(self, principal: Principal, action: Action, what: str,
                    ident: str) -> ObjectNotFound:
+        """Audit a look-up of an unknown ``what`` (the id only as its keyed digest); the error."""
+        details = {"action": action.value, "role": principal.role.value,
+                   "reason": f"unknown {what}"}
+        if ident:
+            details["unknown_id_hmac"] = self.vault.audit_digest(ident)
         self.vault.audit.append(principal.username, "access_denied", Outcome.REFUSED,
-                                object_ids=[ident] if ID_RE.fullmatch(ident) else [],
-                                details={"action": action.value, "role": principal.role.value,
-                                         "reason": f"unknown {what}"})
+                                details=details)
         return ObjectNotFound(f"no such {what}")
 
     def _analyser(self, actor: str) -> Analyser:

@@ -205,7 +205,7 @@ class ClinicalService(StudyCases, AnalysisCases, AdminCases, ReportCases, DicomW
         store = AccessStore.create(vault.catalog.write_engine())
         audit = vault.audit.append
         accounts = Accounts(store, hasher=make_hasher(*settings.argon2), lockout=settings.lockout,
-                            audit=audit)
+                            audit=audit, digest=vault.audit_digest)
         issuer = settings.issuer or f"urn:radvault:{vault.signer.key_id}"
         oidc = OIDCVerifier(settings.oidc) if settings.oidc is not None else None
         tokens = TokenService(accounts, token_signing_key(vault), issuer=issuer,

@@ -19,7 +19,9 @@ checkpoints outside the vault (:meth:`AuditLog.export_checkpoints`).
 
 Entries never hold PHI: actors, actions and object ids are checked against
 strict patterns, and ``details`` is limited to short JSON. Callers must only
-put pseudonymous ids, counts, codes and reasons there.
+put pseudonymous ids, counts, codes and reasons there; text a user typed that
+the vault does not know (a login name, an id not in the catalog, a path) goes
+in only as its keyed :class:`AuditDigest` (``Vault.audit_digest``).
 """
 
 
@@ -42,6 +44,7 @@ from sqlalchemy import Engine, Table, func, insert, select
 from sqlalchemy import exc as sa_exc
 
 from radvault.errors import AuditChainError, ConfigurationError, VaultError
+from radvault.vault._audit_digest import AUDIT_DIGEST_HEX, AUDIT_DIGEST_INFO, AuditDigest
 from radvault.vault._audit_format import (
     ANCHORS_TYPE,
     CHECKPOINT_TYPE,
@@ -63,12 +66,15 @@ from radvault.vault.catalog import Catalog, Signer, Verifier, canonical_json
 
 __all__ = [
     "ANCHORS_TYPE",
+    "AUDIT_DIGEST_HEX",
+    "AUDIT_DIGEST_INFO",
     "CHECKPOINT_TYPE",
     "ENTRY_TYPE",
     "GENESIS_HASH",
     "MAX_DETAILS_BYTES",
     "Action",
     "AuditAppender",
+    "AuditDigest",
     "AuditEntry",
     "AuditLog",
     "AuditReport",

@@ -33,7 +33,7 @@ from radvault.errors import (
     VaultError,
     VaultLocked,
 )
-from radvault.vault.audit import Action, AuditLog, AuditReport, Outcome
+from radvault.vault.audit import Action, AuditDigest, AuditLog, AuditReport, Outcome
 from radvault.vault.blobstore import BlobStore, LocalFolderBlobStore, put_many
 from radvault.vault.catalog import (
     Catalog,
@@ -122,6 +122,7 @@ class Vault:
         self.audit = audit
         self.signer = signer
         self.verifier: Verifier = signer.verifier()
+        self._audit_digest: AuditDigest | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -265,6 +266,7 @@ class Vault:
         self._release(checkpoint=not self.read_only)
 
     def _release(self, *, checkpoint: bool) -> None:
+        self._audit_digest = None
         try:
             self.audit.close(checkpoint=checkpoint)
         finally:
@@ -276,6 +278,39 @@ class Vault:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------------ audit digests
+
+    def audit_digest(self, text: str) -> str:
+        """The keyed digest under which the audit trail may name text a user typed.
+
+        For text that must not be kept but whose repeats should correlate: an
+        unknown login name (perhaps a mistyped password), an id the catalog
+        does not hold (perhaps a medical record number), a probing path.
+        HMAC-SHA256 under a key derived from the vault's secrets
+        (:class:`~radvault.vault.audit.AuditDigest`), 16 hex digits: stable for
+        the life of the vault, and no dictionary of guesses can be tested
+        against it without the vault's secrets.
+
+        Parameters
+        ----------
+        text : str
+            What the user typed.
+
+        Returns
+        -------
+        str
+            16 lower-case hex digits.
+
+        Raises
+        ------
+        VaultLocked
+            If the vault's keys are closed.
+        """
+        digest = self._audit_digest
+        if digest is None:
+            digest = self._audit_digest = AuditDigest.from_secrets(self.keys)
+        return digest(text)
 
     # ------------------------------------------------------------------ objects
 
