@@ -38,9 +38,13 @@ also subclasses the builtin it resembles, so callers may catch either::
     │                                         sha-256 mismatch, train/test leakage)
     └── ModelError                            a model cannot be trained, loaded or run
 
-Messages never carry PHI: they name files by the path the user gave and objects by
-pseudonymous ids. Faces (CLI, API, DICOM) map these classes to exit codes and statuses;
-:func:`exit_status` is the command line's one table.
+Messages never carry PHI: they name objects by pseudonymous ids, and never quote a
+header value or a library's message (which may quote one). File names are PHI too
+(``Doe_John_MRN123.dcm``): an :class:`ImageInputError`'s message is its reason alone,
+and the file, as the user named it, is kept apart in its ``path`` attribute, which only
+the local command line prints (the operator typed it). Faces (CLI, API, DICOM) map
+these classes to exit codes and statuses; :func:`exit_status` is the command line's
+one table.
 """
 
 from __future__ import annotations
@@ -96,18 +100,24 @@ class ConfigurationError(RadVaultError, ValueError):
 class ImageInputError(RadVaultError, ValueError):
     """A file could not be turned into an image record.
 
+    The message (``str(exc)``) is ``reason`` alone: it reaches API answers, web
+    pages and the job store, where a file name (often a patient's) must not. The
+    file is kept in ``path`` for the local command line, which prints
+    ``path: reason`` to the operator who named it.
+
     Parameters
     ----------
     path : str or PathLike
-        The file, as the user named it.
+        The file, as the user named it (never part of the message).
     reason : str
-        What is wrong with it, in words a user can act on.
+        What is wrong with it, in words a user can act on: a fixed phrase that
+        quotes no header value and no decoder message.
     """
 
     def __init__(self, path: str | PathLike[str], reason: str) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(reason)
 
 
 class NotAnImage(ImageInputError):

@@ -150,3 +150,38 @@ def test_an_upload_without_a_token_is_refused_and_audited(world):
         r = c.post(UPLOAD, files={"file": ("a.png", png_bytes(4))})
     assert r.status_code == 401
     assert world.audit_since(mark, "token_refused")
+
+
+PATIENT_FILE = "Truncatello_Basilisa_MRN11122233.dcm"
+
+
+def planted_dicom(**elements: str) -> bytes:
+    """CT_small.dcm with elements (or its File Meta Transfer Syntax UID) replaced."""
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    for keyword, value in elements.items():
+        setattr(ds.file_meta if keyword == "TransferSyntaxUID" else ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("kind", "planted"), [
+    ("truncated", ""),
+    ("photometric", "MRN12121212"),
+    ("transfer syntax", "1.2.840.55512345.19470315"),
+])
+def test_a_refused_upload_names_neither_the_file_nor_a_header_value(world, kind, planted):
+    data = {
+        "truncated": lambda: pydicom_file("CT_small.dcm").read_bytes()[:-3000],
+        "photometric": lambda: planted_dicom(PhotometricInterpretation=planted),
+        "transfer syntax": lambda: planted_dicom(TransferSyntaxUID=planted),
+    }[kind]()
+    mark = world.mark()
+    r = world.upload("tech-n", data, PATIENT_FILE)
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_image" and r.json()["detail"]
+    secrets = ["Truncatello", "Basilisa", "MRN11122233", *([planted] if planted else [])]
+    for secret in secrets:
+        assert secret not in r.text, (kind, r.text)
+    refused = refused_upload(world, mark)
+    assert refused and not any(s in repr([e.to_dict() for e in refused]) for s in secrets)

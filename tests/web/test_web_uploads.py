@@ -46,6 +46,18 @@ def test_a_file_that_is_no_image_is_refused_with_the_reason(
     assert web.world.audit_since(mark, "ingest_refused")
 
 
+def test_a_refused_upload_does_not_show_the_file_name(web: Browsing, tmp_path: Path) -> None:
+    # The page says why, never the name the file was saved under (often a patient's).
+    cut = tmp_path / "Truncatello_Basilisa_MRN11122233.dcm"
+    cut.write_bytes(pydicom_file("CT_small.dcm").read_bytes()[:-3000])
+    page = web.page("tech-n")
+    assert upload(page, cut) == 422
+    shown = page.locator("#upload-error").inner_text()
+    assert shown.startswith("Refused: ") and "truncated" in shown
+    for secret in ("Truncatello", "Basilisa", "MRN11122233"):
+        assert secret not in page.content()
+
+
 def test_an_upload_over_the_cap_is_refused(web: Browsing, tmp_path: Path) -> None:
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (1024 * 1024 + 10))  # the test cap: 1 MiB

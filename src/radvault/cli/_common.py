@@ -12,6 +12,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,10 +23,11 @@ from rich.progress import (
 )
 
 from radvault.config import Settings, load_settings
-from radvault.errors import RadVaultError, exit_status
+from radvault.errors import ImageInputError, RadVaultError, exit_status
 
 __all__ = [
     "console",
+    "describe_for_operator",
     "err_console",
     "handle_errors",
     "iter_input_files",
@@ -41,7 +43,11 @@ R = TypeVar("R")
 
 
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn RadVault errors into one clear line on stderr and an exit status, never a traceback."""
+    """Turn RadVault errors into one clear line on stderr and an exit status, never a traceback.
+
+    An image error is printed as ``path: reason``: its message leaves the file out
+    (it may name a patient), but here it goes to the operator who typed that path.
+    """
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -49,14 +55,25 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except RadVaultError as exc:
             code = exit_status(exc)
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False,
-                              soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(describe_for_operator(exc))}",
+                              markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def describe_for_operator(exc: RadVaultError) -> str:
+    """An error as the local console shows it: ``path: reason`` for an image error.
+
+    Only for the operator's own terminal; messages that travel (API, pages, logs,
+    job store, files written beside outputs) use ``str(exc)``, which names no file.
+    """
+    if isinstance(exc, ImageInputError):
+        return f"{exc.path}: {exc}"
+    return str(exc)
 
 
 def settings_from_context(ctx: typer.Context) -> Settings:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from radvault.cli._common import (
     console,
@@ -47,14 +47,23 @@ def _secret(secret_file: Path | None) -> bytes:
 
 
 def _print_summary(summary: BatchSummary, out: Path, what: str) -> None:
+    """Report skipped inputs by ordinal and path on the operator's console.
+
+    summary.json, beside the outputs, names inputs by ordinal only (paths may name
+    patients); the ``#n`` printed here is how the operator matches the two.
+    """
     if summary.failed:
-        table = Table(title="skipped inputs", title_justify="left")
-        table.add_column("file")
-        table.add_column("error")
-        table.add_column("reason")
+        err_console.print("skipped inputs (#n: the input's number in summary.json):")
         for failure in summary.failed:
-            table.add_row(failure.path, failure.error, failure.reason)
-        err_console.print(table)
+            err_console.print(f"  #{failure.ordinal} {escape(failure.path)}: "
+                              f"{failure.error}: {escape(failure.reason)}",
+                              highlight=False, soft_wrap=True)
+    if summary.duplicates:
+        err_console.print("duplicate instances, written once (same SOP Instance UID as an "
+                          "earlier input):")
+        for duplicate in summary.duplicates:
+            err_console.print(f"  #{duplicate.ordinal} {escape(duplicate.path)}",
+                              highlight=False, soft_wrap=True)
     console.print(
         f"{what} {len(summary.written)} file(s) into {out}; "
         f"{len(summary.failed)} skipped"

@@ -6,6 +6,11 @@ warn, and they raise the typed errors of :mod:`radvault.errors` for every
 condition they recognise. Unexpected library exceptions are wrapped by the
 caller.
 
+Reasons are fixed phrases: they never quote a header value (any element may
+hold PHI, planted or misplaced), nor a decoder's message (pydicom's quote the
+offending value), only its exception type. Tags, standard defined terms
+(photometric interpretations) and registered transfer syntaxes may be named.
+
 Pixel pipeline (PS3.3 C.7.6.3 / C.11): decode with pydicom's decoder plugins
 (YCbCr is turned into RGB by the decoders), then for greyscale the Modality LUT
 (rescale slope/intercept, or a Modality LUT Sequence, per frame for Enhanced
@@ -36,12 +41,18 @@ from radvault.errors import (
     UnsupportedTransferSyntax,
 )
 from radvault.imaging.records import ImageRecord, SourceFormat
+from radvault.imaging.vocabulary import body_part_term, modality_term
 
 __all__ = ["decode_dataset", "parse_dicom", "transfer_syntax"]
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+#: Defined terms of Photometric Interpretation (PS3.3 C.7.6.3.1.2): the only values messages name.
+_PHOTOMETRIC_TERMS = frozenset({
+    "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL",
+    "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB",
+})
 
 
 def parse_dicom(data: bytes, name: str, caught: list[warnings.WarningMessage]) -> Dataset:
@@ -162,9 +173,8 @@ def decode_dataset(ds: Dataset, name: str, limits: ImagingLimits) -> ImageRecord
     if total > limits.max_pixels:
         raise ImageTooLarge(
             name,
-            f"the header declares {frames} frame(s) of {rows}x{columns}x{output_samples} = "
-            f"{total:,} samples, over the cap of {limits.max_pixels:,} "
-            "(possible decompression bomb)",
+            "the header declares more samples (rows x columns x frames x samples) than "
+            f"the cap of {limits.max_pixels:,} (possible decompression bomb)",
         )
 
     array, decoded_photometric = _decode(ds, syntax, name)
@@ -174,7 +184,7 @@ def decode_dataset(ds: Dataset, name: str, limits: ImagingLimits) -> ImageRecord
         array = array[np.newaxis]
     expected = (frames, rows, columns) + (() if samples == 1 else (samples,))
     if array.shape != expected:
-        raise CorruptImage(name, f"decoded pixels have shape {array.shape}, expected {expected}")
+        raise CorruptImage(name, "the decoded pixels do not have the shape the header declares")
 
     window_center, window_width = _first_window(ds)
     bits_stored = _int_or(ds.get("BitsStored"), None) or _int_or(ds.get("BitsAllocated"), 8) or 8
@@ -188,14 +198,14 @@ def decode_dataset(ds: Dataset, name: str, limits: ImagingLimits) -> ImageRecord
             window_center = mirror - window_center
     else:
         raise UnsupportedTransferSyntax(
-            name, f"photometric interpretation {photometric!r} is not supported for one sample"
+            name, f"{_photometric_label(photometric)} is not supported for one sample"
         )
 
     return ImageRecord(
         pixels=pixels,
         source_format=SourceFormat.DICOM,
-        modality=_text(ds.get("Modality")) or "OT",
-        body_part=_text(ds.get("BodyPartExamined")),
+        modality=modality_term(_text(ds.get("Modality"))),  # kept in the clear: checked
+        body_part=body_part_term(_text(ds.get("BodyPartExamined"))),
         study_uid=_text(ds.get("StudyInstanceUID")),
         series_uid=_text(ds.get("SeriesInstanceUID")),
         sop_instance_uid=_text(ds.get("SOPInstanceUID")),
@@ -217,12 +227,14 @@ def _geometry(ds: Dataset, name: str) -> tuple[int, int, int, int, str]:
         raise CorruptImage(name, "Number of Frames must be a positive integer")
     samples = _int_or(ds.get("SamplesPerPixel"), 1)
     if samples not in (1, 3):
-        raise UnsupportedTransferSyntax(name, f"{samples} samples per pixel are not supported")
+        raise UnsupportedTransferSyntax(
+            name, "only 1 or 3 samples per pixel are supported (the header declares another)"
+        )
     photometric = _text(ds.get("PhotometricInterpretation")).upper()
     if samples == 1 and not photometric:
         photometric = "MONOCHROME2"
     if samples == 3 and photometric in (*_MONOCHROME, "PALETTE COLOR"):
-        raise CorruptImage(name, f"photometric interpretation {photometric} with 3 samples")
+        raise CorruptImage(name, f"{_photometric_label(photometric)} with 3 samples")
     return rows, columns, frames, samples, photometric
 
 
@@ -231,7 +243,7 @@ def _decode(ds: Dataset, syntax: UID, name: str) -> tuple[np.ndarray, str]:
         decoder = get_decoder(syntax)
     except NotImplementedError:
         raise UnsupportedTransferSyntax(
-            name, f"no pixel decoder for transfer syntax {_syntax_label(syntax)}"
+            name, f"no pixel decoder for {_syntax_label(syntax)}"
         ) from None
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "no plugin"
@@ -244,7 +256,10 @@ def _decode(ds: Dataset, syntax: UID, name: str) -> tuple[np.ndarray, str]:
     except MemoryError:
         raise
     except Exception as exc:  # the decoder plugins raise anything from ValueError to OSError
-        raise CorruptImage(name, f"pixel data could not be decoded: {_short(exc)}") from None
+        # Their messages quote the offending header values: keep the type only.
+        raise CorruptImage(
+            name, f"pixel data could not be decoded ({type(exc).__name__})"
+        ) from None
     photometric = str(meta.get("photometric_interpretation") or "").upper()
     return np.asarray(array), photometric
 
@@ -255,7 +270,7 @@ def _to_rgb(array: np.ndarray, photometric: str, name: str) -> np.ndarray:
     if photometric == "YBR_FULL":
         return convert_color_space(array, "YBR_FULL", "RGB", per_frame=True)
     raise UnsupportedTransferSyntax(
-        name, f"photometric interpretation {photometric!r} cannot be converted to RGB"
+        name, f"{_photometric_label(photometric)} cannot be converted to RGB"
     )
 
 
@@ -379,7 +394,21 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
 
 
 def _syntax_label(syntax: UID) -> str:
-    return str(syntax) if syntax.name == str(syntax) else f"{syntax.name} ({syntax})"
+    """Name a transfer syntax pydicom knows as registered; never echo an unknown UID.
+
+    A UID outside the standard's registry is a header value like any other (it may
+    be built from an MRN or a birth date), so it is not quoted.
+    """
+    if syntax.name == str(syntax):  # not in pydicom's UID dictionary
+        return "an unregistered transfer syntax"
+    return f"transfer syntax {syntax.name} ({syntax})"
+
+
+def _photometric_label(photometric: str) -> str:
+    """Name a photometric interpretation that is a defined term; never echo another value."""
+    if photometric in _PHOTOMETRIC_TERMS:
+        return f"photometric interpretation {photometric!r}"
+    return "an unrecognised photometric interpretation"
 
 
 def _first(value: Any) -> Any:
@@ -412,10 +441,3 @@ def _int_or(value: Any, default: int | None) -> int | None:
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
-
-
-def _short(exc: BaseException) -> str:
-    """A one-line reason from a decoder exception (they name codecs and lengths, not values)."""
-    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    text = text or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -345,9 +345,8 @@ class Deidentifier:
             return self._deidentify(ds if in_place else _copy(ds), burned_in)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             logger.warning("de-identification failed: %s", type(exc).__name__)
-            raise DeidentificationError(
-                f"{source}: the confidentiality profile could not be applied "
-                f"({type(exc).__name__})"
+            raise DeidentificationError(  # no file name: messages never carry PHI
+                f"the confidentiality profile could not be applied ({type(exc).__name__})"
             ) from None
 
     def _deidentify(self, out: Dataset, burned_in: BurnedInAssessment) -> DeidResult:

@@ -1,8 +1,9 @@
 """Image readers: DICOM (pydicom), PNG and JPEG (Pillow) into :class:`ImageRecord`.
 
 The format is sniffed from the bytes, never from the file name. Every failure
-is a typed :class:`~radvault.errors.ImageInputError` naming the file and the
-reason; a reader never returns a partial result. Size caps come from
+is a typed :class:`~radvault.errors.ImageInputError` whose message is a fixed
+reason (no file name, no header value, no decoder message: its ``path``
+attribute holds the name); a reader never returns a partial result. Size caps come from
 :class:`~radvault.config.ImagingLimits`: the file size is checked before the
 file is read, and the pixel count (rows x columns x frames x samples) is
 checked from the header before anything is decompressed.
@@ -112,7 +113,7 @@ def read_image(
     Parameters
     ----------
     path : str or PathLike
-        The file; its name is used only in error messages.
+        The file; its name becomes only the ``path`` of an error, never its message.
     limits : ImagingLimits, optional
         Size caps; defaults to ``ImagingLimits()``.
     modality, body_part : str, optional
@@ -167,7 +168,8 @@ def read_image_bytes(
     data : bytes
         The whole file.
     name : str
-        How to name the data in error messages (e.g. the uploaded file name).
+        The ``path`` an error names the data by (e.g. the uploaded file name);
+        never part of its message.
     limits, modality, body_part, strict
         As for :func:`read_image`.
 
@@ -226,7 +228,7 @@ def read_dicom_dataset(
     strict : bool
         Refuse values that break the standard (see the module notes).
     name : str, optional
-        How to name the data in messages; defaults to the path, or ``"<bytes>"``.
+        The ``path`` an error names the data by; defaults to the path, or ``"<bytes>"``.
 
     Returns
     -------
@@ -274,7 +276,7 @@ def record_from_dataset(
         A dataset with ``file_meta`` (Transfer Syntax UID) and pixel data. It
         becomes ``record.dataset`` unchanged.
     name : str
-        How to name the dataset in error messages.
+        The ``path`` an error names the dataset by.
     limits : ImagingLimits, optional
         Only ``max_pixels`` applies here.
     strict : bool

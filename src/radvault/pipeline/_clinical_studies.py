@@ -322,7 +322,7 @@ _INGEST_ERRORS: dict[str, type[ImageInputError]] = {
 def _ingest_error(name: str, error: str | None, reason: str | None) -> RadVaultError:
     """Turn a refused ingest outcome back into its error (already audited by ingest)."""
     if error == "DeidentificationError":
-        return DeidentificationError(f"{name}: the image could not be de-identified safely")
+        return DeidentificationError("the image could not be de-identified safely")  # no name
     cls = _INGEST_ERRORS.get(error or "", ImageInputError)
     return cls(name, reason or "refused")
 

@@ -2,8 +2,11 @@
 
 Output file names never carry input names (which may hold PHI): de-identified
 DICOM files are named by their new SOP Instance UID, preprocessed PNGs by a
-keyed digest of the input bytes. Summaries list successes without input paths,
-so a summary never links a pseudonym back to a named file.
+keyed digest of the input bytes. The summary (:meth:`BatchSummary.as_dict`,
+written beside the outputs) never names an input either: it lists successes
+without them, so it never links a pseudonym back to a named file, and refers to
+skipped inputs by ordinal, their position (from 1) in the inputs the run
+processed. Paths stay on the in-memory records, for the operator's console.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from radvault.imaging.deid import Deidentifier
 from radvault.imaging.preprocess import Preprocessor, to_png_bytes
 from radvault.imaging.reading import read_dicom_dataset, read_image, record_from_dataset
 
-__all__ = ["BatchSummary", "FileFailure", "deidentify_to_folder", "preprocess_to_folder"]
+__all__ = [
+    "BatchSummary",
+    "DuplicateInput",
+    "FileFailure",
+    "deidentify_to_folder",
+    "preprocess_to_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +40,29 @@ ProgressCallback = Callable[[Path, bool], None]
 
 @dataclass(frozen=True)
 class FileFailure:
-    """An input that was skipped, with the reason (no PHI: path as given, reason text)."""
+    """An input that was skipped, with the reason.
 
+    ``ordinal`` is the input's position (from 1) in the inputs the run
+    processed; ``path`` is the path as given, for the operator's console only
+    (it may name a patient: :meth:`BatchSummary.as_dict` leaves it out).
+    ``reason`` names no file and quotes no header value.
+    """
+
+    ordinal: int
     path: str
     error: str
     reason: str
+
+
+@dataclass(frozen=True)
+class DuplicateInput:
+    """An input skipped because an earlier one had the same SOP Instance UID.
+
+    ``ordinal`` and ``path`` as for :class:`FileFailure`.
+    """
+
+    ordinal: int
+    path: str
 
 
 @dataclass
@@ -44,8 +71,7 @@ class BatchSummary:
 
     written: list[dict[str, Any]] = field(default_factory=list)
     failed: list[FileFailure] = field(default_factory=list)
-    #: inputs skipped because an earlier input had the same SOP Instance UID
-    duplicates: list[str] = field(default_factory=list)
+    duplicates: list[DuplicateInput] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -53,20 +79,28 @@ class BatchSummary:
         return not self.failed
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form, for the summary file beside the outputs: inputs by ordinal only.
+
+        Returns
+        -------
+        dict
+            ``written`` (one entry per output file), ``failed`` (``ordinal``,
+            ``error``, ``reason``), ``duplicates`` (ordinals) and ``counts``.
+        """
         return {
             "written": self.written,
-            "failed": [vars(f) for f in self.failed],
-            "duplicates": self.duplicates,
+            "failed": [{"ordinal": f.ordinal, "error": f.error, "reason": f.reason}
+                       for f in self.failed],
+            "duplicates": [d.ordinal for d in self.duplicates],
             "counts": {"written": len(self.written), "failed": len(self.failed),
                        "duplicates": len(self.duplicates)},
         }
 
 
-def _fail(summary: BatchSummary, path: Path, exc: RadVaultError) -> None:
+def _fail(summary: BatchSummary, ordinal: int, path: Path, exc: RadVaultError) -> None:
     reason = getattr(exc, "reason", None) or str(exc)
-    summary.failed.append(FileFailure(str(path), type(exc).__name__, reason))
-    log.info("skipped an input: %s", type(exc).__name__)
+    summary.failed.append(FileFailure(ordinal, str(path), type(exc).__name__, reason))
+    log.info("skipped input %d: %s", ordinal, type(exc).__name__)
 
 
 def _write_atomic(target: Path, data: bytes) -> None:
@@ -90,14 +124,15 @@ def deidentify_to_folder(
 
     Each file is parsed, checked to decode (so a corrupt file never yields a
     half result), de-identified and written atomically. Bad files are skipped
-    and reported in the summary; the rest are written.
+    and reported in the summary, by ordinal (position from 1 in ``paths``); the
+    rest are written.
     """
     import io
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = BatchSummary()
     written: set[str] = set()
-    for path in paths:
+    for ordinal, path in enumerate(paths, start=1):
         try:
             ds = read_dicom_dataset(path, limits=limits)
             record_from_dataset(ds, str(path), limits=limits)  # proves the pixels decode
@@ -106,7 +141,7 @@ def deidentify_to_folder(
             result.dataset.save_as(buffer, enforce_file_format=True)
             name = f"{result.dataset.SOPInstanceUID}.dcm"
             if name in written:
-                summary.duplicates.append(str(path))
+                summary.duplicates.append(DuplicateInput(ordinal, str(path)))
                 if on_file:
                     on_file(path, True)
                 continue
@@ -123,7 +158,7 @@ def deidentify_to_folder(
             )
             ok = True
         except RadVaultError as exc:
-            _fail(summary, path, exc)
+            _fail(summary, ordinal, path, exc)
             ok = False
         if on_file:
             on_file(path, ok)
@@ -141,12 +176,13 @@ def preprocess_to_folder(
     """Preprocess images (DICOM, PNG, JPEG) into ``out_dir`` as PNGs for inspection.
 
     Output names are the first 16 hex digits of the sha-256 of the input bytes,
-    so they carry nothing from the input's name.
+    so they carry nothing from the input's name; skipped inputs are reported by
+    ordinal, as for :func:`deidentify_to_folder`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     preprocess = Preprocessor(settings)
     summary = BatchSummary()
-    for path in paths:
+    for ordinal, path in enumerate(paths, start=1):
         try:
             record = read_image(path, limits=limits)
             array = preprocess(record)
@@ -158,7 +194,7 @@ def preprocess_to_folder(
             )
             ok = True
         except RadVaultError as exc:
-            _fail(summary, path, exc)
+            _fail(summary, ordinal, path, exc)
             ok = False
         if on_file:
             on_file(path, ok)
