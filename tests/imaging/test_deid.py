@@ -497,6 +497,79 @@ def test_attributes_outside_the_table_are_checked_too():
     assert out.ContentSequence[0].TextValue == "no nodule"
 
 
+def code(value: str, scheme: str, meaning: str) -> Dataset:
+    """One item of the Code Sequence Macro."""
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def descriptor_sequences() -> Dataset:
+    """A CT whose descriptor sequences (C under Clean Descriptors) hold the patient's
+    surname, Quibbleworth, in text Table E.1-1 does not list."""
+    ds = synthetic(PatientName="Quibbleworth^Jane")
+    request = code("CT-REQ-7", "99LOCAL", "Quibbleworth code")
+    request.RequestedProcedurePriority = "Quibbleworth"  # SH, not in the table
+    request.ScheduledProtocolCodeSequence = Sequence(
+        [code("CTCHEST", "99LOCAL", "CT Chest Quibbleworth protocol")]
+    )
+    ds.RequestAttributesSequence = Sequence([request])
+    reason = code("233604007", "SCT", "Pneumonia")
+    reason.ConfidentialityCode = "per Quibbleworth family"  # LO, not in the table
+    ds.ReasonForRequestedProcedureCodeSequence = Sequence([reason])
+    return ds
+
+
+def test_unlisted_text_inside_cleaned_descriptor_sequences_is_cleaned():
+    out = deid(descriptor_sequences()).dataset
+    assert b"Quibbleworth" not in to_bytes(out)
+    request = out.RequestAttributesSequence[0]
+    assert request.CodeMeaning == ""  # "code" is not a known word: nothing is left
+    assert request.RequestedProcedurePriority == ""
+    protocol = request.ScheduledProtocolCodeSequence[0]  # nested one level deeper
+    assert protocol.CodeMeaning == "CT Chest protocol"
+    reason = out.ReasonForRequestedProcedureCodeSequence[0]
+    assert reason.CodeMeaning == "Pneumonia"  # a meaning the allowlist knows survives
+    assert reason.ConfidentialityCode == "per"
+
+
+def test_codes_inside_cleaned_descriptor_sequences_are_kept():
+    out = deid(descriptor_sequences()).dataset
+    request = out.RequestAttributesSequence[0]
+    assert (request.CodeValue, request.CodingSchemeDesignator) == ("CT-REQ-7", "99LOCAL")
+    protocol = request.ScheduledProtocolCodeSequence[0]
+    assert (protocol.CodeValue, protocol.CodingSchemeDesignator) == ("CTCHEST", "99LOCAL")
+    reason = out.ReasonForRequestedProcedureCodeSequence[0]
+    assert (reason.CodeValue, reason.CodingSchemeDesignator) == ("233604007", "SCT")
+    long_code = code("ignored", "SCT", "Chest")
+    del long_code.CodeValue
+    long_code.LongCodeValue = "urn-like-code:4711/Quibble"
+    long_code.CodingSchemeVersion = "2024-09"
+    ds = synthetic(AdmittingDiagnosesCodeSequence=Sequence([long_code]))
+    kept = deid(ds).dataset.AdmittingDiagnosesCodeSequence[0]
+    assert kept.LongCodeValue == "urn-like-code:4711/Quibble"
+    assert kept.CodingSchemeVersion == "2024-09"
+
+
+def test_descriptor_sequences_go_without_clean_descriptors():
+    out = deid(descriptor_sequences(), DeidOptions(clean_descriptors=False)).dataset
+    assert "RequestAttributesSequence" not in out
+    assert "ReasonForRequestedProcedureCodeSequence" not in out
+    assert b"Quibbleworth" not in to_bytes(out)
+
+
+def test_short_text_outside_descriptor_sequences_is_not_cleaned():
+    # Codes and device text the table does not list (a vendor's name, a kernel, a
+    # procedure's code meaning) carry meaning the allowlist does not know.
+    ds = synthetic(Manufacturer="SIEMENS", ConvolutionKernel="B30f")
+    ds.ProcedureCodeSequence = Sequence([code("ZZ123", "99LOCAL", "CT Thorax Angiogram")])
+    out = deid(ds).dataset
+    assert (out.Manufacturer, out.ConvolutionKernel) == ("SIEMENS", "B30f")
+    assert out.ProcedureCodeSequence[0].CodeMeaning == "CT Thorax Angiogram"
+
+
 # --------------------------------------------------------------------------- burned-in text
 @pytest.mark.parametrize(
     ("elements", "risk"),
@@ -646,6 +719,8 @@ def plant(ds: Dataset, options: DeidOptions, markers: Markers) -> int:
             item.PersonName = markers.text()
             item.InstitutionName = markers.text()
             item.StudyDate = markers.date()
+            if rule.action == "C":  # a descriptor: its unlisted text is cleaned too
+                item.CodeMeaning = markers.text()
             ds.add_new(tag, "SQ", Sequence([item]))
             planted += 1
             continue

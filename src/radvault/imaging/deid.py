@@ -106,7 +106,15 @@ _PATIENT_ID = 0x00100020
 # File Meta elements that name sending/receiving systems or carry private data.
 _FILE_META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "CS"})
+# Unlisted text cleaned everywhere (long free text) and, inside the items of a
+# sequence that is itself cleaned (a descriptor under Clean Descriptors), all
+# text that can hold words.
 _FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+_DESCRIPTOR_TEXT_VRS = frozenset({"LO", "SH", "UC", "LT", "ST", "UT"})
+# Code Sequence Macro (PS3.3 Table 8.8-1) attributes that hold codes, not words:
+# Code Value, Coding Scheme Designator, Coding Scheme Version, Long Code Value.
+# The allowlist would drop valid codes such as "R-1002B" or "99LOCAL".
+_CODE_TAGS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080119})
 
 
 @dataclass(frozen=True)
@@ -417,14 +425,20 @@ class _Walk:
         self.removed: dict[str, str] = {}
 
     # ----------------------------------------------------------------- traversal
-    def dataset(self, ds: Dataset, *, top: bool = False) -> None:
+    def dataset(self, ds: Dataset, *, top: bool = False, descriptor: bool = False) -> None:
+        """Apply the profile to every element of ``ds``.
+
+        ``top`` is true for the object itself (its removed values are recorded);
+        ``descriptor`` is true inside the items of a sequence the profile cleans
+        (``C``), whose unlisted text is then cleaned too (see :meth:`unlisted`).
+        """
         for tag in list(ds.keys()):
             tag = BaseTag(tag)
             if tag.is_private:
                 if self.options.keep_private_tags:
                     elem = ds[tag]
                     if elem.VR == "SQ":
-                        self.items(elem)
+                        self.items(elem, descriptor)
                 else:
                     del ds[tag]
                 continue
@@ -447,21 +461,25 @@ class _Walk:
                 continue
             rule = self.table.lookup(int(tag))
             if rule is None:
-                self.unlisted(ds, elem, top)
+                self.unlisted(ds, elem, top, descriptor)
             else:
-                self.apply(ds, elem, rule, top)
+                self.apply(ds, elem, rule, top, descriptor)
 
-    def items(self, elem: DataElement) -> None:
+    def items(self, elem: DataElement, descriptor: bool = False) -> None:
         for item in elem.value or ():
-            self.dataset(item)
+            self.dataset(item, descriptor=descriptor)
 
     # ----------------------------------------------------------------- actions
-    def apply(self, ds: Dataset, elem: DataElement, rule: Rule, top: bool) -> None:
+    def apply(
+        self, ds: Dataset, elem: DataElement, rule: Rule, top: bool, descriptor: bool = False,
+    ) -> None:
         action, vr = rule.action, elem.VR
         if action == "C":
             cleaned = self.clean(elem)
             if cleaned is _SEQUENCE:
-                self.items(elem)
+                # A cleaned sequence is a descriptor: what its items say is cleaned
+                # too, including text Table E.1-1 does not list (Code Meaning, ...).
+                self.items(elem, descriptor=True)
                 return
             if cleaned is _UNCHANGED:
                 return
@@ -471,7 +489,7 @@ class _Walk:
             action = rule.fallback
         if action == "K":
             if vr == "SQ":
-                self.items(elem)
+                self.items(elem, descriptor)
         elif action == "X":
             self.record(elem, top)
             del ds[elem.tag]
@@ -482,7 +500,7 @@ class _Walk:
                 self.record(elem, top)
                 elem.value = empty_value_for_VR(vr)
         elif vr == "SQ":  # D and U on a sequence: keep it, de-identify its items
-            self.items(elem)
+            self.items(elem, descriptor)
         elif action == "U" and vr == "UI":
             if not elem.is_empty:
                 self.set(elem, _map(elem.value, lambda uid: replacement_uid(self.secret, uid)), top)
@@ -523,15 +541,21 @@ class _Walk:
             return replacement_uid(self.secret, text)
         return dummy_value(elem.VR)
 
-    def unlisted(self, ds: Dataset, elem: DataElement, top: bool) -> None:
+    def unlisted(
+        self, ds: Dataset, elem: DataElement, top: bool, descriptor: bool = False,
+    ) -> None:
         """Defence in depth for attributes Table E.1-1 does not list.
 
         Sequences are searched; dates and date-times are shifted (or emptied);
-        person names become a dummy; long free text (LT, ST, UT) is cleaned.
+        person names become a dummy; long free text (LT, ST, UT) is cleaned. Inside
+        the items of a cleaned sequence (``descriptor``), short text (LO, SH, UC,
+        e.g. a Code Meaning) is cleaned as well, except the code attributes of the
+        Code Sequence Macro (Code Value, Coding Scheme Designator, ...). Cleaned
+        text keeps only allowlisted words and may be left empty.
         """
         vr = elem.VR
         if vr == "SQ":
-            self.items(elem)
+            self.items(elem, descriptor)
             return
         if elem.is_empty:
             return
@@ -544,7 +568,9 @@ class _Walk:
                 self.set(elem, moved, top)
         elif vr == "PN":
             self.set(elem, dummy_value("PN"), top)
-        elif vr in _FREE_TEXT_VRS:
+        elif vr in _FREE_TEXT_VRS or (
+            descriptor and vr in _DESCRIPTOR_TEXT_VRS and int(elem.tag) not in _CODE_TAGS
+        ):
             self.set(elem, _unwrap([clean_text(str(v)) for v in _values(elem.value)]), top)
 
     # ----------------------------------------------------------------- bookkeeping
