@@ -412,3 +412,21 @@ def test_missing_or_bad_tokens_are_refused_and_audited(dw: World, token: str | N
     with httpx.Client(base_url=dw.base_url) as c:
         assert c.post("/dicomweb/studies", content=body, headers=headers).status_code == 401
     assert len(dw.audit_since(mark, "token_refused")) == 2
+
+
+def test_a_store_while_other_uploads_hold_their_memory_is_refused_for_now(dw: World) -> None:
+    budget = dw.server.server.config.app.state.upload_budget
+    others = budget.total_bytes - budget.in_use - 1000  # uploads in flight, all but 1000 bytes
+    body, headers = related([pydicom_file("CT_small.dcm").read_bytes()])
+    mark = dw.mark()
+    budget.reserve(others)
+    try:
+        r = dw.post("tech-n", "/dicomweb/studies", content=body, headers=headers)
+    finally:
+        budget.release(others)
+    assert r.status_code == 503 and r.json()["code"] == "uploads_busy"
+    assert r.headers["Retry-After"] == "5"
+    assert [e.details for e in dw.audit_since(mark, "ingest_refused")] == [
+        {"error": "UploadBudgetExhausted"}]
+    assert not dw.audit_since(mark, "ingest")
+    assert budget.in_use == 0

@@ -90,3 +90,23 @@ def test_an_upload_without_the_csrf_token_is_refused(web: Browsing) -> None:
     assert [e.details.get("reason") for e in web.world.audit_since(mark, "request_refused")] \
         == ["csrf"]
     assert not web.world.audit_since(mark, "ingest")
+
+
+def test_an_upload_while_others_hold_their_memory_is_refused_for_now(web: Browsing) -> None:
+    budget = web.world.server.server.config.app.state.upload_budget
+    others = budget.total_bytes - budget.in_use - 1000  # uploads in flight, all but 1000 bytes
+    page = web.page("tech-n")
+    page.get_by_label("Image file").set_input_files(str(pydicom_file("CT_small.dcm")))
+    mark = web.world.mark()
+    budget.reserve(others)
+    try:
+        with page.expect_navigation() as nav:
+            page.get_by_role("button", name="Upload").click()
+    finally:
+        budget.release(others)
+    assert nav.value.status == 503
+    assert nav.value.headers["retry-after"] == "5"
+    assert "busy with other uploads" in page.locator("#upload-error").inner_text()
+    assert [e.details for e in web.world.audit_since(mark, "ingest_refused")] == [
+        {"error": "UploadBudgetExhausted"}]
+    assert budget.in_use == 0

@@ -42,7 +42,8 @@ from radvault.errors import (
 from radvault.jobs import IdempotencyConflict, JobError, JobRejected, JobTimeout, TransientError
 from radvault.pipeline.clinical import InvalidRequest
 
-__all__ = ["BodyTooLarge", "CatchAllMiddleware", "install_error_handlers", "problem", "status_of"]
+__all__ = ["BodyTooLarge", "CatchAllMiddleware", "UploadBudgetExhausted", "install_error_handlers",
+           "problem", "status_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +81,30 @@ _SERVER_MESSAGES = {
     "vault_locked": "the vault is locked",
     "job_timeout": "the job did not finish in time",
     "temporarily_unavailable": "temporarily unavailable; try again",
+    "uploads_busy": "the server is busy with other uploads; try again after Retry-After",
 }
 
 
 class BodyTooLarge(RadVaultError):
     """A request body passed the size limit of its route."""
+
+
+class UploadBudgetExhausted(RadVaultError):
+    """The uploads in flight hold the memory set aside for upload bodies (503, Retry-After).
+
+    The upload was refused before the rest of its body was read; it may be sent
+    again once others are done.
+
+    Parameters
+    ----------
+    retry_after_s : int
+        Seconds the client should wait before trying again.
+    """
+
+    def __init__(self, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"the server is busy with other uploads; try again in {retry_after_s} "
+                         "seconds")
 
 
 def status_of(exc: BaseException) -> tuple[int, str]:
@@ -102,6 +122,8 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     """
     if isinstance(exc, BodyTooLarge):
         return 413, "too_large"
+    if isinstance(exc, UploadBudgetExhausted):
+        return 503, "uploads_busy"
     for cls, status, code in STATUS_MAP:
         if isinstance(exc, cls):
             return status, code
@@ -149,6 +171,8 @@ def _radvault_response(exc: RadVaultError) -> JSONResponse:
     headers = None
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    elif isinstance(exc, UploadBudgetExhausted):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     errors = None
     if isinstance(exc, PasswordPolicyError):
         errors = [{"loc": ["password"], "msg": p} for p in exc.problems]

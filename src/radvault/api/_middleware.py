@@ -1,4 +1,4 @@
-"""ASGI middleware of the API (private): security headers, body limits, metrics.
+"""ASGI middleware of the API (private): security headers, body limits, upload memory, metrics.
 
 Plain ASGI classes rather than ``BaseHTTPMiddleware``, so request bodies
 stream through untouched (the upload route reads its own, capped).
@@ -6,6 +6,7 @@ stream through untouched (the upload route reads its own, capped).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -13,9 +14,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from radvault.api._errors import BodyTooLarge, problem
+from radvault.api._errors import BodyTooLarge, UploadBudgetExhausted, problem
+from radvault.errors import ConfigurationError, ImageTooLarge
 
-__all__ = ["ApiMetrics", "BodyLimitMiddleware", "MetricsMiddleware", "SecurityHeadersMiddleware"]
+__all__ = ["ApiMetrics", "BodyLimitMiddleware", "MetricsMiddleware", "SecurityHeadersMiddleware",
+           "UploadBudget", "UploadBudgetMiddleware"]
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 HSTS = "max-age=63072000; includeSubDomains"
@@ -101,6 +104,137 @@ class BodyLimitMiddleware:
     def _refused(self, scope: Scope) -> None:
         if self.on_refused is not None:
             self.on_refused(str(scope.get("method", "")))
+
+
+class UploadBudget:
+    """The bytes that upload bodies being read or held may take together, in one process.
+
+    Each upload route keeps its body in memory (never on disk) up to the upload
+    cap; this bounds what all of them hold at once. A request reserves bytes
+    before it reads them and releases them when it is answered; a reservation
+    that would pass the total is refused (:class:`UploadBudgetExhausted`).
+    Thread-safe: test clients may drive one app from several event loops.
+
+    Parameters
+    ----------
+    total_bytes : int
+        The most bytes all uploads in flight may hold.
+    retry_after_s : int
+        Seconds a refused client is told to wait (``Retry-After``).
+
+    Raises
+    ------
+    ConfigurationError
+        If either is not positive.
+    """
+
+    def __init__(self, total_bytes: int, *, retry_after_s: int = 5) -> None:
+        if total_bytes < 1 or retry_after_s < 1:
+            raise ConfigurationError("the upload budget and its retry delay must be positive")
+        self.total_bytes = total_bytes
+        self.retry_after_s = retry_after_s
+        self._in_use = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_use(self) -> int:
+        """Bytes reserved now."""
+        return self._in_use
+
+    def reserve(self, size: int) -> None:
+        """Reserve ``size`` bytes, or refuse.
+
+        Parameters
+        ----------
+        size : int
+            Bytes about to be read.
+
+        Raises
+        ------
+        UploadBudgetExhausted
+            If the uploads in flight leave too little (nothing is reserved).
+        """
+        with self._lock:
+            if self._in_use + size > self.total_bytes:
+                raise UploadBudgetExhausted(self.retry_after_s)
+            self._in_use += size
+
+    def release(self, size: int) -> None:
+        """Give back ``size`` bytes reserved earlier.
+
+        Parameters
+        ----------
+        size : int
+            Bytes no longer held.
+        """
+        with self._lock:
+            self._in_use = max(0, self._in_use - size)
+
+
+class UploadBudgetMiddleware:
+    """Charge the bodies of the upload routes (``paths``) to an :class:`UploadBudget`.
+
+    Nothing is reserved until the route first reads its body (after it checked
+    the token and the right to upload). Then the declared ``Content-Length`` is
+    reserved at once, so an upload that cannot fit is refused before a byte of
+    its body is read; bytes beyond it (a chunked body) are reserved as they
+    arrive. The refusal is raised from the body's stream into the route, which
+    audits it; a body that could not fit even alone is :class:`ImageTooLarge`
+    (413) rather than 503. Whatever the request reserved is released as its
+    answer starts (the route has wiped the body by then), or when the request
+    ends without one (a client gone, an error).
+    """
+
+    def __init__(self, app: ASGIApp, *, budget: UploadBudget, paths: frozenset[str]) -> None:
+        self.app = app
+        self.budget = budget
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        held = received = 0
+        started = False
+
+        def take(size: int) -> None:
+            nonlocal held
+            if held + size > self.budget.total_bytes:
+                raise ImageTooLarge("request", "over the memory set aside for uploads "
+                                    f"({self.budget.total_bytes} bytes)")
+            self.budget.reserve(size)
+            held += size
+
+        async def metered_receive() -> Message:
+            nonlocal received, started
+            if not started:
+                started = True
+                if declared is not None and declared > 0:
+                    take(declared)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > held:
+                    take(received - held)
+            return message
+
+        def give_back() -> None:
+            nonlocal held, received
+            self.budget.release(held)
+            held = received = 0
+
+        async def releasing_send(message: Message) -> None:
+            # The route is done with the body once it answers: give its share back
+            # before the client can see the answer (and send its next upload).
+            if message["type"] == "http.response.start":
+                give_back()
+            await send(message)
+
+        try:
+            await self.app(scope, metered_receive, releasing_send)
+        finally:
+            give_back()
 
 
 def _content_length(scope: Scope) -> int | None:

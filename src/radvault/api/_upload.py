@@ -19,7 +19,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from radvault.errors import ImageTooLarge
 from radvault.pipeline.clinical import InvalidRequest
 
-__all__ = ["FormCollector", "UploadForm", "parse_form", "read_upload"]
+__all__ = ["FORM_SLACK", "FormCollector", "UploadForm", "parse_form", "read_upload"]
+
+FORM_SLACK = 64 * 1024
+"""Room a body may take beyond the upload cap: boundaries, part headers, text fields."""
 
 FILE_FIELD = "file"
 TEXT_FIELDS = ("modality", "body_part")

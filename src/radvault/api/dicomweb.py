@@ -16,8 +16,9 @@ policy. Errors are the API's problem documents, plus 406 (nothing acceptable
 can be produced) and 415 (a STOW-RS body that is not ``application/dicom``).
 
 A STOW-RS body is parsed as it arrives, in memory only (never spooled to a
-temporary file), and refused (413) the moment it passes the upload cap; the
-token and the right to upload are checked before a byte of it is read.
+temporary file), and refused (413) the moment it passes the upload cap, or
+(503, ``Retry-After``) when the uploads in flight leave too little memory for
+it; the token and the right to upload are checked before a byte of it is read.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from radvault.access.principal import Principal
 from radvault.api._deps import CurrentPrincipal, InstanceId, Service, StudyId, bearer_token
-from radvault.api._errors import problem
+from radvault.api._errors import UploadBudgetExhausted, problem
+from radvault.api._upload import FORM_SLACK
 from radvault.errors import ImageTooLarge
 from radvault.pipeline._clinical_dicomweb import (
     COERCION_WARNING,
@@ -192,6 +194,9 @@ async def read_related(content_type: str | None, stream: AsyncIterator[bytes], *
     except (MultipartParseError, ValueError):
         collector.wipe()
         raise InvalidRequest("the multipart body is malformed") from None
+    except BaseException:  # refused by the upload budget, a client gone: wipe what came
+        collector.wipe()
+        raise
     if not collector.ended:
         collector.wipe()
         raise InvalidRequest("the multipart body is incomplete (no closing boundary)")
@@ -209,7 +214,9 @@ async def read_related(content_type: str | None, stream: AsyncIterator[bytes], *
                         202: {"description": "Some stored, some refused"},
                         409: {"description": "None stored"},
                         413: {"description": "Over the upload cap"},
-                        415: {"description": "Not multipart/related application/dicom"}})
+                        415: {"description": "Not multipart/related application/dicom"},
+                        503: {"description": "Too many uploads in flight: try again after "
+                                             "Retry-After seconds"}})
 async def store_instances(request: Request, service: Service,
                           token: Annotated[str | None, Depends(bearer_token)]) -> Response:
     """STOW-RS: store DICOM instances into the caller's site (technologists).
@@ -228,7 +235,7 @@ async def store_instances(request: Request, service: Service,
     cap: int = request.app.state.max_upload_bytes
     declared = request.headers.get("content-length")
     try:
-        if declared is not None and declared.isdigit() and int(declared) > cap + 64 * 1024:
+        if declared is not None and declared.isdigit() and int(declared) > cap + FORM_SLACK:
             raise ImageTooLarge("request", f"over the upload cap of {cap} bytes")
         parts = await read_related(request.headers.get("content-type"), request.stream(),
                                    max_bytes=cap)
@@ -238,7 +245,7 @@ async def store_instances(request: Request, service: Service,
         except UnsupportedMediaType:
             return problem(415, "unsupported_media_type", str(exc))
         raise  # pragma: no cover - reject_upload always raises
-    except (ImageTooLarge, InvalidRequest) as exc:
+    except (ImageTooLarge, InvalidRequest, UploadBudgetExhausted) as exc:
         await run_in_threadpool(service.reject_upload, principal, exc)
         raise  # pragma: no cover - reject_upload always raises
     try:

@@ -42,7 +42,10 @@ from radvault.api._middleware import (
     BodyLimitMiddleware,
     MetricsMiddleware,
     SecurityHeadersMiddleware,
+    UploadBudget,
+    UploadBudgetMiddleware,
 )
+from radvault.api._upload import FORM_SLACK
 from radvault.config import Settings
 from radvault.errors import ConfigurationError
 from radvault.pipeline.clinical import ClinicalService
@@ -58,6 +61,13 @@ class ApiSettings:
     ----------
     max_upload_bytes : int
         Largest image upload (also capped by ``Settings.limits.max_file_bytes``).
+    max_upload_bytes_in_flight : int or None
+        The most bytes the bodies of all uploads being read or held in memory
+        may take together (API uploads, STOW-RS, the upload page); an upload
+        that would pass it is refused 503 with ``Retry-After``. ``None``: room
+        for four uploads at the cap (4 x (cap + 64 KiB), about 1 GiB by
+        default). At least ``max_upload_bytes`` plus 64 KiB (one upload at the
+        cap must fit).
     max_body_bytes : int
         Largest body of every other request.
     manage_service : bool
@@ -67,16 +77,39 @@ class ApiSettings:
     Raises
     ------
     ConfigurationError
-        If a limit is not positive.
+        If a limit is not positive, or the uploads in flight could not hold one
+        upload at ``max_upload_bytes``.
     """
 
     max_upload_bytes: int = 256 * 1024 * 1024
+    max_upload_bytes_in_flight: int | None = None
     max_body_bytes: int = 64 * 1024
     manage_service: bool = True
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_body_bytes < 1:
             raise ConfigurationError("API body limits must be positive")
+        in_flight = self.max_upload_bytes_in_flight
+        if in_flight is not None and in_flight < self.max_upload_bytes + FORM_SLACK:
+            raise ConfigurationError("max_upload_bytes_in_flight must hold one upload at the "
+                                     "cap: at least max_upload_bytes + 64 KiB")
+
+    def upload_budget_bytes(self, cap: int) -> int:
+        """The bytes uploads in flight may hold together, given the effective upload cap.
+
+        Parameters
+        ----------
+        cap : int
+            The upload cap in force (``max_upload_bytes``, or less).
+
+        Returns
+        -------
+        int
+            ``max_upload_bytes_in_flight``, or four times ``cap`` plus the form's slack.
+        """
+        if self.max_upload_bytes_in_flight is not None:
+            return self.max_upload_bytes_in_flight
+        return 4 * (cap + FORM_SLACK)
 
 
 def create_app(settings: Settings, *, service: ClinicalService,
@@ -117,7 +150,8 @@ def create_app(settings: Settings, *, service: ClinicalService,
         swagger_ui_oauth2_redirect_url=None,
     )
     app.state.service = service
-    app.state.max_upload_bytes = min(api.max_upload_bytes, settings.limits.max_file_bytes)
+    app.state.max_upload_bytes = cap = min(api.max_upload_bytes, settings.limits.max_file_bytes)
+    app.state.upload_budget = budget = UploadBudget(api.upload_budget_bytes(cap))
     app.state.metrics = metrics = ApiMetrics()
     for module in (auth, studies, images, analyses, reports, reidentify, audit, admin, health,
                    dicomweb):
@@ -132,9 +166,9 @@ def create_app(settings: Settings, *, service: ClinicalService,
                                    details={"reason": "body too large", "method": method[:10]})
 
     # Added innermost first: CatchAll ends up outermost of these.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes,
-                       exempt=frozenset({API_PREFIX + studies.UPLOAD_PATH, dicomweb.STOW_PATH,
-                                         *web_streamed}),
+    uploads = frozenset({API_PREFIX + studies.UPLOAD_PATH, dicomweb.STOW_PATH, *web_streamed})
+    app.add_middleware(UploadBudgetMiddleware, budget=budget, paths=uploads)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes, exempt=uploads,
                        on_refused=body_refused)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

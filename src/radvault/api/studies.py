@@ -16,8 +16,9 @@ from radvault.api._deps import (
     bearer_token,
     get_service,
 )
+from radvault.api._errors import UploadBudgetExhausted
 from radvault.api._schemas import StudyDetailOut, StudyOut, UploadOut
-from radvault.api._upload import read_upload
+from radvault.api._upload import FORM_SLACK, read_upload
 from radvault.errors import ImageTooLarge, RadVaultError
 from radvault.pipeline.clinical import ClinicalService, InvalidRequest
 
@@ -46,7 +47,9 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 @router.post(UPLOAD_PATH, status_code=201, response_model=UploadOut, openapi_extra=_UPLOAD_BODY,
              responses={413: {"description": "Over the upload cap"},
-                        422: {"description": "Not a readable image, or refused by policy"}})
+                        422: {"description": "Not a readable image, or refused by policy"},
+                        503: {"description": "Too many uploads in flight: try again after "
+                                             "Retry-After seconds"}})
 async def upload(request: Request, response: Response,
                  service: Annotated[ClinicalService, Depends(get_service)],
                  token: Annotated[str | None, Depends(bearer_token)]) -> UploadOut:
@@ -56,18 +59,20 @@ async def upload(request: Request, response: Response,
 
     Checked before a byte of the body is read: the token, then the right to
     upload. The body is then read as it arrives, in memory only, and refused
-    the moment it passes the cap. Refusals are audited.
+    the moment it passes the cap, or before it is read when the uploads in
+    flight leave too little memory for it (503, ``Retry-After``). Refusals are
+    audited.
     """
     principal: Principal = await run_in_threadpool(service.authenticate, token)
     await run_in_threadpool(service.authorize_upload, principal)
     cap = request.app.state.max_upload_bytes
     declared = request.headers.get("content-length")
     try:
-        if declared is not None and declared.isdigit() and int(declared) > cap + 64 * 1024:
+        if declared is not None and declared.isdigit() and int(declared) > cap + FORM_SLACK:
             raise ImageTooLarge("upload", f"over the upload cap of {cap} bytes")
         form = await read_upload(request.headers.get("content-type"), request.stream(),
                                  max_bytes=cap)
-    except (ImageTooLarge, InvalidRequest) as exc:
+    except (ImageTooLarge, InvalidRequest, UploadBudgetExhausted) as exc:
         await run_in_threadpool(_reject, service, principal, exc)
         raise  # pragma: no cover - _reject always raises
     try:

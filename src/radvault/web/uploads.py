@@ -3,7 +3,8 @@
 The post is read as it streams in, in memory only (:mod:`._forms`): the
 session and the right to upload are checked before the body is read, the CSRF
 token (the form's first field) before the file is kept, and the file is
-refused the moment it passes the cap. Ingest (de-identification, sealing,
+refused the moment it passes the cap, or before it is read when the uploads in
+flight leave too little memory for it (503, ``Retry-After``). Ingest (de-identification, sealing,
 audit) is the clinical service's, as for the API.
 """
 
@@ -16,7 +17,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from radvault.api._deps import get_service
-from radvault.api._errors import status_of
+from radvault.api._errors import UploadBudgetExhausted, status_of
+from radvault.api._upload import FORM_SLACK
 from radvault.errors import (
     AccessDenied,
     DeidentificationError,
@@ -55,10 +57,12 @@ MODALITIES = (("", "From the DICOM header"), ("DX", "DX: digital radiography"),
 
 def _page(request: Request, user: WebUser, *, status: int = 200,
           result: UploadResult | None = None, error: str | None = None,
-          fields: dict[str, str] | None = None) -> Response:
+          fields: dict[str, str] | None = None,
+          headers: dict[str, str] | None = None) -> Response:
     return render(request, "upload.html",
                   {"title": "Upload", "modalities": MODALITIES, "result": result,
-                   "error": error, "fields": fields or {}}, status=status, user=user)
+                   "error": error, "fields": fields or {}}, status=status, user=user,
+                  headers=headers)
 
 
 @router.get("/upload")
@@ -82,17 +86,19 @@ async def upload(request: Request, service: Service) -> Response:
     try:
         check_same_origin(request)
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap + 64 * 1024:
+        if declared.isdigit() and int(declared) > cap + FORM_SLACK:
             raise ImageTooLarge("upload", f"over the upload cap of {cap} bytes")
         form = await read_page_upload(request.headers.get("content-type"), request.stream(),
                                       max_bytes=cap, check_csrf=check)
     except AccessDenied:
         await run_in_threadpool(audit_forgery, service, user, "POST")
         raise
-    except (ImageTooLarge, InvalidRequest) as exc:
+    except (ImageTooLarge, InvalidRequest, UploadBudgetExhausted) as exc:
         with contextlib.suppress(RadVaultError):  # it audits, then raises: answered below
             await run_in_threadpool(service.reject_upload, principal, exc)
-        return _page(request, user, status=status_of(exc)[0], error=str(exc)[:300])
+        busy = isinstance(exc, UploadBudgetExhausted)
+        return _page(request, user, status=status_of(exc)[0], error=str(exc)[:300],
+                     headers={"Retry-After": str(exc.retry_after_s)} if busy else None)
     fields = {k: v for k, v in form.fields.items() if k in ("modality", "body_part")}
     try:
         result = await run_in_threadpool(

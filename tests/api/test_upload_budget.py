@@ -1,0 +1,177 @@
+"""Uploads in flight share one memory budget: an upload that would pass it is refused 503
+with Retry-After before its body is read, audited, and the budget is free again after."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from apikit import UPLOAD_CAP, ServerThread, World
+from PIL import Image
+
+from radvault.api import ApiSettings, create_app
+from radvault.api._middleware import UploadBudget
+from radvault.api._upload import FORM_SLACK
+from radvault.errors import ConfigurationError
+
+UPLOAD = "/api/v1/uploads"
+BUDGET = UPLOAD_CAP + FORM_SLACK  # the least allowed: room for one upload at the cap
+
+
+def noise_png(seed: int, shape: tuple[int, int]) -> bytes:
+    """A PNG of random pixels: it does not compress, so its size is about rows x columns."""
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def form(data: bytes, name: str) -> tuple[bytes, dict[str, str]]:
+    """The multipart body of an upload of ``data`` and its Content-Type and Content-Length."""
+    request = httpx.Request("POST", "http://radvault.test/", files={"file": (name, data)},
+                            data={"modality": "DX", "body_part": "CHEST"})
+    body = request.read()
+    return body, {"Content-Type": request.headers["Content-Type"],
+                  "Content-Length": str(len(body))}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("the condition did not come true in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def small(world: World) -> Iterator[World]:
+    """A second server over the shared service whose uploads in flight may hold one cap."""
+    api = ApiSettings(max_upload_bytes=UPLOAD_CAP, max_upload_bytes_in_flight=BUDGET,
+                      manage_service=False)
+    server = ServerThread(create_app(world.settings, service=world.service, api=api)).start()
+    try:
+        yield World(world.settings, world.vault, world.service, server,
+                    f"http://127.0.0.1:{server.port}", tokens=world.tokens)
+    finally:
+        server.stop()
+
+
+def budget_of(world: World) -> UploadBudget:
+    budget: UploadBudget = world.server.server.config.app.state.upload_budget
+    return budget
+
+
+def test_an_upload_at_the_cap_fits_the_smallest_budget(small: World) -> None:
+    data = noise_png(10, (1000, 1040))
+    assert UPLOAD_CAP - 10_000 < len(data) <= UPLOAD_CAP
+    r = small.upload("tech-n", data, "wide.png", modality="DX")
+    assert r.status_code == 201, r.text
+    assert budget_of(small).in_use == 0
+
+
+def test_concurrent_uploads_past_the_budget_refuse_one_and_store_the_other(small: World) -> None:
+    first, first_headers = form(noise_png(11, (950, 950)), "first.png")
+    second_data = noise_png(12, (950, 950))
+    second, second_headers = form(second_data, "second.png")
+    assert len(first) <= UPLOAD_CAP and len(second) <= UPLOAD_CAP < len(first) + len(second)
+    budget = budget_of(small)
+    gate = threading.Event()
+
+    def first_body() -> Iterator[bytes]:  # half now, the rest once the second was refused
+        yield first[:len(first) // 2]
+        gate.wait(30)
+        yield first[len(first) // 2:]
+
+    def send_first() -> httpx.Response:
+        with small.client() as c:
+            return c.post(UPLOAD, content=first_body(),
+                          headers={**small.auth("tech-n"), **first_headers})
+
+    mark = small.mark()
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(send_first)
+        try:
+            wait_until(lambda: budget.in_use == len(first))
+            # Only the second upload's headers go out: it is refused from its declared
+            # length, before a byte of its body is read.
+            answer = raw_answer(small, upload_head(small, second_headers))
+        finally:
+            gate.set()
+        stored = held.result(timeout=60)
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b"\r\nretry-after: 5\r\n" in answer.lower()
+    assert b'"code":"uploads_busy"' in answer
+    assert stored.status_code == 201, stored.text
+    refused = small.audit_since(mark, "ingest_refused")
+    assert [(e.actor, e.details) for e in refused] == [
+        ("tech-n", {"error": "UploadBudgetExhausted"})]
+    assert budget.in_use == 0  # given back before the answers went out
+    again = small.upload("tech-n", second_data, "second.png", modality="DX")
+    assert again.status_code == 201, again.text
+    assert budget.in_use == 0
+
+
+def test_an_upload_whose_client_goes_away_gives_its_share_back(small: World) -> None:
+    body, headers = form(noise_png(13, (600, 600)), "gone.png")
+    budget = budget_of(small)
+    host, port = small.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(upload_head(small, headers) + body[:len(body) // 2])
+        wait_until(lambda: budget.in_use == len(body))
+    wait_until(lambda: budget.in_use == 0)
+
+
+@pytest.mark.parametrize("body, status", [
+    (b"--b\r\nContent-Disposition: form-data; name=\"nope\"\r\n\r\nx\r\n--b--\r\n", 400),
+    (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n\r\n"
+     + b"\0" * (UPLOAD_CAP + 1) + b"\r\n--b--\r\n", 413),
+    (b"--b\r\nContent-Disposition: form-data; name=\"modality\"\r\n\r\nDX\r\n--b--\r\n"
+     + b"epilogue" * (BUDGET // 8 + 1), 413),
+], ids=["malformed", "over-the-cap", "over-the-budget-alone"])
+def test_a_refused_upload_gives_its_share_back(small: World, body: bytes, status: int) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: reserved as it arrives
+        for start in range(0, len(body), 65536):
+            yield body[start:start + 65536]
+
+    with small.client() as c:
+        r = c.post(UPLOAD, content=chunks(), headers={
+            **small.auth("tech-n"), "Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == status
+    assert budget_of(small).in_use == 0
+
+
+def test_the_budget_must_hold_one_upload_at_the_cap() -> None:
+    with pytest.raises(ConfigurationError, match="at least max_upload_bytes"):
+        ApiSettings(max_upload_bytes=UPLOAD_CAP, max_upload_bytes_in_flight=UPLOAD_CAP)
+    assert ApiSettings(max_upload_bytes=UPLOAD_CAP).upload_budget_bytes(UPLOAD_CAP) == 4 * BUDGET
+
+
+def upload_head(world: World, headers: dict[str, str]) -> bytes:
+    """The request line and headers of a technologist's upload (the body follows)."""
+    return (f"POST {UPLOAD} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {world.token('tech-n')}\r\n"
+            f"Content-Type: {headers['Content-Type']}\r\n"
+            f"Content-Length: {headers['Content-Length']}\r\n\r\n").encode()
+
+
+def raw_answer(world: World, request: bytes) -> bytes:
+    """Send ``request`` over a fresh connection and read the answer's head and body."""
+    host, port = world.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = [int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:")]
+            if length and len(body) >= length[0]:
+                break
+    return answer
