@@ -11,7 +11,6 @@ processed. Paths stay on the in-memory records, for the operator's console.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -175,9 +174,10 @@ def preprocess_to_folder(
 ) -> BatchSummary:
     """Preprocess images (DICOM, PNG, JPEG) into ``out_dir`` as PNGs for inspection.
 
-    Output names are the first 16 hex digits of the sha-256 of the input bytes,
-    so they carry nothing from the input's name; skipped inputs are reported by
-    ordinal, as for :func:`deidentify_to_folder`.
+    Output names are the input's ordinal (``preview-0001.png`` for the first), so they
+    carry nothing from the input's name or content (a plain hash of the bytes would
+    link a preview to the vault's catalog); skipped inputs are reported by ordinal,
+    as for :func:`deidentify_to_folder`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     preprocess = Preprocessor(settings)
@@ -186,12 +186,10 @@ def preprocess_to_folder(
         try:
             record = read_image(path, limits=limits)
             array = preprocess(record)
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-            name = f"{digest}.png"
+            name = f"preview-{ordinal:04d}.png"
             _write_atomic(out_dir / name, to_png_bytes(array))
-            summary.written.append(
-                {"file": name, "modality": record.modality, "size": settings.size}
-            )
+            summary.written.append({"ordinal": ordinal, "file": name,
+                                    "modality": record.modality, "size": settings.size})
             ok = True
         except RadVaultError as exc:
             _fail(summary, ordinal, path, exc)
