@@ -45,6 +45,7 @@ from radvault.imaging._deid_values import (
     shift_da,
     shift_dt,
 )
+from radvault.imaging.vocabulary import modality_term
 
 if TYPE_CHECKING:
     from radvault.config import Settings
@@ -230,7 +231,10 @@ def assess_burned_in(ds: Dataset) -> BurnedInAssessment:
     Annotation is absent.
     """
     declared = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    raw = str(ds.get("Modality", "") or "").strip().upper()
+    # "SC" is no defined term but names Secondary Capture, so it is judged as written;
+    # anything else outside the vocabulary is judged (and named) as OT, like the catalog
+    modality = raw if raw in BURNED_IN_MODALITIES["always"] else modality_term(raw)
     sop_class = str(ds.get("SOPClassUID", "") or "").strip()
     if declared == "YES":
         return BurnedInAssessment(True, "BurnedInAnnotation is YES")

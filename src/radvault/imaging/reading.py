@@ -48,6 +48,7 @@ from radvault.config import ImagingLimits
 from radvault.errors import CorruptImage, ImageInputError, ImageTooLarge, NotAnImage
 from radvault.imaging import _dicom_reader, _raster_reader
 from radvault.imaging.records import ImageRecord, SourceFormat
+from radvault.imaging.vocabulary import body_part_term, modality_term
 
 __all__ = [
     "read_dicom_dataset",
@@ -192,9 +193,11 @@ def read_image_bytes(
             record = _dicom_reader.decode_dataset(ds, name, limits)
         else:
             record = _raster_reader.decode_raster(data, source_format, name, limits)
+    # hints are kept in the clear like header values, so they pass the same vocabulary
     overrides = {
-        key: value
-        for key, value in (("modality", modality), ("body_part", body_part))
+        key: term(value)
+        for key, value, term in (("modality", modality, modality_term),
+                                 ("body_part", body_part, body_part_term))
         if value is not None
     }
     if overrides:

@@ -6,9 +6,12 @@ header may hold anything, though: a technologist's free text, a patient's name o
 record number typed into the wrong field. So only values of the vocabulary the
 standard defines are kept: a Modality that is not one of PS3.3's defined terms
 (C.7.3.1.1.1, current and retired) reads as ``OT``, and a Body Part Examined that
-is not a Code String (at most 16 upper-case letters, digits, spaces or
-underscores, PS3.5 6.2) reads as unknown. Written out by hand: neither pydicom
-nor highdicom ships the defined-term list of Modality.
+is not one word of at most 16 letters reads as unknown. The defined terms of Body
+Part Examined (PS3.16 Annex L: ``CHEST``, ``HEADNECK``, ``CSPINE``, ...) are all such
+words, while a name or record number typed there has a space or digits
+(``JOHN DOE``, ``MRN 55512345``); a single surname would still pass (a residual
+risk: the full Annex L list would close it). Written out by hand: neither pydicom
+nor highdicom ships the defined-term list of Modality or of Body Part Examined.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ MODALITIES: Final = frozenset({
     "MS", "OPR", "ST", "VF",
 })
 
-_CODE_STRING: Final = re.compile(r"[A-Z0-9_ ]{1,16}")
+_BODY_PART_WORD: Final = re.compile(r"[A-Z]{1,16}")
 
 
 def modality_term(value: str | None) -> str:
@@ -42,6 +45,6 @@ def modality_term(value: str | None) -> str:
 
 
 def body_part_term(value: str | None) -> str:
-    """``value`` as a Code String (upper case), or ``""`` (unknown) if it cannot be one."""
+    """``value`` as one upper-case word of at most 16 letters, or ``""`` (unknown)."""
     term = (value or "").strip().upper()
-    return term if _CODE_STRING.fullmatch(term) else ""
+    return term if _BODY_PART_WORD.fullmatch(term) else ""

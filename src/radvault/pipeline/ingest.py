@@ -59,6 +59,7 @@ from radvault.imaging.reading import (
     sniff_format,
 )
 from radvault.imaging.records import ImageRecord, SourceFormat
+from radvault.imaging.vocabulary import body_part_term, modality_term
 from radvault.pipeline.model_input import encode_model_input
 from radvault.vault.audit import Action, EntryDraft, Outcome
 from radvault.vault.catalog import CatalogWriter, NewInstance, NewObject
@@ -649,5 +650,6 @@ def _fill_gaps(record: ImageRecord, modality: str | None, body_part: str | None)
     from dataclasses import replace
 
     known_modality = record.modality if record.modality not in ("", "OT") else None
-    return replace(record, modality=known_modality or modality or record.modality,
-                   body_part=record.body_part or body_part or "")
+    hinted_modality = modality_term(modality) if modality else None  # kept in the clear
+    return replace(record, modality=known_modality or hinted_modality or record.modality,
+                   body_part=record.body_part or body_part_term(body_part) or "")
