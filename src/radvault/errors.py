@@ -86,6 +86,7 @@ __all__ = [
     "VaultError",
     "VaultLocked",
     "exit_status",
+    "operator_message",
 ]
 
 
@@ -273,3 +274,15 @@ def exit_status(exc: RadVaultError) -> int:
         if isinstance(exc, cls):
             return status
     return 1
+
+
+def operator_message(exc: RadVaultError) -> str:
+    """An error as a local command prints it: ``path: reason`` for an image error.
+
+    Only for the operator's own terminal (the operator typed that path); messages
+    that travel (API, pages, logs, job store, files written beside outputs) use
+    ``str(exc)``, which names no file.
+    """
+    if isinstance(exc, ImageInputError):
+        return f"{exc.path}: {exc}"
+    return str(exc)

@@ -430,3 +430,22 @@ def test_a_model_folder_is_never_replaced_without_overwrite(
     # the checkpoint went beside the model folder, not into it
     assert sorted(p.name for p in model.iterdir()) == ["model.onnx", "model_card.json"]
     assert (model.parent / "toy.checkpoint" / "checkpoint.pt").is_file()
+
+
+def test_an_unreadable_image_in_a_dataset_is_named_to_the_operator(tmp_path, capsys):
+    # the local command names the file the operator gave it; only the message travels
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "data"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        for i in range(3):
+            value = 40 * i + (7 if label == "b" else 0)  # no file under both classes
+            Image.fromarray(np.full((16, 16), value, np.uint8)).save(folder / label / f"{i}.png")
+    bad = folder / "a" / "Doe_John_MRN123.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    assert main(["train", "--folder", str(folder), "--out", str(tmp_path / "m"),
+                 "--epochs", "1", "--size", "32", "--device", "cpu", "--no-verify-sha256"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Doe_John_MRN123.png" in err and "Traceback" not in err

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from radvault.config import PreprocessSettings
-from radvault.errors import RadVaultError, exit_status
+from radvault.errors import RadVaultError, exit_status, operator_message
 
 __all__ = ["build_parser", "build_preprocess", "build_source", "build_train_config", "main"]
 
@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             return _recalibrate(args, source)
         return _evaluate(args, source)
     except RadVaultError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {operator_message(exc)}", file=sys.stderr)  # names a bad image's file
         status = exit_status(exc)  # integrity 5, not found 6, ... as every radvault command
         return 2 if status == 1 else status  # an unusable dataset, task or model: usage, 2
     except OSError as exc:  # e.g. --json or --out in a folder that cannot be written

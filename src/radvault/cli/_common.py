@@ -23,11 +23,10 @@ from rich.progress import (
 )
 
 from radvault.config import Settings, load_settings
-from radvault.errors import ImageInputError, RadVaultError, exit_status
+from radvault.errors import RadVaultError, exit_status, operator_message
 
 __all__ = [
     "console",
-    "describe_for_operator",
     "err_console",
     "handle_errors",
     "iter_input_files",
@@ -55,7 +54,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except RadVaultError as exc:
             code = exit_status(exc)
-            err_console.print(f"[bold red]error:[/] {escape(describe_for_operator(exc))}",
+            err_console.print(f"[bold red]error:[/] {escape(operator_message(exc))}",
                               markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
         except KeyboardInterrupt:
@@ -63,17 +62,6 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-def describe_for_operator(exc: RadVaultError) -> str:
-    """An error as the local console shows it: ``path: reason`` for an image error.
-
-    Only for the operator's own terminal; messages that travel (API, pages, logs,
-    job store, files written beside outputs) use ``str(exc)``, which names no file.
-    """
-    if isinstance(exc, ImageInputError):
-        return f"{exc.path}: {exc}"
-    return str(exc)
 
 
 def settings_from_context(ctx: typer.Context) -> Settings:
