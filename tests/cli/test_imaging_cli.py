@@ -147,8 +147,11 @@ def test_preprocess_writes_square_rgb_pngs_of_the_requested_size(tmp_path: Path)
                  "--size", "64", "--no-denoise"])
     assert code == 0
     pngs = sorted(out.glob("*.png"))
-    # named by ordinal: nothing of the input's name, nor a hash linking it to the catalog
-    assert [p.name for p in pngs] == ["preview-0001.png", "preview-0002.png"]
+    # named by run and ordinal: nothing of the input's name, nor a hash linking it to the
+    # catalog; a second run into the same folder replaces nothing
+    assert [p.name[-9:] for p in pngs] == ["-0001.png", "-0002.png"]
+    assert main(["preprocess", str(src), "--out", str(out), "--size", "64", "--no-denoise"]) == 0
+    assert len(list(out.glob("preview-*.png"))) == 3
     for p in pngs:
         with Image.open(p) as im:
             assert im.size == (64, 64)

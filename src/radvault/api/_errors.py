@@ -163,7 +163,10 @@ def problem(status: int, code: str, detail: str, *,
 
 def _radvault_response(exc: RadVaultError) -> JSONResponse:
     status, code = status_of(exc)
-    if status >= 500:
+    if isinstance(exc, UploadBudgetExhausted):  # load, not a fault: the client retries
+        logger.warning("upload refused: %s", code)
+        detail = _SERVER_MESSAGES[code]
+    elif status >= 500:
         logger.error("request failed: %s (%s)", code, type(exc).__name__)
         detail = _SERVER_MESSAGES.get(code, "internal server error")
     else:

@@ -1,8 +1,8 @@
 """Use cases that work on plain files, without a vault: de-identify and preprocess to a folder.
 
 Output file names never carry input names (which may hold PHI): de-identified
-DICOM files are named by their new SOP Instance UID, preprocessed PNGs by a
-keyed digest of the input bytes. The summary (:meth:`BatchSummary.as_dict`,
+DICOM files are named by their new SOP Instance UID, preprocessed PNGs by the
+run and the input's ordinal. The summary (:meth:`BatchSummary.as_dict`,
 written beside the outputs) never names an input either: it lists successes
 without them, so it never links a pseudonym back to a named file, and refers to
 skipped inputs by ordinal, their position (from 1) in the inputs the run
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,19 +175,21 @@ def preprocess_to_folder(
 ) -> BatchSummary:
     """Preprocess images (DICOM, PNG, JPEG) into ``out_dir`` as PNGs for inspection.
 
-    Output names are the input's ordinal (``preview-0001.png`` for the first), so they
-    carry nothing from the input's name or content (a plain hash of the bytes would
-    link a preview to the vault's catalog); skipped inputs are reported by ordinal,
-    as for :func:`deidentify_to_folder`.
+    Output names are a random run tag and the input's ordinal
+    (``preview-3fa9c1-0001.png`` for the first), so they carry nothing from the
+    input's name or content (a plain hash of the bytes would link a preview to the
+    vault's catalog) and a later run into the same folder replaces none of them;
+    skipped inputs are reported by ordinal, as for :func:`deidentify_to_folder`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     preprocess = Preprocessor(settings)
     summary = BatchSummary()
+    run = secrets.token_hex(3)
     for ordinal, path in enumerate(paths, start=1):
         try:
             record = read_image(path, limits=limits)
             array = preprocess(record)
-            name = f"preview-{ordinal:04d}.png"
+            name = f"preview-{run}-{ordinal:04d}.png"
             _write_atomic(out_dir / name, to_png_bytes(array))
             summary.written.append({"ordinal": ordinal, "file": name,
                                     "modality": record.modality, "size": settings.size})
