@@ -283,6 +283,7 @@ def test_data_fetch_hints_at_classes_for_a_set_whose_names_are_unknown(
 def test_data_fetch_checks_a_published_digest_and_keeps_nothing_that_differs(
         tmp_path, capsys, monkeypatch):
     import hashlib
+    import http.client
     import io
     import urllib.error
     from types import MappingProxyType
@@ -322,6 +323,16 @@ def test_data_fetch_checks_a_published_digest_and_keeps_nothing_that_differs(
     err = capsys.readouterr().err
     assert err.startswith("error: could not download") and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+    class CutShort(Response):
+        def read(self, size=-1):
+            raise http.client.IncompleteRead(b"", 100)
+
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: CutShort(data))
+    assert radvault(fetch) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not download") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
 
 
 # --- evaluate's report, strict JSON and ROC; option checks; models never overwritten ---

@@ -29,3 +29,15 @@ def test_loading_a_model_leaves_no_telemetry_files(trained, tmp_path: Path) -> N
     # onnxruntime.db and $TMPDIR/.ses here
     assert [p for p in home.rglob("*") if p.is_file()] == []
     assert [p for p in tmp.rglob("*") if p.is_file()] == []
+
+
+def test_importing_onnxruntime_first_is_warned_about(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    run = subprocess.run([sys.executable, "-c", "import onnxruntime, radvault"], env=env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert "onnxruntime was imported before radvault" in run.stderr
+    env["ORT_DISABLE_TELEMETRY"] = "1"  # the caller opted out itself: nothing to say
+    run = subprocess.run([sys.executable, "-c", "import onnxruntime, radvault"], env=env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert run.stderr == ""

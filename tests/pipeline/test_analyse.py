@@ -220,5 +220,7 @@ def test_a_tampered_model_is_audited_as_an_integrity_failure(vault: Vault, tmp_p
         analyser.analyse_instance(outcome.instance_id, model_name="chest_xray")
     (refused,) = vault.audit.query(action="integrity_failure")
     assert refused.outcome == "refused" and refused.actor == "dr"
-    assert refused.details == {"error": "model signature mismatch", "model_folder": "chest_xray"}
+    assert refused.details == {"error": "model failed verification",
+                               "reason": "model_card.json does not match its signature",
+                               "model_folder": "chest_xray"}
     assert vault.catalog.results_of_instance(outcome.instance_id) == []

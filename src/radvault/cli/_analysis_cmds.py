@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import urllib.request
 import zipfile
@@ -269,7 +270,9 @@ def data_fetch(
                         for digest in digests.values():
                             digest.update(chunk)
                         bar.advance(task, len(chunk))
-        except OSError as exc:  # URLError, timeouts and a full disk are all OSErrors
+        # URLError, timeouts and a full disk are OSErrors; a connection cut mid-body
+        # raises http.client.IncompleteRead, an HTTPException
+        except (OSError, http.client.HTTPException) as exc:
             partial.unlink(missing_ok=True)
             raise DatasetError(f"could not download {url}: {exc}") from None
         got = {algo: digest.hexdigest() for algo, digest in digests.items()}

@@ -166,10 +166,13 @@ class Analyser:
             try:
                 model = load_model(path, keyring=self.registry.keyring,
                                    refer_threshold=self.vault.settings.refer_threshold)
-            except ModelIntegrityError:
-                # audited as tampering, like a sealed object that fails its check
+            except ModelIntegrityError as exc:
+                # audited as tampering, like a sealed object that fails its check; the
+                # reason (altered file, unsigned, untrusted key, ...) without the folder
+                reason = str(exc).removeprefix(f"{path}: ")[:160]
                 self.vault.audit.append(self.actor, Action.INTEGRITY_FAILURE, Outcome.REFUSED,
-                                        details={"error": "model signature mismatch",
+                                        details={"error": "model failed verification",
+                                                 "reason": reason,
                                                  "model_folder": Path(path).name})
                 raise
             self.vault.audit.append(self.actor, Action.MODEL_LOAD, Outcome.OK,
