@@ -126,7 +126,7 @@ class AnalysisCases(ServiceCore):
             If the caller is not granted the job's study (audited).
         """
         if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
-            raise self._not_found(principal, Action.VIEW_RESULT, "job", "")
+            raise self._not_found(principal, Action.VIEW_RESULT, "job", str(job_id))  # digest
         try:
             job = self._runner().get(job_id)
         except ObjectNotFound:

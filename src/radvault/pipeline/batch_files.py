@@ -24,6 +24,7 @@ from radvault.errors import RadVaultError
 from radvault.imaging.deid import Deidentifier
 from radvault.imaging.preprocess import Preprocessor, to_png_bytes
 from radvault.imaging.reading import read_dicom_dataset, read_image, record_from_dataset
+from radvault.imaging.vocabulary import modality_term
 
 __all__ = [
     "BatchSummary",
@@ -151,7 +152,7 @@ def deidentify_to_folder(
                 {
                     "file": name,
                     "pseudonym": result.pseudonym,
-                    "modality": str(result.dataset.get("Modality", "")),
+                    "modality": modality_term(str(result.dataset.get("Modality", ""))),
                     "burned_in_risk": result.burned_in_risk,
                     "date_shift_days": result.date_shift_days,
                 }
