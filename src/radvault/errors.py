@@ -42,9 +42,9 @@ Messages never carry PHI: they name objects by pseudonymous ids, and never quote
 header value or a library's message (which may quote one). File names are PHI too
 (``Doe_John_MRN123.dcm``): an :class:`ImageInputError`'s message is its reason alone,
 and the file, as the user named it, is kept apart in its ``path`` attribute, which only
-the local command line prints (the operator typed it). Faces (CLI, API, DICOM) map
-these classes to exit codes and statuses; :func:`exit_status` is the command line's
-one table.
+the local command line prints (the operator typed it; :func:`operator_message`).
+Faces (CLI, API, DICOM) map these classes to exit codes and statuses;
+:func:`exit_status` is the command line's one table.
 """
 
 from __future__ import annotations
