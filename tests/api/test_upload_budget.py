@@ -1,5 +1,6 @@
 """Uploads in flight share one memory budget: an upload that would pass it is refused 503
-with Retry-After before its body is read, audited, and the budget is free again after."""
+with Retry-After before its body is read, audited, and the budget is free again after. An
+upload whose body stops arriving while it holds its share is refused 408 and gives it back."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from radvault.api._upload import FORM_SLACK
 from radvault.errors import ConfigurationError
 
 UPLOAD = "/api/v1/uploads"
+STOW = "/dicomweb/studies"
 BUDGET = UPLOAD_CAP + FORM_SLACK  # the least allowed: room for one upload at the cap
+IDLE_TIMEOUT = 0.5  # the small server's longest wait for the next part of a body
 
 
 def noise_png(seed: int, shape: tuple[int, int]) -> bytes:
@@ -52,9 +55,10 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
 
 @pytest.fixture(scope="module")
 def small(world: World) -> Iterator[World]:
-    """A second server over the shared service whose uploads in flight may hold one cap."""
+    """A second server over the shared service whose uploads in flight may hold one cap,
+    and whose uploads may pause IDLE_TIMEOUT seconds at most."""
     api = ApiSettings(max_upload_bytes=UPLOAD_CAP, max_upload_bytes_in_flight=BUDGET,
-                      manage_service=False)
+                      upload_idle_timeout_s=IDLE_TIMEOUT, manage_service=False)
     server = ServerThread(create_app(world.settings, service=world.service, api=api)).start()
     try:
         yield World(world.settings, world.vault, world.service, server,
@@ -85,9 +89,13 @@ def test_concurrent_uploads_past_the_budget_refuse_one_and_store_the_other(small
     gate = threading.Event()
 
     def first_body() -> Iterator[bytes]:  # half now, the rest once the second was refused
-        yield first[:len(first) // 2]
-        gate.wait(30)
-        yield first[len(first) // 2:]
+        half = len(first) // 2
+        yield first[:half]
+        sent = half
+        while not gate.wait(0.1):  # a byte every 0.1 s meanwhile: never idle long enough
+            yield first[sent:sent + 1]
+            sent += 1
+        yield first[sent:]
 
     def send_first() -> httpx.Response:
         with small.client() as c:
@@ -147,15 +155,76 @@ def test_a_refused_upload_gives_its_share_back(small: World, body: bytes, status
     assert budget_of(small).in_use == 0
 
 
+@pytest.mark.parametrize("path, content_type, part_head, seed", [
+    (UPLOAD, "multipart/form-data; boundary=b",
+     b'Content-Disposition: form-data; name="file"; filename="x.png"', 14),
+    (STOW, 'multipart/related; type="application/dicom"; boundary=b',
+     b"Content-Type: application/dicom", 16),
+], ids=["upload", "stow-rs"])
+def test_an_upload_that_stalls_is_refused_408_and_gives_its_share_back(
+        small: World, path: str, content_type: str, part_head: bytes, seed: int) -> None:
+    declared = 200_000
+    budget = budget_of(small)
+    head = upload_head(small, {"Content-Type": content_type,
+                               "Content-Length": str(declared)}, path=path)
+    mark = small.mark()
+    host, port = small.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        start = time.monotonic()
+        # Its headers and the start of its one part, then nothing more.
+        sock.sendall(head + b"--b\r\n" + part_head + b"\r\n\r\n" + b"\0" * 5000)
+        answer = read_answer(sock)
+        waited = time.monotonic() - start
+        closed = sock.recv(1) == b""  # the server hangs up: the rest is never read
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    assert b"application/problem+json" in answer
+    assert b'"code":"request_timeout"' in answer
+    assert closed
+    assert IDLE_TIMEOUT <= waited < IDLE_TIMEOUT + 5
+    refused = small.audit_since(mark, "ingest_refused")
+    assert [(e.actor, e.details) for e in refused] == [("tech-n", {"error": "UploadStalled"})]
+    assert budget.in_use == 0
+    again = small.upload("tech-n", noise_png(seed, (900, 900)), "after.png", modality="DX")
+    assert again.status_code == 201, again.text
+    assert budget.in_use == 0
+
+
+def test_an_upload_that_pauses_under_the_idle_timeout_is_stored(small: World) -> None:
+    body, headers = form(noise_png(15, (700, 700)), "slow.png")
+    pieces = 4
+
+    def slow_body() -> Iterator[bytes]:  # longer than the timeout in all, never idle that long
+        step = len(body) // pieces + 1
+        for start in range(0, len(body), step):
+            if start:
+                time.sleep(IDLE_TIMEOUT / 3)
+            yield body[start:start + step]
+
+    began = time.monotonic()
+    with small.client() as c:
+        r = c.post(UPLOAD, content=slow_body(), headers={**small.auth("tech-n"), **headers})
+    assert r.status_code == 201, r.text
+    assert time.monotonic() - began > IDLE_TIMEOUT
+    assert budget_of(small).in_use == 0
+
+
+def test_the_idle_timeout_must_be_positive() -> None:
+    for seconds in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigurationError, match="upload_idle_timeout_s"):
+            ApiSettings(upload_idle_timeout_s=seconds)
+    assert ApiSettings().upload_idle_timeout_s == 30
+
+
 def test_the_budget_must_hold_one_upload_at_the_cap() -> None:
     with pytest.raises(ConfigurationError, match="at least max_upload_bytes"):
         ApiSettings(max_upload_bytes=UPLOAD_CAP, max_upload_bytes_in_flight=UPLOAD_CAP)
     assert ApiSettings(max_upload_bytes=UPLOAD_CAP).upload_budget_bytes(UPLOAD_CAP) == 4 * BUDGET
 
 
-def upload_head(world: World, headers: dict[str, str]) -> bytes:
+def upload_head(world: World, headers: dict[str, str], path: str = UPLOAD) -> bytes:
     """The request line and headers of a technologist's upload (the body follows)."""
-    return (f"POST {UPLOAD} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: Bearer {world.token('tech-n')}\r\n"
             f"Content-Type: {headers['Content-Type']}\r\n"
             f"Content-Length: {headers['Content-Length']}\r\n\r\n").encode()
@@ -166,12 +235,17 @@ def raw_answer(world: World, request: bytes) -> bytes:
     host, port = world.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-            head, _, body = answer.partition(b"\r\n\r\n")
-            length = [int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-                      if line.startswith(b"content-length:")]
-            if length and len(body) >= length[0]:
-                break
+        return read_answer(sock)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """Read an answer's head and body (as far as its Content-Length) from ``sock``."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = [int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                  if line.startswith(b"content-length:")]
+        if length and len(body) >= length[0]:
+            break
     return answer

@@ -42,8 +42,8 @@ from radvault.errors import (
 from radvault.jobs import IdempotencyConflict, JobError, JobRejected, JobTimeout, TransientError
 from radvault.pipeline.clinical import InvalidRequest
 
-__all__ = ["BodyTooLarge", "CatchAllMiddleware", "UploadBudgetExhausted", "install_error_handlers",
-           "problem", "status_of"]
+__all__ = ["BodyTooLarge", "CatchAllMiddleware", "UploadBudgetExhausted", "UploadStalled",
+           "install_error_handlers", "problem", "status_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,24 @@ class UploadBudgetExhausted(RadVaultError):
                          "seconds")
 
 
+class UploadStalled(InvalidRequest):
+    """An upload's body stopped arriving while it held upload memory (408).
+
+    An :class:`InvalidRequest` (the client's fault), so the upload routes refuse
+    and audit it on the path they already take for a malformed body; it maps to
+    408, and the connection is closed after the answer.
+
+    Parameters
+    ----------
+    idle_timeout_s : float
+        The longest wait for the next part of the body.
+    """
+
+    def __init__(self, idle_timeout_s: float) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        super().__init__(f"no part of the upload arrived for {idle_timeout_s:g} seconds")
+
+
 def status_of(exc: BaseException) -> tuple[int, str]:
     """The HTTP status and code of an error.
 
@@ -124,6 +142,8 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return 413, "too_large"
     if isinstance(exc, UploadBudgetExhausted):
         return 503, "uploads_busy"
+    if isinstance(exc, UploadStalled):  # before its base, InvalidRequest (400)
+        return 408, "request_timeout"
     for cls, status, code in STATUS_MAP:
         if isinstance(exc, cls):
             return status, code

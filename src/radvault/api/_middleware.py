@@ -6,15 +6,17 @@ stream through untouched (the upload route reads its own, capped).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from radvault.api._errors import BodyTooLarge, UploadBudgetExhausted, problem
+from radvault.api._errors import BodyTooLarge, UploadBudgetExhausted, UploadStalled, problem
 from radvault.errors import ConfigurationError, ImageTooLarge
 
 __all__ = ["ApiMetrics", "BodyLimitMiddleware", "MetricsMiddleware", "SecurityHeadersMiddleware",
@@ -183,12 +185,39 @@ class UploadBudgetMiddleware:
     (413) rather than 503. Whatever the request reserved is released as its
     answer starts (the route has wiped the body by then), or when the request
     ends without one (a client gone, an error).
+
+    While a request holds a reservation and its body is not complete, each wait
+    for the next part of the body lasts at most ``idle_timeout_s``: a client
+    that stops sending gets :class:`UploadStalled` raised into the route (which
+    audits it and answers 408), its share back, and ``Connection: close`` on
+    the answer (the rest of its body is never read).
+
+    Parameters
+    ----------
+    app : ASGIApp
+        The application.
+    budget : UploadBudget
+        The memory the uploads in flight share.
+    paths : frozenset of str
+        The upload routes' paths.
+    idle_timeout_s : float
+        The longest wait, in seconds, for the next part of a body holding a share.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``idle_timeout_s`` is not a positive, finite number of seconds.
     """
 
-    def __init__(self, app: ASGIApp, *, budget: UploadBudget, paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, *, budget: UploadBudget, paths: frozenset[str],
+                 idle_timeout_s: float = 30.0) -> None:
+        if not 0 < idle_timeout_s < math.inf:
+            raise ConfigurationError("the upload idle timeout must be a positive number of "
+                                     "seconds")
         self.app = app
         self.budget = budget
         self.paths = paths
+        self.idle_timeout_s = idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") not in self.paths:
@@ -196,7 +225,7 @@ class UploadBudgetMiddleware:
             return
         declared = _content_length(scope)
         held = received = 0
-        started = False
+        started = body_done = stalled = False
 
         def take(size: int) -> None:
             nonlocal held
@@ -206,17 +235,31 @@ class UploadBudgetMiddleware:
             self.budget.reserve(size)
             held += size
 
+        async def next_message() -> Message:
+            nonlocal stalled
+            if held == 0 or body_done:  # holds nothing, or waits for a disconnect only
+                return await receive()
+            with anyio.move_on_after(self.idle_timeout_s):
+                return await receive()
+            # Cancelled while the server waited for data: its receive is still usable
+            # (it answers the refusal below), and the connection closes after it.
+            stalled = True
+            raise UploadStalled(self.idle_timeout_s)
+
         async def metered_receive() -> Message:
-            nonlocal received, started
+            nonlocal received, started, body_done
             if not started:
                 started = True
                 if declared is not None and declared > 0:
                     take(declared)
-            message = await receive()
+            message = await next_message()
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > held:
                     take(received - held)
+            else:
+                body_done = True
             return message
 
         def give_back() -> None:
@@ -229,6 +272,8 @@ class UploadBudgetMiddleware:
             # before the client can see the answer (and send its next upload).
             if message["type"] == "http.response.start":
                 give_back()
+                if stalled:  # the rest of the body may still come: do not read it
+                    MutableHeaders(scope=message)["Connection"] = "close"
             await send(message)
 
         try:

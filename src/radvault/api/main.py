@@ -15,6 +15,7 @@ Layout (all under ``/api/v1`` except ``/metrics``)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -77,18 +78,21 @@ class ApiSettings:
     Raises
     ------
     ConfigurationError
-        If a limit is not positive, or the uploads in flight could not hold one
+        If a limit or the idle timeout is not positive, or the uploads in flight could not hold one
         upload at ``max_upload_bytes``.
     """
 
     max_upload_bytes: int = 256 * 1024 * 1024
     max_upload_bytes_in_flight: int | None = None
+    upload_idle_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024
     manage_service: bool = True
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_body_bytes < 1:
             raise ConfigurationError("API body limits must be positive")
+        if not 0 < self.upload_idle_timeout_s < math.inf:
+            raise ConfigurationError("upload_idle_timeout_s must be a positive number of seconds")
         in_flight = self.max_upload_bytes_in_flight
         if in_flight is not None and in_flight < self.max_upload_bytes + FORM_SLACK:
             raise ConfigurationError("max_upload_bytes_in_flight must hold one upload at the "
@@ -167,7 +171,8 @@ def create_app(settings: Settings, *, service: ClinicalService,
 
     # Added innermost first: CatchAll ends up outermost of these.
     uploads = frozenset({API_PREFIX + studies.UPLOAD_PATH, dicomweb.STOW_PATH, *web_streamed})
-    app.add_middleware(UploadBudgetMiddleware, budget=budget, paths=uploads)
+    app.add_middleware(UploadBudgetMiddleware, budget=budget, paths=uploads,
+                       idle_timeout_s=api.upload_idle_timeout_s)
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes, exempt=uploads,
                        on_refused=body_refused)
     app.add_middleware(SecurityHeadersMiddleware)
