@@ -74,7 +74,7 @@ def test_a_signed_but_wrong_pixel_digest_is_caught_after_decoding(
     # As if a faulty writer had recorded (and signed) the digest of other pixels:
     # the row and blob check out, and only the recomputed pixel digest differs.
     with monkeypatch.context() as patch:
-        patch.setattr(ImageRecord, "pixel_sha256", lambda self: "0" * 64)
+        patch.setattr(Vault, "pixel_digest", lambda self, message: "0" * 64)
         iid = kit.stored(ingestor.ingest_file(kit.make_raster(tmp_path / "a.png", seed=6)))
 
     with pytest.raises(IntegrityError, match="pixels do not match"):

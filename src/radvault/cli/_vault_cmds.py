@@ -199,7 +199,7 @@ def show(
             for inst in catalog.instances_of_study(study.study_id):
                 console.print(f"  [bold]instance[/] {inst.instance_id}  {inst.source_format}"
                               f"  {inst.rows}x{inst.cols}x{inst.frames}"
-                              f"  pixels sha256 {inst.pixel_sha256[:16]}…")
+                              f"  pixel digest {inst.pixel_sha256[:16]}…")
                 for obj in catalog.objects_of_instance(inst.instance_id):
                     console.print(f"    object {obj.object_id}  {obj.kind}  {obj.plain_size} B"
                                   f" -> {obj.sealed_size} B sealed  kek {obj.kek_id}"

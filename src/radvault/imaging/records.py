@@ -105,15 +105,32 @@ class ImageRecord:
         """Columns per frame."""
         return int(self.pixels.shape[2])
 
-    def pixel_sha256(self) -> str:
-        """sha-256 of the decoded pixels, with dtype and shape, as hex.
+    def pixel_message(self) -> tuple[bytes, memoryview]:
+        """What a digest of the decoded pixels covers: dtype and shape, then the values.
 
-        The digest the vault records at ingest and recomputes on every read: it
-        depends on the decoded values only, not on the file's encoding.
+        It depends on the decoded values only, not on the file's encoding. The
+        vault records a keyed digest of it at ingest and recomputes it on every
+        read (``Vault.pixel_digest``).
+
+        Returns
+        -------
+        tuple of (bytes, memoryview)
+            The dtype and shape as ASCII, and the pixels' bytes (C order).
         """
         pixels = np.ascontiguousarray(self.pixels)
-        digest = hashlib.sha256(f"{pixels.dtype.str}{pixels.shape}".encode("ascii"))
-        digest.update(memoryview(pixels).cast("B"))
+        header = f"{pixels.dtype.str}{pixels.shape}".encode("ascii")
+        return header, memoryview(pixels).cast("B")
+
+    def pixel_sha256(self) -> str:
+        """Plain sha-256 of :meth:`pixel_message`, as hex.
+
+        Unkeyed, so anyone holding the image can compute it: the vault records
+        a keyed digest instead, and accepts this one only from catalogs written
+        before it did.
+        """
+        digest = hashlib.sha256()
+        for part in self.pixel_message():
+            digest.update(part)
         return digest.hexdigest()
 
     def frame(self, index: int = 0) -> np.ndarray:

@@ -8,7 +8,6 @@ render a granted image as a PNG, decrypted and rendered in memory only.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from typing import TYPE_CHECKING, NoReturn
 
@@ -157,8 +156,7 @@ class StudyCases(ServiceCore):
 
     def _check_not_other_site(self, principal: Principal, data: bytes) -> None:
         """Refuse (audited) an image that is, or would join, a study of another site."""
-        source = hashlib.sha256(data).hexdigest()
-        existing = self.vault.catalog.find_instance_by_source_sha256(source)
+        existing = self.vault.find_instance_by_source(data)
         study_id = existing.study_id if existing is not None else _dicom_study_id(
             self.vault, data)
         if study_id is None:

@@ -10,7 +10,6 @@ own outcome. :class:`DicomWebStoreCases` is a base of
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 from collections.abc import Sequence
@@ -200,8 +199,7 @@ class DicomWebStoreCases(ServiceCore):
             study_id: str | None = replacement_uid(self.vault.keys.deid_secret(),
                                                    sent.study_uid)
         else:
-            existing = self.vault.catalog.find_instance_by_source_sha256(
-                hashlib.sha256(data).hexdigest())
+            existing = self.vault.find_instance_by_source(data)
             study_id = existing.study_id if existing is not None else None
         if study_id is None:
             return

@@ -302,8 +302,10 @@ class Ingestor:
                            body_part: str | None, patient_key: str | None
                            ) -> IngestOutcome | _Prepared:
         """A duplicate or refusal outcome, or the image made ready to store."""
+        # The plain sha-256 stays in memory: the ids derived from it are the ones
+        # earlier versions gave the same file. The catalog records a keyed digest.
         source_sha256 = hashlib.sha256(data).hexdigest()
-        existing = self.vault.catalog.find_instance_by_source_sha256(source_sha256)
+        existing = self.vault.find_instance_by_source(data, sha256=source_sha256)
         if existing is not None:
             return self._duplicate(name, existing.study_id, existing.instance_id)
         try:
@@ -313,7 +315,12 @@ class Ingestor:
 
     def _prepare(self, data: bytes, name: str, source_sha256: str, modality: str | None,
                  body_part: str | None, patient_key: str | None) -> _Prepared:
-        """Read, de-identify and preprocess: everything but storage (no side effects)."""
+        """Read, de-identify and preprocess: everything but storage (no side effects).
+
+        ``source_sha256`` is the plain sha-256 of ``data``: ids are derived from
+        it (so the same file gets the same ids as ever) but it is never stored;
+        the catalog records the vault's keyed digests of the file and pixels.
+        """
         limits = self.vault.settings.limits
         fmt = sniff_format(data[:132])
         removed: dict[str, str] = {}
@@ -349,7 +356,7 @@ class Ingestor:
             series_id = _uid(self._secret, "series", source_sha256)
             instance_id = _uid(self._secret, "instance", source_sha256)
         try:
-            pixels_digest = record.pixel_sha256()
+            pixels_digest = self.vault.pixel_digest(record.pixel_message())
             model_input = self._preprocess(record)
             encoded = encode_model_input(model_input, self._preprocess_dict)
             model_input.fill(0)
@@ -358,7 +365,7 @@ class Ingestor:
             raise
         instance = NewInstance(
             instance_id=instance_id, series_id=series_id, study_id=study_id,
-            patient_pseudonym=pseudonym, source_sha256=source_sha256,
+            patient_pseudonym=pseudonym, source_sha256=self.vault.source_digest(data),
             source_format=record.source_format.value, rows=record.rows, cols=record.columns,
             frames=record.frames, pixel_sha256=pixels_digest,
             modality=record.modality or None, body_part=record.body_part or None,

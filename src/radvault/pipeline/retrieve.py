@@ -77,7 +77,8 @@ def _decode_verified(vault: Vault, instance: InstanceRecord, *, actor: str) -> I
                                   limits=vault.settings.limits)
     finally:
         zeroize(plain)
-    if record.pixel_sha256() != instance.pixel_sha256:
+    # The keyed digest, or the plain sha-256 of a row written before digests were keyed.
+    if not vault.pixel_digest_matches(instance.pixel_sha256, record.pixel_message()):
         vault.audit.append(actor, Action.INTEGRITY_FAILURE, Outcome.REFUSED,
                            object_ids=[instance.instance_id, obj.object_id],
                            details={"error": "pixel digest mismatch"})

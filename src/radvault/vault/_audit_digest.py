@@ -12,12 +12,9 @@ without the vault's secrets can test a guess against it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+from typing import cast
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
+from radvault.vault._content_digest import ContentDigest
 from radvault.vault._key_interfaces import VaultSecrets
 
 __all__ = ["AUDIT_DIGEST_HEX", "AUDIT_DIGEST_INFO", "AuditDigest"]
@@ -29,67 +26,29 @@ AUDIT_DIGEST_HEX = 16
 """Hex digits kept of each digest (64 bits: ample to correlate attempts, short in the trail)."""
 
 
-class AuditDigest:
+class AuditDigest(ContentDigest):
     """A callable turning typed text into a short keyed digest for the audit trail.
 
-    Parameters
-    ----------
-    key : bytes
-        The 32-byte HMAC key; usually derived by :meth:`from_secrets`.
-
-    Raises
-    ------
-    ValueError
-        If the key is not 32 bytes.
+    A :class:`~radvault.vault._content_digest.ContentDigest` (same constructor) under
+    its own key, of text (UTF-8), kept to :data:`AUDIT_DIGEST_HEX` hex digits.
     """
 
-    def __init__(self, key: bytes) -> None:
-        if not isinstance(key, bytes | bytearray) or len(key) != 32:
-            raise ValueError("an audit digest key is 32 bytes")
-        self._key = bytes(key)
-
     @classmethod
-    def from_secrets(cls, secrets: VaultSecrets) -> AuditDigest:
+    def from_secrets(cls, secrets: VaultSecrets, info: bytes = AUDIT_DIGEST_INFO) -> AuditDigest:
         """The vault's audit digest: HKDF-SHA256 over its pseudonymisation secret.
-
-        The key is derived under :data:`AUDIT_DIGEST_INFO`, so it is stable for
-        the life of the vault and cryptographically independent of the
-        de-identification key it comes from (which is never used directly).
-
-        Parameters
-        ----------
-        secrets : VaultSecrets
-            The unlocked vault's secrets.
-
-        Returns
-        -------
-        AuditDigest
-            The digest.
 
         Raises
         ------
         VaultLocked
             If the secrets are closed.
         """
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                   info=AUDIT_DIGEST_INFO).derive(bytes(secrets.deid_secret()))
-        return cls(key)
+        return cast(AuditDigest, super().from_secrets(secrets, info))
 
-    def __call__(self, text: str) -> str:
-        """The digest of ``text``: HMAC-SHA256, the first :data:`AUDIT_DIGEST_HEX` hex digits.
-
-        Parameters
-        ----------
-        text : str
-            What the user typed (encoded as UTF-8; unpaired surrogates replaced).
-
-        Returns
-        -------
-        str
-            Lower-case hex.
-        """
+    def __call__(self, text: str) -> str:  # type: ignore[override]
+        """The digest of ``text`` (UTF-8; unpaired surrogates replaced): lower-case hex,
+        the first :data:`AUDIT_DIGEST_HEX` digits of HMAC-SHA256."""
         data = str(text).encode("utf-8", "replace")
-        return hmac.new(self._key, data, hashlib.sha256).hexdigest()[:AUDIT_DIGEST_HEX]
+        return super().__call__((data,))[:AUDIT_DIGEST_HEX]
 
     def __repr__(self) -> str:
         return "AuditDigest(key=<hidden>)"

@@ -118,6 +118,9 @@ class InstanceRow(Base):
     study_id: Mapped[str] = mapped_column(
         String(128), ForeignKey("studies.study_id", ondelete="RESTRICT"), index=True
     )
+    # Keyed digests (HMAC-SHA256, hex) of the file as received and of the decoded
+    # pixels: Vault.source_digest / Vault.pixel_digest. Rows of vaults written
+    # before digests were keyed hold the plain sha-256 instead; the names stay.
     source_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     source_format: Mapped[str] = mapped_column(String(16))
     rows: Mapped[int] = mapped_column(Integer)

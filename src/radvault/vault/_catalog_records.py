@@ -134,7 +134,13 @@ class StudyRecord:
 
 @dataclass(frozen=True)
 class InstanceRecord:
-    """One stored image."""
+    """One stored image.
+
+    ``source_sha256`` and ``pixel_sha256`` are the vault's keyed digests
+    (HMAC-SHA256, 64 hex digits) of the file as received and of the decoded
+    pixels (``Vault.source_digest``, ``Vault.pixel_digest``); rows written
+    before digests were keyed hold the plain sha-256 of the same content.
+    """
 
     instance_id: str
     series_id: str
@@ -205,6 +211,9 @@ class NewInstance:
     """What the ingest flow knows about one image before it is cataloged.
 
     The study, series and patient are created on first sight and reused after.
+    ``source_sha256`` and ``pixel_sha256`` are keyed digests of the file and of
+    its decoded pixels (``Vault.source_digest``, ``Vault.pixel_digest``), never
+    the plain sha-256 that anyone holding the file could compute.
 
     Raises
     ------

@@ -103,7 +103,13 @@ class _Known:
         return known
 
     def duplicate(self, instance: NewInstance) -> AddInstanceResult | None:
-        """The cataloged image ``instance`` is a copy of (same file first, then same id)."""
+        """The cataloged image ``instance`` is a copy of (same file first, then same id).
+
+        The file is matched by its keyed source digest only. A copy cataloged
+        before digests were keyed (plain sha-256) is still found by instance id,
+        which ingest derives from the file as it always did; ingest also looks
+        for both digests before it prepares an image at all.
+        """
         return self.by_source.get(instance.source_sha256) or self.by_id.get(instance.instance_id)
 
     def study_for(self, instance: NewInstance) -> StudyBinding:

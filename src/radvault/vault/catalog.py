@@ -443,7 +443,12 @@ class Catalog:
     # ------------------------------------------------------------------ look-ups
 
     def find_instance_by_source_sha256(self, source_sha256: str) -> InstanceRecord | None:
-        """Return the instance ingested from the file with this sha-256, if any."""
+        """Return the instance whose row records this source digest, if any.
+
+        The value is matched as stored: ``Vault.source_digest`` (keyed) for rows
+        written now, the file's plain sha-256 for rows of older vaults
+        (``Vault.find_instance_by_source`` tries both).
+        """
         with self._engine.connect() as conn:
             row = conn.execute(INSTANCE_BY_SOURCE, {"source_sha256": source_sha256}).first()
             conn.rollback()

@@ -16,10 +16,11 @@ offers the two primitives every use case needs: :meth:`Vault.seal_object`
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +34,12 @@ from radvault.errors import (
     VaultError,
     VaultLocked,
 )
+from radvault.vault._content_digest import PIXEL_DIGEST_INFO, SOURCE_DIGEST_INFO, ContentDigest
 from radvault.vault.audit import Action, AuditDigest, AuditLog, AuditReport, Outcome
 from radvault.vault.blobstore import BlobStore, LocalFolderBlobStore, put_many
 from radvault.vault.catalog import (
     Catalog,
+    InstanceRecord,
     NewObject,
     ObjectRecord,
     verify_object_record,
@@ -123,6 +126,8 @@ class Vault:
         self.signer = signer
         self.verifier: Verifier = signer.verifier()
         self._audit_digest: AuditDigest | None = None
+        self._source_digest: ContentDigest | None = None
+        self._pixel_digest: ContentDigest | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -266,7 +271,7 @@ class Vault:
         self._release(checkpoint=not self.read_only)
 
     def _release(self, *, checkpoint: bool) -> None:
-        self._audit_digest = None
+        self._audit_digest = self._source_digest = self._pixel_digest = None
         try:
             self.audit.close(checkpoint=checkpoint)
         finally:
@@ -311,6 +316,129 @@ class Vault:
         if digest is None:
             digest = self._audit_digest = AuditDigest.from_secrets(self.keys)
         return digest(text)
+
+    # ------------------------------------------------------------------ content digests
+
+    def source_digest(self, data: bytes | bytearray | memoryview) -> str:
+        """The keyed digest the catalog records of an ingested file (``source_sha256``).
+
+        HMAC-SHA256 under a key derived from the vault's secrets (label
+        ``radvault source digest v1``): the same file gives the same digest in
+        this vault, so a second copy is recognised, but nobody holding the
+        catalog and the file can confirm it is here without the vault's secrets.
+
+        Parameters
+        ----------
+        data : bytes-like
+            The file as received.
+
+        Returns
+        -------
+        str
+            64 lower-case hex digits.
+
+        Raises
+        ------
+        VaultLocked
+            If the vault's keys are closed.
+        """
+        digest = self._source_digest
+        if digest is None:
+            digest = self._source_digest = ContentDigest.from_secrets(
+                self.keys, SOURCE_DIGEST_INFO)
+        return digest((data,))
+
+    def pixel_digest(self, message: Iterable[bytes | bytearray | memoryview]) -> str:
+        """The keyed digest the catalog records of an image's decoded pixels (``pixel_sha256``).
+
+        As :meth:`source_digest`, under its own key (label ``radvault pixel
+        digest v1``).
+
+        Parameters
+        ----------
+        message : iterable of bytes-like
+            What the digest covers, in pieces: the image record's
+            ``pixel_message()`` (dtype and shape, then the pixel values).
+
+        Returns
+        -------
+        str
+            64 lower-case hex digits.
+
+        Raises
+        ------
+        VaultLocked
+            If the vault's keys are closed.
+        """
+        digest = self._pixel_digest
+        if digest is None:
+            digest = self._pixel_digest = ContentDigest.from_secrets(self.keys, PIXEL_DIGEST_INFO)
+        return digest(message)
+
+    def pixel_digest_matches(self, recorded: str,
+                             message: Sequence[bytes | bytearray | memoryview]) -> bool:
+        """Whether decoded pixels match the digest their catalog row recorded.
+
+        Rows written since the catalog keeps keyed digests hold
+        :meth:`pixel_digest`; rows of older vaults hold the plain SHA-256 of the
+        same message, and are accepted too. That is as strong as the keyed check
+        for integrity: the row is signed, so its recorded value cannot be edited
+        unnoticed, and nobody can make other pixels hash to a given SHA-256.
+
+        Parameters
+        ----------
+        recorded : str
+            The instance's ``pixel_sha256``.
+        message : sequence of bytes-like
+            The decoded image's ``pixel_message()``.
+
+        Returns
+        -------
+        bool
+            ``True`` if ``recorded`` is the keyed or the plain digest of ``message``.
+
+        Raises
+        ------
+        VaultLocked
+            If the vault's keys are closed.
+        """
+        if hmac.compare_digest(self.pixel_digest(message), recorded):
+            return True
+        plain = hashlib.sha256()
+        for part in message:
+            plain.update(part)
+        return hmac.compare_digest(plain.hexdigest(), recorded)
+
+    def find_instance_by_source(self, data: bytes | bytearray | memoryview, *,
+                                sha256: str | None = None) -> InstanceRecord | None:
+        """The instance ingested from this very file, if any.
+
+        Looks up the file's :meth:`source_digest` and, failing that, its plain
+        SHA-256: what catalogs written before the digests were keyed recorded,
+        so a file ingested then is still recognised.
+
+        Parameters
+        ----------
+        data : bytes-like
+            The file as received.
+        sha256 : str, optional
+            The plain SHA-256 of ``data`` (hex), when the caller computed it already.
+
+        Returns
+        -------
+        InstanceRecord or None
+            The instance, or ``None`` if the file was never ingested.
+
+        Raises
+        ------
+        VaultLocked
+            If the vault's keys are closed.
+        """
+        found = self.catalog.find_instance_by_source_sha256(self.source_digest(data))
+        if found is None:
+            plain = sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()
+            found = self.catalog.find_instance_by_source_sha256(plain)
+        return found
 
     # ------------------------------------------------------------------ objects
 
