@@ -340,12 +340,12 @@ def _stored_in(home: Path) -> int:
 
 
 _STAGES = {
-    "duplicate check": ("catalog.py", "find_instance_by_source_sha256"),
+    "duplicate check": ("vault.py", "find_instance_by_source"),
     "parse DICOM": ("reading.py", "read_dicom_dataset"),
     "decode pixels (x2)": ("reading.py", "record_from_dataset"),
     "de-identify": ("deid.py", "__call__"),
     "re-encode DICOM": ("dataset.py", "save_as"),
-    "pixel sha-256": ("records.py", "pixel_sha256"),
+    "pixel digest (keyed)": ("vault.py", "pixel_digest"),
     "preprocess": ("preprocess.py", "__call__"),
     "encode model input": ("ingest.py", "encode_model_input"),
     "seal (AES-GCM)": ("sealing.py", "seal"),

@@ -450,7 +450,7 @@ PROFILE_STEPS = {
     "identity record (open, merge, seal, store)": ("ingest.py", "_merge_identity"),
     "catalog rows (signed)": ("catalog.py", "add_instance_with_objects"),
     "audit entry": ("audit.py", "append"),
-    "duplicate check": ("catalog.py", "find_instance_by_source_sha256"),
+    "duplicate check": ("vault.py", "find_instance_by_source"),
     "fsync calls in this thread (others wait on the pool)": ("~", "<built-in method posix.fsync>"),
     "SQLite commits": ("~", "<method 'commit' of 'sqlite3.Connection' objects>"),
 }
