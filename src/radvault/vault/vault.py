@@ -23,6 +23,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from radvault.config import Settings
 from radvault.errors import (
@@ -35,7 +36,14 @@ from radvault.errors import (
     VaultLocked,
 )
 from radvault.vault._content_digest import PIXEL_DIGEST_INFO, SOURCE_DIGEST_INFO, ContentDigest
-from radvault.vault.audit import Action, AuditDigest, AuditLog, AuditReport, Outcome
+from radvault.vault.audit import (
+    AUDIT_DIGEST_INFO,
+    Action,
+    AuditDigest,
+    AuditLog,
+    AuditReport,
+    Outcome,
+)
 from radvault.vault.blobstore import BlobStore, LocalFolderBlobStore, put_many
 from radvault.vault.catalog import (
     Catalog,
@@ -125,9 +133,7 @@ class Vault:
         self.audit = audit
         self.signer = signer
         self.verifier: Verifier = signer.verifier()
-        self._audit_digest: AuditDigest | None = None
-        self._source_digest: ContentDigest | None = None
-        self._pixel_digest: ContentDigest | None = None
+        self._digests: dict[bytes, ContentDigest] = {}  # by HKDF label, derived on first use
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -271,7 +277,7 @@ class Vault:
         self._release(checkpoint=not self.read_only)
 
     def _release(self, *, checkpoint: bool) -> None:
-        self._audit_digest = self._source_digest = self._pixel_digest = None
+        self._digests.clear()
         try:
             self.audit.close(checkpoint=checkpoint)
         finally:
@@ -312,10 +318,14 @@ class Vault:
         VaultLocked
             If the vault's keys are closed.
         """
-        digest = self._audit_digest
+        return self._digest(AUDIT_DIGEST_INFO, AuditDigest)(text)
+
+    def _digest(self, info: bytes, kind: type[ContentDigest] = ContentDigest) -> Any:
+        """The vault's keyed digest under HKDF label ``info``, derived once per unlock."""
+        digest = self._digests.get(info)
         if digest is None:
-            digest = self._audit_digest = AuditDigest.from_secrets(self.keys)
-        return digest(text)
+            digest = self._digests[info] = kind.from_secrets(self.keys, info)
+        return digest
 
     # ------------------------------------------------------------------ content digests
 
@@ -342,11 +352,7 @@ class Vault:
         VaultLocked
             If the vault's keys are closed.
         """
-        digest = self._source_digest
-        if digest is None:
-            digest = self._source_digest = ContentDigest.from_secrets(
-                self.keys, SOURCE_DIGEST_INFO)
-        return digest((data,))
+        return self._digest(SOURCE_DIGEST_INFO)((data,))
 
     def pixel_digest(self, message: Iterable[bytes | bytearray | memoryview]) -> str:
         """The keyed digest the catalog records of an image's decoded pixels (``pixel_sha256``).
@@ -370,10 +376,7 @@ class Vault:
         VaultLocked
             If the vault's keys are closed.
         """
-        digest = self._pixel_digest
-        if digest is None:
-            digest = self._pixel_digest = ContentDigest.from_secrets(self.keys, PIXEL_DIGEST_INFO)
-        return digest(message)
+        return self._digest(PIXEL_DIGEST_INFO)(message)
 
     def pixel_digest_matches(self, recorded: str,
                              message: Sequence[bytes | bytearray | memoryview]) -> bool:
