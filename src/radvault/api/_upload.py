@@ -19,10 +19,25 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from radvault.errors import ImageTooLarge
 from radvault.pipeline.clinical import InvalidRequest
 
-__all__ = ["FORM_SLACK", "FormCollector", "UploadForm", "parse_form", "read_upload"]
+__all__ = ["FORM_SLACK", "FormCollector", "UploadForm", "check_declared_length", "parse_form",
+           "read_upload"]
 
 FORM_SLACK = 64 * 1024
 """Room a body may take beyond the upload cap: boundaries, part headers, text fields."""
+
+
+
+def check_declared_length(declared: str | None, cap: int, what: str = "upload") -> None:
+    """Refuse a body whose ``Content-Length`` already says it cannot fit under ``cap``.
+
+    Raises
+    ------
+    ImageTooLarge
+        If ``declared`` is over ``cap`` plus :data:`FORM_SLACK` (before a byte is read).
+    """
+    if declared is not None and declared.isdigit() and int(declared) > cap + FORM_SLACK:
+        raise ImageTooLarge(what, f"over the upload cap of {cap} bytes")
+
 
 FILE_FIELD = "file"
 TEXT_FIELDS = ("modality", "body_part")

@@ -37,7 +37,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from radvault.access.principal import Principal
 from radvault.api._deps import CurrentPrincipal, InstanceId, Service, StudyId, bearer_token
 from radvault.api._errors import UploadBudgetExhausted, problem
-from radvault.api._upload import FORM_SLACK
+from radvault.api._upload import check_declared_length
 from radvault.errors import ImageTooLarge
 from radvault.pipeline._clinical_dicomweb import (
     COERCION_WARNING,
@@ -237,8 +237,7 @@ async def store_instances(request: Request, service: Service,
     cap: int = request.app.state.max_upload_bytes
     declared = request.headers.get("content-length")
     try:
-        if declared is not None and declared.isdigit() and int(declared) > cap + FORM_SLACK:
-            raise ImageTooLarge("request", f"over the upload cap of {cap} bytes")
+        check_declared_length(declared, cap, "request")
         parts = await read_related(request.headers.get("content-type"), request.stream(),
                                    max_bytes=cap)
     except UnsupportedMediaType as exc:

@@ -18,7 +18,7 @@ from radvault.api._deps import (
 )
 from radvault.api._errors import UploadBudgetExhausted
 from radvault.api._schemas import StudyDetailOut, StudyOut, UploadOut
-from radvault.api._upload import FORM_SLACK, read_upload
+from radvault.api._upload import check_declared_length, read_upload
 from radvault.errors import ImageTooLarge, RadVaultError
 from radvault.pipeline.clinical import ClinicalService, InvalidRequest
 
@@ -70,8 +70,7 @@ async def upload(request: Request, response: Response,
     cap = request.app.state.max_upload_bytes
     declared = request.headers.get("content-length")
     try:
-        if declared is not None and declared.isdigit() and int(declared) > cap + FORM_SLACK:
-            raise ImageTooLarge("upload", f"over the upload cap of {cap} bytes")
+        check_declared_length(declared, cap)
         form = await read_upload(request.headers.get("content-type"), request.stream(),
                                  max_bytes=cap)
     except (ImageTooLarge, InvalidRequest, UploadBudgetExhausted) as exc:

@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from radvault.api._deps import get_service
 from radvault.api._errors import UploadBudgetExhausted, status_of
-from radvault.api._upload import FORM_SLACK
+from radvault.api._upload import check_declared_length
 from radvault.errors import (
     AccessDenied,
     DeidentificationError,
@@ -85,9 +85,7 @@ async def upload(request: Request, service: Service) -> Response:
 
     try:
         check_same_origin(request)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap + FORM_SLACK:
-            raise ImageTooLarge("upload", f"over the upload cap of {cap} bytes")
+        check_declared_length(request.headers.get("content-length"), cap)
         form = await read_page_upload(request.headers.get("content-type"), request.stream(),
                                       max_bytes=cap, check_csrf=check)
     except AccessDenied:
