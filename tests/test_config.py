@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from radvault.config import PreprocessSettings, Settings, load_settings
+from radvault.config import HttpSettings, PreprocessSettings, Settings, load_settings
 from radvault.errors import ConfigurationError
 
 
@@ -63,3 +63,58 @@ def test_settings_validate_when_built() -> None:
         PreprocessSettings(clahe_clip_limit=0)
     with pytest.raises(ConfigurationError):
         Settings(chunk_size=10)
+
+
+def test_http_limits_come_from_the_http_table_and_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "radvault.toml").write_text(
+        "[http]\nmax_upload_bytes = 10_000_000\nmax_upload_bytes_in_flight = 50_000_000\n"
+        "upload_idle_timeout_s = 12.5\nmax_body_bytes = 32768\n")
+    env = {"RADVAULT_HOME": str(tmp_path), "RADVAULT_HTTP__UPLOAD_MIN_BYTES_PER_S": "0",
+           "RADVAULT_HTTP__UPLOAD_IDLE_TIMEOUT_S": "20"}
+    http = load_settings(env=env).http
+    assert http == HttpSettings(max_upload_bytes=10_000_000,
+                                max_upload_bytes_in_flight=50_000_000,
+                                upload_idle_timeout_s=20.0, upload_min_bytes_per_s=0,
+                                max_body_bytes=32768)
+    defaults = load_settings(env={}, home=tmp_path / "elsewhere").http
+    assert defaults == HttpSettings()
+    assert defaults.max_upload_bytes_in_flight == 0  # four uploads at the cap
+    assert defaults.upload_min_bytes_per_s == 16 * 1024
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("max_upload_bytes = 0", "http.max_upload_bytes must be a positive number of bytes"),
+        ("max_body_bytes = -1", "http.max_body_bytes must be a positive"),
+        ("upload_idle_timeout_s = 0", "http.upload_idle_timeout_s must be a positive"),
+        ("upload_idle_timeout_s = inf", "http.upload_idle_timeout_s"),
+        ("upload_idle_timeout_s = nan", "http.upload_idle_timeout_s"),
+        ("upload_min_bytes_per_s = -5", "http.upload_min_bytes_per_s must be 0"),
+        ("max_upload_bytes = 1000\nmax_upload_bytes_in_flight = 1000",
+         r"http.max_upload_bytes_in_flight must be 0 .* at least http.max_upload_bytes "
+         r"\+ 64 KiB \(66536\)"),
+        ("max_upload_bytes_in_flight = -1", "http.max_upload_bytes_in_flight"),
+        ("max_upload_bytes = \"big\"", "'http.max_upload_bytes' must be an integer"),
+        ("max_upload_size = 1", "unknown setting.*http.max_upload_size"),
+    ],
+)
+def test_bad_http_limits_are_refused_naming_the_setting(tmp_path: Path, table: str,
+                                                        message: str) -> None:
+    (tmp_path / "radvault.toml").write_text(f"[http]\n{table}\n")
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        load_settings(env={}, home=tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_bad_http_limit_in_the_environment_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"http\.upload_min_bytes_per_s"):
+        load_settings(env={"RADVAULT_HTTP__UPLOAD_MIN_BYTES_PER_S": "fast"}, home=tmp_path)
+
+
+def test_the_form_slack_of_the_in_flight_check_is_the_api_s() -> None:
+    from radvault.api._upload import FORM_SLACK
+
+    HttpSettings(max_upload_bytes=1000, max_upload_bytes_in_flight=1000 + FORM_SLACK)
+    with pytest.raises(ConfigurationError):
+        HttpSettings(max_upload_bytes=1000, max_upload_bytes_in_flight=999 + FORM_SLACK)

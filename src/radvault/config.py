@@ -8,6 +8,7 @@ then defaults.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,9 +18,11 @@ from typing import Any
 
 from radvault.errors import ConfigurationError
 
-__all__ = ["ImagingLimits", "PreprocessSettings", "Settings", "load_settings"]
+__all__ = ["HttpSettings", "ImagingLimits", "PreprocessSettings", "Settings", "load_settings"]
 
 DEFAULT_HOME = Path.home() / ".radvault"
+
+_FORM_SLACK = 64 * 1024  # radvault.api._upload.FORM_SLACK (a test keeps the two equal)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,62 @@ class PreprocessSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """Limits of the HTTP face (``radvault serve``): the ``[http]`` table of ``radvault.toml``.
+
+    The API layer turns them into its own ``radvault.api.ApiSettings``.
+
+    Parameters
+    ----------
+    max_upload_bytes : int
+        Largest image upload, in bytes (also capped by ``limits.max_file_bytes``).
+    max_upload_bytes_in_flight : int
+        The most bytes the bodies of all uploads in flight may hold together.
+        0: room for four uploads at the cap (4 x (cap + 64 KiB)); otherwise at
+        least ``max_upload_bytes`` + 64 KiB.
+    upload_idle_timeout_s : float
+        The longest wait, in seconds, for the next part of an upload's body.
+    upload_min_bytes_per_s : int
+        The slowest average rate, in bytes per second over the body so far, an
+        upload may arrive at once it has taken ``upload_idle_timeout_s``
+        seconds. 0: no minimum.
+    max_body_bytes : int
+        Largest body of every other request, in bytes.
+
+    Raises
+    ------
+    ConfigurationError
+        If a limit or the idle timeout is not positive, the minimum rate or the
+        uploads in flight are negative, or the uploads in flight could not hold
+        one upload at ``max_upload_bytes``.
+    """
+
+    max_upload_bytes: int = 256 * 1024 * 1024
+    max_upload_bytes_in_flight: int = 0
+    upload_idle_timeout_s: float = 30.0
+    upload_min_bytes_per_s: int = 16 * 1024
+    max_body_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"http.{name} must be a positive number of bytes, "
+                                         f"got {getattr(self, name)}")
+        if not 0 < self.upload_idle_timeout_s < math.inf:
+            raise ConfigurationError("http.upload_idle_timeout_s must be a positive number of "
+                                     f"seconds, got {self.upload_idle_timeout_s}")
+        if self.upload_min_bytes_per_s < 0:
+            raise ConfigurationError("http.upload_min_bytes_per_s must be 0 (no minimum) or "
+                                     f"positive, got {self.upload_min_bytes_per_s}")
+        in_flight = self.max_upload_bytes_in_flight
+        if in_flight != 0 and in_flight < self.max_upload_bytes + _FORM_SLACK:
+            raise ConfigurationError(
+                "http.max_upload_bytes_in_flight must be 0 (four uploads at the cap) or hold "
+                f"one upload at the cap: at least http.max_upload_bytes + 64 KiB "
+                f"({self.max_upload_bytes + _FORM_SLACK}), got {in_flight}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything configurable in RadVault.
 
@@ -74,6 +133,7 @@ class Settings:
     keep_private_tags: bool = False
     limits: ImagingLimits = field(default_factory=ImagingLimits)
     preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     chunk_size: int = 1024 * 1024
     audit_checkpoint_every: int = 100
     refer_threshold: float = 0.80
@@ -150,7 +210,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
 
     Environment variables are ``RADVAULT_<NAME>`` (e.g. ``RADVAULT_HOME``,
     ``RADVAULT_ACCEPT_BURNED_IN``); nested settings use a double underscore
-    (``RADVAULT_PREPROCESS__SIZE=128``).
+    (``RADVAULT_PREPROCESS__SIZE=128``, ``RADVAULT_HTTP__MAX_UPLOAD_BYTES=104857600``),
+    tables in the TOML file (``[preprocess]``, ``[http]``).
 
     Raises
     ------

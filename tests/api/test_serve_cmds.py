@@ -1,5 +1,5 @@
-"""The command line of the service: `radvault serve` and its safety rules, `tls selfsigned`,
-and user, site and grant administration (audited)."""
+"""The command line of the service: `radvault serve`, its safety rules and its limits from
+radvault.toml, `tls selfsigned`, and user, site and grant administration (audited)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -106,28 +108,60 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_radvault_serve_starts_the_api_and_stops_cleanly(home):
+@contextmanager
+def serving(home: Path) -> Iterator[tuple[int, list[str]]]:
+    """`radvault serve` (plain HTTP on loopback) in a child process; its output after."""
     port = free_port()
     env = {**os.environ, "RADVAULT_HOME": str(home)}
     command = [sys.executable, "-c", "from radvault.cli import app; app()", "serve",
                "--insecure-http", "--port", str(port), "--workers", "1"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output: list[str] = []
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
+                httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
                 break
             except httpx.TransportError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    output = proc.stdout.read().decode() if proc.stdout else ""
-                    raise AssertionError(output) from None
+                    raise AssertionError(proc.stdout.read().decode() if proc.stdout
+                                         else "") from None
                 time.sleep(0.2)
-        assert r.status_code == 200 and r.json()["status"] == "ok"
-        assert r.headers["x-content-type-options"] == "nosniff"
+        yield port, output
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
-    text = out.decode()
+    output.append(out.decode())
+    assert proc.returncode == 0, out.decode()
+
+
+def test_radvault_serve_starts_the_api_with_the_limits_of_radvault_toml(home):
+    assert run(home, "sites", "add", "north") == 0
+    assert run(home, "users", "add", "tech", "--role", "technologist", "--site", "north") == 0
+    (home / "radvault.toml").write_text("[http]\nmax_upload_bytes = 100_000\n")
+    with serving(home) as (port, output):
+        base = f"http://127.0.0.1:{port}/api/v1"
+        with httpx.Client(base_url=base, timeout=30) as c:
+            health = c.get("/health")
+            login = c.post("/auth/token", data={"grant_type": "password", "username": "tech",
+                                                "password": PASSWORD})
+            assert login.status_code == 200, login.text
+            auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            # Under the default cap (256 MiB), over the configured one.
+            upload = c.post("/uploads", headers=auth,
+                            files={"file": ("big.png", b"\0" * 200_000)})
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.headers["x-content-type-options"] == "nosniff"
+    assert upload.status_code == 413, upload.text
+    assert "over the upload cap of 100000 bytes" in upload.json()["detail"]
+    text = output[0]
     assert f"http://127.0.0.1:{port}/api/v1" in text and "auth/token" in text
-    assert proc.returncode == 0, text
+
+
+def test_radvault_serve_refuses_a_bad_http_limit_in_one_line(home, capsys):
+    (home / "radvault.toml").write_text("[http]\nupload_min_bytes_per_s = -1\n")
+    assert run(home, "serve", "--insecure-http") == 2
+    err = capsys.readouterr().err
+    assert "http.upload_min_bytes_per_s" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

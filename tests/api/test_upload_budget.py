@@ -1,10 +1,14 @@
 """Uploads in flight share one memory budget: an upload that would pass it is refused 503
 with Retry-After before its body is read, audited, and the budget is free again after. An
-upload whose body stops arriving while it holds its share is refused 408 and gives it back."""
+upload whose body stops arriving, or trickles in under the minimum rate, while it holds its
+share is refused 408 and gives it back. The limits come from the [http] settings."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
+import select
 import socket
 import threading
 import time
@@ -20,6 +24,7 @@ from PIL import Image
 from radvault.api import ApiSettings, create_app
 from radvault.api._middleware import UploadBudget
 from radvault.api._upload import FORM_SLACK
+from radvault.config import HttpSettings, Settings
 from radvault.errors import ConfigurationError
 
 UPLOAD = "/api/v1/uploads"
@@ -59,6 +64,20 @@ def small(world: World) -> Iterator[World]:
     and whose uploads may pause IDLE_TIMEOUT seconds at most."""
     api = ApiSettings(max_upload_bytes=UPLOAD_CAP, max_upload_bytes_in_flight=BUDGET,
                       upload_idle_timeout_s=IDLE_TIMEOUT, manage_service=False)
+    server = ServerThread(create_app(world.settings, service=world.service, api=api)).start()
+    try:
+        yield World(world.settings, world.vault, world.service, server,
+                    f"http://127.0.0.1:{server.port}", tokens=world.tokens)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def no_minimum(world: World) -> Iterator[World]:
+    """Like ``small``, without a minimum upload rate."""
+    api = ApiSettings(max_upload_bytes=UPLOAD_CAP, max_upload_bytes_in_flight=BUDGET,
+                      upload_idle_timeout_s=IDLE_TIMEOUT, upload_min_bytes_per_s=0,
+                      manage_service=False)
     server = ServerThread(create_app(world.settings, service=world.service, api=api)).start()
     try:
         yield World(world.settings, world.vault, world.service, server,
@@ -207,6 +226,99 @@ def test_an_upload_that_pauses_under_the_idle_timeout_is_stored(small: World) ->
     assert r.status_code == 201, r.text
     assert time.monotonic() - began > IDLE_TIMEOUT
     assert budget_of(small).in_use == 0
+
+
+@pytest.mark.parametrize("path, content_type, part_head, seed", [
+    (UPLOAD, "multipart/form-data; boundary=b",
+     b'Content-Disposition: form-data; name="file"; filename="x.png"', 17),
+    (STOW, 'multipart/related; type="application/dicom"; boundary=b',
+     b"Content-Type: application/dicom", 18),
+], ids=["upload", "stow-rs"])
+def test_an_upload_that_trickles_is_refused_408_and_gives_its_share_back(
+        small: World, path: str, content_type: str, part_head: bytes, seed: int) -> None:
+    declared = 200_000
+    budget = budget_of(small)
+    head = upload_head(small, {"Content-Type": content_type,
+                               "Content-Length": str(declared)}, path=path)
+    mark = small.mark()
+    host, port = small.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        start = time.monotonic()
+        sock.sendall(head + b"--b\r\n" + part_head + b"\r\n\r\n" + b"\0" * 1000)
+        answer = b""
+        while time.monotonic() - start < 10:  # without a minimum rate: never answered
+            if select.select([sock], [], [], IDLE_TIMEOUT / 5)[0]:
+                answer = read_answer(sock)
+                break
+            with contextlib.suppress(OSError):  # a byte well inside each idle timeout
+                sock.sendall(b"\0")
+        waited = time.monotonic() - start
+        closed = sock.recv(1) == b"" if answer else False
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    assert b'"code":"request_timeout"' in answer
+    assert b"bytes per second on average" in answer
+    assert closed
+    assert IDLE_TIMEOUT <= waited < 2 * IDLE_TIMEOUT + 5  # the grace, then the next byte
+    refused = small.audit_since(mark, "ingest_refused")
+    assert [(e.actor, e.details) for e in refused] == [("tech-n", {"error": "UploadTooSlow"})]
+    assert budget.in_use == 0
+    again = small.upload("tech-n", noise_png(seed, (900, 900)), "after.png", modality="DX")
+    assert again.status_code == 201, again.text
+    assert budget.in_use == 0
+
+
+def test_without_a_minimum_rate_a_trickled_upload_is_stored(no_minimum: World) -> None:
+    body, headers = form(noise_png(19, (24, 24)), "trickle.png")
+    step = len(body) // 8 + 1
+
+    def trickle() -> Iterator[bytes]:  # about 1 KiB/s, for longer than the grace period
+        for start in range(0, len(body), step):
+            if start:
+                time.sleep(IDLE_TIMEOUT / 4)
+            yield body[start:start + step]
+
+    began = time.monotonic()
+    with no_minimum.client() as c:
+        r = c.post(UPLOAD, content=trickle(), headers={**no_minimum.auth("tech-n"), **headers})
+    assert r.status_code in (200, 201), r.text
+    assert time.monotonic() - began > IDLE_TIMEOUT
+    assert budget_of(no_minimum).in_use == 0
+
+
+def test_the_minimum_rate_may_be_off_but_not_negative() -> None:
+    with pytest.raises(ConfigurationError, match="upload_min_bytes_per_s"):
+        ApiSettings(upload_min_bytes_per_s=-1)
+    assert ApiSettings(upload_min_bytes_per_s=0).upload_min_bytes_per_s == 0
+    assert ApiSettings().upload_min_bytes_per_s == 16 * 1024
+
+
+def test_the_api_limits_are_the_http_settings() -> None:
+    assert ApiSettings.from_settings(Settings()) == ApiSettings()
+    http = HttpSettings(max_upload_bytes=UPLOAD_CAP, max_upload_bytes_in_flight=3 * BUDGET,
+                        upload_idle_timeout_s=7.5, upload_min_bytes_per_s=2048,
+                        max_body_bytes=4096)
+    api = ApiSettings.from_settings(Settings(http=http), manage_service=False)
+    assert api == ApiSettings(max_upload_bytes=UPLOAD_CAP, max_upload_bytes_in_flight=3 * BUDGET,
+                              upload_idle_timeout_s=7.5, upload_min_bytes_per_s=2048,
+                              max_body_bytes=4096, manage_service=False)
+    default_budget = ApiSettings.from_settings(Settings(http=HttpSettings(
+        max_upload_bytes=UPLOAD_CAP)))
+    assert default_budget.max_upload_bytes_in_flight is None  # 0: four uploads at the cap
+    assert default_budget.upload_budget_bytes(UPLOAD_CAP) == 4 * BUDGET
+
+
+def test_an_app_built_without_api_settings_takes_them_from_settings(world: World) -> None:
+    http = HttpSettings(max_upload_bytes=UPLOAD_CAP, upload_min_bytes_per_s=0)
+    app = create_app(dataclasses.replace(world.settings, http=http), service=world.service)
+    assert app.state.max_upload_bytes == UPLOAD_CAP
+    assert app.state.upload_budget.total_bytes == 4 * BUDGET
+    # The file cap still follows limits.max_file_bytes when it is smaller.
+    limits = dataclasses.replace(world.settings.limits, max_file_bytes=UPLOAD_CAP // 2)
+    app = create_app(dataclasses.replace(world.settings, http=http, limits=limits),
+                     service=world.service)
+    assert app.state.max_upload_bytes == UPLOAD_CAP // 2
+    assert app.state.upload_budget.total_bytes == 4 * (UPLOAD_CAP // 2 + FORM_SLACK)
 
 
 def test_the_idle_timeout_must_be_positive() -> None:

@@ -43,7 +43,7 @@ from radvault.jobs import IdempotencyConflict, JobError, JobRejected, JobTimeout
 from radvault.pipeline.clinical import InvalidRequest
 
 __all__ = ["BodyTooLarge", "CatchAllMiddleware", "UploadBudgetExhausted", "UploadStalled",
-           "install_error_handlers", "problem", "status_of"]
+           "UploadTooSlow", "install_error_handlers", "problem", "status_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,26 @@ class UploadStalled(InvalidRequest):
         super().__init__(f"no part of the upload arrived for {idle_timeout_s:g} seconds")
 
 
+class UploadTooSlow(UploadStalled):
+    """An upload's body arrived slower, on average, than the minimum rate (408).
+
+    A trickle that never pauses for a whole idle timeout is refused as a stall
+    is (an :class:`UploadStalled`: 408, audited, connection closed), under its
+    own name in the audit trail.
+
+    Parameters
+    ----------
+    min_bytes_per_s : int
+        The slowest average rate accepted, in bytes per second.
+    """
+
+    def __init__(self, min_bytes_per_s: int) -> None:
+        self.min_bytes_per_s = min_bytes_per_s
+        # Not UploadStalled's own message: it would speak of a pause that did not happen.
+        InvalidRequest.__init__(self, f"the upload arrived at under {min_bytes_per_s} bytes "
+                                "per second on average")
+
+
 def status_of(exc: BaseException) -> tuple[int, str]:
     """The HTTP status and code of an error.
 
@@ -142,7 +162,7 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return 413, "too_large"
     if isinstance(exc, UploadBudgetExhausted):
         return 503, "uploads_busy"
-    if isinstance(exc, UploadStalled):  # before its base, InvalidRequest (400)
+    if isinstance(exc, UploadStalled):  # and UploadTooSlow; before InvalidRequest (400)
         return 408, "request_timeout"
     for cls, status, code in STATUS_MAP:
         if isinstance(exc, cls):

@@ -16,7 +16,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from radvault.api._errors import BodyTooLarge, UploadBudgetExhausted, UploadStalled, problem
+from radvault.api._errors import (
+    BodyTooLarge,
+    UploadBudgetExhausted,
+    UploadStalled,
+    UploadTooSlow,
+    problem,
+)
 from radvault.errors import ConfigurationError, ImageTooLarge
 
 __all__ = ["ApiMetrics", "BodyLimitMiddleware", "MetricsMiddleware", "SecurityHeadersMiddleware",
@@ -190,7 +196,15 @@ class UploadBudgetMiddleware:
     for the next part of the body lasts at most ``idle_timeout_s``: a client
     that stops sending gets :class:`UploadStalled` raised into the route (which
     audits it and answers 408), its share back, and ``Connection: close`` on
-    the answer (the rest of its body is never read).
+    the answer (the rest of its body is never read). A client that keeps sending,
+    but slowly, is refused the same way (:class:`UploadTooSlow`): once the body
+    has been read for ``idle_timeout_s`` (a grace period), each part that arrives
+    while it is not complete must bring the body so far to an average of at least
+    ``min_bytes_per_s``, counted from the route's first read. So a client that
+    trickles a byte just inside each idle timeout holds its share for about two
+    idle timeouts, not for as long as it keeps that up; any body holds its share
+    at most about ``max(idle_timeout_s, bytes received / min_bytes_per_s)`` plus
+    one idle timeout.
 
     Parameters
     ----------
@@ -201,23 +215,31 @@ class UploadBudgetMiddleware:
     paths : frozenset of str
         The upload routes' paths.
     idle_timeout_s : float
-        The longest wait, in seconds, for the next part of a body holding a share.
+        The longest wait, in seconds, for the next part of a body holding a share;
+        also the grace period before ``min_bytes_per_s`` applies.
+    min_bytes_per_s : int
+        The slowest average rate, in bytes per second, of a body holding a share
+        after the grace period; 0: no minimum.
 
     Raises
     ------
     ConfigurationError
-        If ``idle_timeout_s`` is not a positive, finite number of seconds.
+        If ``idle_timeout_s`` is not a positive, finite number of seconds, or
+        ``min_bytes_per_s`` is negative.
     """
 
     def __init__(self, app: ASGIApp, *, budget: UploadBudget, paths: frozenset[str],
-                 idle_timeout_s: float = 30.0) -> None:
+                 idle_timeout_s: float = 30.0, min_bytes_per_s: int = 16 * 1024) -> None:
         if not 0 < idle_timeout_s < math.inf:
             raise ConfigurationError("the upload idle timeout must be a positive number of "
                                      "seconds")
+        if not min_bytes_per_s >= 0:
+            raise ConfigurationError("the minimum upload rate must be 0 (none) or positive")
         self.app = app
         self.budget = budget
         self.paths = paths
         self.idle_timeout_s = idle_timeout_s
+        self.min_bytes_per_s = min_bytes_per_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") not in self.paths:
@@ -225,7 +247,8 @@ class UploadBudgetMiddleware:
             return
         declared = _content_length(scope)
         held = received = 0
-        started = body_done = stalled = False
+        began = 0.0
+        started = body_done = cut_off = False
 
         def take(size: int) -> None:
             nonlocal held
@@ -236,20 +259,30 @@ class UploadBudgetMiddleware:
             held += size
 
         async def next_message() -> Message:
-            nonlocal stalled
+            nonlocal cut_off
             if held == 0 or body_done:  # holds nothing, or waits for a disconnect only
                 return await receive()
             with anyio.move_on_after(self.idle_timeout_s):
                 return await receive()
             # Cancelled while the server waited for data: its receive is still usable
             # (it answers the refusal below), and the connection closes after it.
-            stalled = True
+            cut_off = True
             raise UploadStalled(self.idle_timeout_s)
 
+        def check_rate() -> None:
+            nonlocal cut_off
+            if not self.min_bytes_per_s or held == 0 or body_done:
+                return
+            elapsed = time.monotonic() - began
+            if elapsed > self.idle_timeout_s and received < self.min_bytes_per_s * elapsed:
+                cut_off = True  # refused as a stall is: the rest of the body is not read
+                raise UploadTooSlow(self.min_bytes_per_s)
+
         async def metered_receive() -> Message:
-            nonlocal received, started, body_done
+            nonlocal received, started, body_done, began
             if not started:
                 started = True
+                began = time.monotonic()
                 if declared is not None and declared > 0:
                     take(declared)
             message = await next_message()
@@ -258,6 +291,7 @@ class UploadBudgetMiddleware:
                 received += len(message.get("body", b""))
                 if received > held:
                     take(received - held)
+                check_rate()
             else:
                 body_done = True
             return message
@@ -272,7 +306,7 @@ class UploadBudgetMiddleware:
             # before the client can see the answer (and send its next upload).
             if message["type"] == "http.response.start":
                 give_back()
-                if stalled:  # the rest of the body may still come: do not read it
+                if cut_off:  # the rest of the body may still come: do not read it
                     MutableHeaders(scope=message)["Connection"] = "close"
             await send(message)
 

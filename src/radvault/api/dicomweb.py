@@ -213,8 +213,9 @@ async def read_related(content_type: str | None, stream: AsyncIterator[bytes], *
                               "description": "Every instance stored"},
                         202: {"description": "Some stored, some refused"},
                         409: {"description": "None stored"},
-                        408: {"description": "The body stalled while holding upload "
-                                             "memory (upload_idle_timeout_s)"},
+                        408: {"description": "The body stalled or trickled while holding "
+                                             "upload memory (upload_idle_timeout_s, "
+                                             "upload_min_bytes_per_s)"},
                         413: {"description": "Over the upload cap"},
                         415: {"description": "Not multipart/related application/dicom"},
                         503: {"description": "Too many uploads in flight: try again after "

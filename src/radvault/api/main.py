@@ -69,6 +69,13 @@ class ApiSettings:
         for four uploads at the cap (4 x (cap + 64 KiB), about 1 GiB by
         default). At least ``max_upload_bytes`` plus 64 KiB (one upload at the
         cap must fit).
+    upload_idle_timeout_s : float
+        The longest wait, in seconds, for the next part of an upload's body
+        while it holds a share of the uploads' memory (408 after it).
+    upload_min_bytes_per_s : int
+        The slowest average rate, in bytes per second over the body so far, at
+        which an upload holding a share may arrive once it has taken
+        ``upload_idle_timeout_s`` seconds (408 below it); 0: no minimum.
     max_body_bytes : int
         Largest body of every other request.
     manage_service : bool
@@ -78,13 +85,15 @@ class ApiSettings:
     Raises
     ------
     ConfigurationError
-        If a limit or the idle timeout is not positive, or the uploads in flight could not hold one
-        upload at ``max_upload_bytes``.
+        If a limit or the idle timeout is not positive, the minimum rate is
+        negative, or the uploads in flight could not hold one upload at
+        ``max_upload_bytes``.
     """
 
     max_upload_bytes: int = 256 * 1024 * 1024
     max_upload_bytes_in_flight: int | None = None
     upload_idle_timeout_s: float = 30.0
+    upload_min_bytes_per_s: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
     manage_service: bool = True
 
@@ -93,10 +102,41 @@ class ApiSettings:
             raise ConfigurationError("API body limits must be positive")
         if not 0 < self.upload_idle_timeout_s < math.inf:
             raise ConfigurationError("upload_idle_timeout_s must be a positive number of seconds")
+        if not self.upload_min_bytes_per_s >= 0:
+            raise ConfigurationError("upload_min_bytes_per_s must be 0 (no minimum) or positive")
         in_flight = self.max_upload_bytes_in_flight
         if in_flight is not None and in_flight < self.max_upload_bytes + FORM_SLACK:
             raise ConfigurationError("max_upload_bytes_in_flight must hold one upload at the "
                                      "cap: at least max_upload_bytes + 64 KiB")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, manage_service: bool = True) -> ApiSettings:
+        """The limits an operator set in ``Settings.http`` (the ``[http]`` table of radvault.toml).
+
+        Parameters
+        ----------
+        settings : Settings
+            RadVault's settings.
+        manage_service : bool
+            Start and stop the service's job workers with the app.
+
+        Returns
+        -------
+        ApiSettings
+            The same limits; ``http.max_upload_bytes_in_flight = 0`` becomes ``None``
+            (four uploads at the cap).
+
+        Raises
+        ------
+        ConfigurationError
+            If the limits are invalid (``Settings`` already refuses what this would).
+        """
+        http = settings.http
+        return cls(max_upload_bytes=http.max_upload_bytes,
+                   max_upload_bytes_in_flight=http.max_upload_bytes_in_flight or None,
+                   upload_idle_timeout_s=http.upload_idle_timeout_s,
+                   upload_min_bytes_per_s=http.upload_min_bytes_per_s,
+                   max_body_bytes=http.max_body_bytes, manage_service=manage_service)
 
     def upload_budget_bytes(self, cap: int) -> int:
         """The bytes uploads in flight may hold together, given the effective upload cap.
@@ -127,14 +167,15 @@ def create_app(settings: Settings, *, service: ClinicalService,
     service : ClinicalService
         The use cases; the app never reaches past it.
     api : ApiSettings, optional
-        Limits of the HTTP face.
+        Limits of the HTTP face; by default those of ``settings.http``
+        (:meth:`ApiSettings.from_settings`).
 
     Returns
     -------
     FastAPI
         The application (OpenAPI at ``/api/v1/openapi.json``; no docs UI).
     """
-    api = api or ApiSettings()
+    api = api or ApiSettings.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -172,7 +213,8 @@ def create_app(settings: Settings, *, service: ClinicalService,
     # Added innermost first: CatchAll ends up outermost of these.
     uploads = frozenset({API_PREFIX + studies.UPLOAD_PATH, dicomweb.STOW_PATH, *web_streamed})
     app.add_middleware(UploadBudgetMiddleware, budget=budget, paths=uploads,
-                       idle_timeout_s=api.upload_idle_timeout_s)
+                       idle_timeout_s=api.upload_idle_timeout_s,
+                       min_bytes_per_s=api.upload_min_bytes_per_s)
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes, exempt=uploads,
                        on_refused=body_refused)
     app.add_middleware(SecurityHeadersMiddleware)

@@ -46,8 +46,9 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 
 @router.post(UPLOAD_PATH, status_code=201, response_model=UploadOut, openapi_extra=_UPLOAD_BODY,
-             responses={408: {"description": "The body stalled while holding upload "
-                                             "memory (upload_idle_timeout_s)"},
+             responses={408: {"description": "The body stalled or trickled while holding "
+                                             "upload memory (upload_idle_timeout_s, "
+                                             "upload_min_bytes_per_s)"},
                         413: {"description": "Over the upload cap"},
                         422: {"description": "Not a readable image, or refused by policy"},
                         503: {"description": "Too many uploads in flight: try again after "

@@ -162,22 +162,28 @@ def serve(
         bool, typer.Option("--insecure-http", help="Plain HTTP, on loopback only.")] = False,
     workers: Annotated[int, typer.Option(help="Background analysis threads.")] = 2,
 ) -> None:
-    """Start the RadVault API (HTTPS; OpenAPI at /api/v1/openapi.json)."""
+    """Start the RadVault API (HTTPS; OpenAPI at /api/v1/openapi.json).
+
+    Upload and body limits come from the http table of RADVAULT_HOME/radvault.toml
+    (or RADVAULT_HTTP__* variables), e.g. max_upload_bytes, upload_idle_timeout_s,
+    upload_min_bytes_per_s.
+    """
 
     @handle_errors
     def run() -> None:
         import uvicorn
 
-        from radvault.api import create_app
+        from radvault.api import ApiSettings, create_app
         from radvault.pipeline.clinical import ClinicalService, ServiceSettings
         from radvault.vault.vault import Vault
 
         settings = settings_from_context(ctx)
         plan = plan_serve(settings, host, port, tls_cert, tls_key, insecure_http)
+        api = ApiSettings.from_settings(settings)
         vault = Vault.open(settings, read_passphrase())
         try:
             service = ClinicalService.build(vault, ServiceSettings(workers=workers))
-            app = create_app(settings, service=service)
+            app = create_app(settings, service=service, api=api)
             console.print(f"RadVault API on [bold]{plan.url}[/]")
             console.print(f"log in: POST {plan.url}/auth/token (OAuth2 password flow); "
                           f"OpenAPI: {plan.url}/openapi.json")
