@@ -35,7 +35,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -691,11 +691,6 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
     return TrainResult(model_dir=config.out_dir, card=card, history=history,
                        best_epoch=best_epoch, temperature=temperature, val_metrics=val_metrics,
                        test_metrics=test_metrics, seconds=seconds)
-
-
-def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy of a config with some fields changed (for sweeps and the ablation)."""
-    return replace(config, **changes)
 
 
 def _file_sha256(path: Path) -> str:
