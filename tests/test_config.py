@@ -41,7 +41,7 @@ def test_secrets_in_the_environment_never_become_settings(tmp_path: Path) -> Non
     ("env", "message"),
     [
         ({"RADVAULT_ACCEPT_BURNED_IN": "perhaps"}, "boolean"),
-        ({"RADVAULT_CHUNK_SIZE": "many"}, "integer"),
+        ({"RADVAULT_CHUNK_SIZE": "many"}, "whole number"),
         ({"RADVAULT_NO_SUCH_THING": "1"}, "unknown setting"),
         ({"RADVAULT_REFER_THRESHOLD": "2"}, "refer_threshold"),
         ({"RADVAULT_PREPROCESS__SIZE": "2"}, "size"),
@@ -95,7 +95,7 @@ def test_http_limits_come_from_the_http_table_and_the_environment(tmp_path: Path
          r"http.max_upload_bytes_in_flight must be 0 .* at least http.max_upload_bytes "
          r"\+ 64 KiB \(66536\)"),
         ("max_upload_bytes_in_flight = -1", "http.max_upload_bytes_in_flight"),
-        ("max_upload_bytes = \"big\"", "'http.max_upload_bytes' must be an integer"),
+        ("max_upload_bytes = \"big\"", "'http.max_upload_bytes' must be a whole number"),
         ("max_upload_size = 1", "unknown setting.*http.max_upload_size"),
     ],
 )
@@ -118,3 +118,21 @@ def test_the_form_slack_of_the_in_flight_check_is_the_api_s() -> None:
     HttpSettings(max_upload_bytes=1000, max_upload_bytes_in_flight=1000 + FORM_SLACK)
     with pytest.raises(ConfigurationError):
         HttpSettings(max_upload_bytes=1000, max_upload_bytes_in_flight=999 + FORM_SLACK)
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("chunk_size = true", "'chunk_size' must be a number, got True"),
+    ("refer_threshold = false", "'refer_threshold' must be a number, got False"),
+    ("[http]\nmax_body_bytes = 1.5", "'http.max_body_bytes' must be a whole number, got 1.5"),
+    ("preprocess = 128", "'preprocess' is a table: write [preprocess]"),
+])
+def test_toml_values_of_the_wrong_kind_are_refused_not_rounded(tmp_path: Path, toml: str,
+                                                              message: str) -> None:
+    (tmp_path / "radvault.toml").write_text(toml + "\n")
+    with pytest.raises(ConfigurationError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_settings(env={}, home=tmp_path)
+
+
+def test_a_whole_number_written_as_a_float_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "radvault.toml").write_text("[http]\nmax_body_bytes = 131072.0\n")
+    assert load_settings(env={}, home=tmp_path).http.max_body_bytes == 131072

@@ -170,11 +170,16 @@ def _coerce(name: str, value: Any, target: Any) -> Any:
             return _BOOL[str(value).strip().lower()]
         except KeyError:
             raise ConfigurationError(f"setting {name!r} must be a boolean, got {value!r}") from None
+    if isinstance(value, bool) and isinstance(target, int | float):
+        # A TOML ``true`` is an int to Python; as a size or a count it is a mistake.
+        raise ConfigurationError(f"setting {name!r} must be a number, got {value!r}")
     if isinstance(target, int):
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigurationError(f"setting {name!r} must be a whole number, got {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise ConfigurationError(f"setting {name!r} must be an integer") from None
+            raise ConfigurationError(f"setting {name!r} must be a whole number") from None
     if isinstance(target, float):
         try:
             return float(value)
@@ -192,6 +197,9 @@ def _apply(obj: Any, values: Mapping[str, Any], prefix: str) -> Any:
         key = f.name
         if hasattr(current, "__dataclass_fields__"):
             sub = values.get(key)
+            if sub is not None and not isinstance(sub, Mapping):
+                raise ConfigurationError(f"setting {prefix + key!r} is a table: write "
+                                         f"[{prefix + key}] and its settings under it")
             sub_env = {k[len(key) + 2:]: v for k, v in values.items()
                        if isinstance(k, str) and k.startswith(key + "__")}
             merged = {**(sub if isinstance(sub, Mapping) else {}), **sub_env}
