@@ -5,7 +5,8 @@
 #  - Debian packages for the external peers the tests talk to (DCMTK, Orthanc),
 #    by tools/install_test_services.sh, only when missing.
 # PostgreSQL (127.0.0.1:5432, database test) and Redis (127.0.0.1:6379) are used
-# when running; their tests skip with a reason when they are not.
+# when running; their tests skip with a reason when they are not, except in CI
+# (CI=true), where any skip of a test not marked `optional` fails (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

@@ -1,5 +1,13 @@
 """Fixtures every test folder shares: a throwaway schema on the test PostgreSQL server,
-and a way to start several workers at the same instant."""
+and a way to start several workers at the same instant; and, in CI, a skip is a failure.
+
+Tests skip with a reason when a peer they need is missing (PostgreSQL, Redis, DCMTK,
+Orthanc, Chromium, the shared data, the shipped models), so that a developer's laptop
+can run what it can. In CI (``CI=true``, or ``RADVAULT_STRICT_SKIPS=1``) every one of
+those is installed, so a skip there means a backend went untested while the run stayed
+green: it is reported as a failure instead, unless the test is marked
+``@pytest.mark.optional`` (needs what CI does not have, such as a CUDA GPU).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+
+from _strict_skips import pytest_runtest_makereport  # noqa: F401  (a hook)
 
 #: The test server (CI runs PostgreSQL on loopback with trust auth and database ``test``).
 PG_URL = os.environ.get("RADVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -96,9 +96,9 @@ def test_concurrent_claimers_never_take_the_same_job(store) -> None:
     assert sorted(taken) == sorted(jobs)
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SKIP LOCKED is PostgreSQL's
 def test_postgresql_claims_skip_locked_rows(store) -> None:
-    if store.engine.dialect.name != "postgresql":
-        pytest.skip("SKIP LOCKED is PostgreSQL's")
+    assert store.engine.dialect.name == "postgresql"
     seen: list[str] = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):
