@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
 import urllib.request
@@ -139,40 +138,14 @@ def _looks_like_a_file(target: str) -> bool:
 def _analyze_file(path: Path, model_dir: Path | None, modality: str | None,
                   body_part: str | None, heatmap: Path | None, keys: Path | None,
                   refer_threshold: float) -> dict[str, object]:
-    from radvault.analysis.explain import gradcam_overlay
-    from radvault.analysis.export import ModelKeyring
-    from radvault.analysis.inference import load_model
-    from radvault.analysis.registry import ModelRegistry
-    from radvault.imaging.preprocess import display_array
-    from radvault.imaging.reading import read_image
-    from radvault.imaging.records import SourceFormat
+    from radvault.pipeline.analyse_file import analyse_file
 
-    header = read_image(path)
-    if header.source_format is SourceFormat.DICOM:
-        # The options describe PNG/JPEG files; a DICOM header that says otherwise wins,
-        # or the wrong model would answer without a referral.
-        # ("OT" is what a file without a Modality reads as: the header says nothing then)
-        for option, given, found in (("--modality", modality, header.modality),
-                                     ("--body-part", body_part, header.body_part)):
-            if found and found.upper() == "OT" and option == "--modality":
-                continue
-            if given and found and given.upper() != found.upper():
-                raise ConfigurationError(f"{option} {given} contradicts the DICOM header "
-                                         f"({found}); it is for PNG/JPEG files")
-    overrides = {k: v for k, v in (("modality", modality), ("body_part", body_part)) if v}
-    record = dataclasses.replace(header, **overrides) if overrides else header
-    keyring = ModelKeyring.from_dir(keys) if keys is not None else None
-    if model_dir is None:
-        registry = ModelRegistry(keys_dir=keys)
-        model_dir = registry.select(record.modality, record.body_part)
-        loaded = load_model(model_dir, keyring=registry.keyring,
-                            refer_threshold=refer_threshold)
-    else:
-        loaded = load_model(model_dir, keyring=keyring, refer_threshold=refer_threshold)
-    x = loaded.preprocess(record)
-    pred = loaded.predict(x[None], modality=record.modality, body_part=record.body_part)[0]
-    if heatmap is not None:  # over the image as a person views it, at its own size
-        heatmap.write_bytes(gradcam_overlay(display_array(record), loaded.cam(x[None])))
+    result = analyse_file(path, model_dir=model_dir, modality=modality, body_part=body_part,
+                          keys_dir=keys, refer_threshold=refer_threshold,
+                          heatmap=heatmap is not None)
+    if heatmap is not None and result.heatmap_png is not None:
+        heatmap.write_bytes(result.heatmap_png)
+    pred = result.prediction
     return {"target": str(path), "model_id": pred.model_id, "prediction": pred.label,
             "probability": pred.probability, "probabilities": dict(pred.probabilities),
             "refer": pred.refer, "reasons": list(pred.reasons)}
@@ -186,12 +159,6 @@ def _analyze_vault(settings: object, target: str, model_dir: Path | None,
 
     out: list[dict[str, object]] = []
     with opened_vault(settings) as vault:
-        try:
-            instances = [i.instance_id for i in vault.catalog.instances_of_study(target)]
-            if not instances:
-                raise ObjectNotFound(f"no study or instance {target}")
-        except ObjectNotFound:
-            instances = [vault.catalog.get_instance(target).instance_id]
         analyser = Analyser.default(vault, actor=ACTOR, models_dir=None)
         if model_dir is not None:
             from radvault.analysis.registry import ModelRegistry
@@ -203,6 +170,7 @@ def _analyze_vault(settings: object, target: str, model_dir: Path | None,
 
             analyser = Analyser(vault, ModelRegistry(keys_dir=keys), actor=ACTOR)
         name = model_dir.name if model_dir is not None else None
+        instances = analyser.instances_of(target)
         if heatmap is not None and len(instances) > 1:
             raise ConfigurationError(f"--heatmap draws one image: study {target} has "
                                      f"{len(instances)} instances; give an instance id")

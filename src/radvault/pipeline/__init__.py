@@ -1,4 +1,5 @@
-"""Use cases: ingest, retrieve, export, analyse, maintain, and the clinical service.
+"""Use cases: ingest, retrieve, export, analyse (vault images and files), maintain, and
+the clinical service.
 
 The one layer that orchestrates imaging, vault and analysis, and the one place
 that checks policy (:class:`ClinicalService`). Names are loaded on first use
@@ -14,10 +15,12 @@ __all__ = [
     "Analyser",
     "AnalysisResult",
     "ClinicalService",
+    "FileAnalysis",
     "IngestOutcome",
     "Ingestor",
     "ServiceSettings",
     "VerifyReport",
+    "analyse_file",
     "export_study",
     "open_image",
     "open_model_input",
@@ -31,10 +34,12 @@ _WHERE = {
     "AnalysisResult": "analyse",
     "Analyser": "analyse",
     "ClinicalService": "clinical",
+    "FileAnalysis": "analyse_file",
     "IngestOutcome": "ingest",
     "Ingestor": "ingest",
     "ServiceSettings": "clinical",
     "VerifyReport": "maintenance",
+    "analyse_file": "analyse_file",
     "export_study": "retrieve",
     "open_image": "retrieve",
     "open_model_input": "retrieve",

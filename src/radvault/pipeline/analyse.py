@@ -196,6 +196,28 @@ class Analyser:
             if record.pixels.flags.writeable:
                 record.pixels.fill(0)
 
+    def instances_of(self, target: str) -> list[str]:
+        """The instances a target names: every instance of a study, or the one instance.
+
+        Parameters
+        ----------
+        target : str
+            A study id or an instance id.
+
+        Returns
+        -------
+        list of str
+            Instance ids, in the catalog's order.
+
+        Raises
+        ------
+        ObjectNotFound
+            If the target is neither a study with instances nor an instance.
+        """
+        catalog = self.vault.catalog
+        instances = [i.instance_id for i in catalog.instances_of_study(target)]
+        return instances or [catalog.get_instance(target).instance_id]
+
     def analyse_instance(self, instance_id: str, *, model_name: str | None = None,
                          result_id: str | None = None) -> AnalysisResult:
         """Classify one instance, store the result and audit it.

@@ -1,0 +1,98 @@
+"""Analyse use case for a file outside the vault: read it, classify it, optionally explain it.
+
+``radvault analyze FILE`` answers for an image a user holds (a DICOM file, a PNG or a
+JPEG) without ingesting it: nothing is stored, sealed or audited, because nothing of
+the vault is touched. The model comes from ``--model`` or, by the image's modality and
+body part, from the shipped registry, exactly as for a vault study; the image goes
+through the model card's preprocessing (one code path with training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from os import PathLike
+
+from radvault.analysis.explain import gradcam_overlay
+from radvault.analysis.export import ModelKeyring
+from radvault.analysis.inference import Prediction, load_model
+from radvault.analysis.registry import ModelRegistry
+from radvault.errors import ConfigurationError
+from radvault.imaging.preprocess import display_array
+from radvault.imaging.reading import read_image
+from radvault.imaging.records import SourceFormat
+
+__all__ = ["FileAnalysis", "analyse_file"]
+
+
+@dataclass(frozen=True)
+class FileAnalysis:
+    """What the model said about one file, and its heatmap when one was asked for."""
+
+    prediction: Prediction
+    heatmap_png: bytes | None = None
+
+
+def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | None = None,
+                 modality: str | None = None, body_part: str | None = None,
+                 keys_dir: str | PathLike[str] | None = None, refer_threshold: float = 0.80,
+                 heatmap: bool = False) -> FileAnalysis:
+    """Classify one image file with a verified model.
+
+    Parameters
+    ----------
+    path : path-like
+        A DICOM, PNG or JPEG file.
+    model_dir : path-like, optional
+        The model folder; by default the registry's model for the image's modality
+        and body part (the radbench6 model when none is more specific).
+    modality, body_part : str, optional
+        What a PNG or JPEG shows (they carry no header). For a DICOM file the header
+        decides; an option that contradicts it is refused, or the wrong model would
+        answer without a referral.
+    keys_dir : path-like, optional
+        Trusted model-signing keys (default: those shipped beside the models).
+    refer_threshold : float
+        Below this top probability the answer is flagged "refer to a radiologist".
+    heatmap : bool
+        Also draw the Grad-CAM heatmap over the image as a person views it.
+
+    Returns
+    -------
+    FileAnalysis
+        The prediction (calibrated probabilities, referral and its reasons) and the
+        heatmap PNG when asked for.
+
+    Raises
+    ------
+    ImageInputError
+        If the file cannot be read as an image.
+    ConfigurationError
+        If ``modality`` or ``body_part`` contradicts a DICOM header.
+    ModelIntegrityError
+        If the model's signature, card or ONNX file does not verify.
+    """
+    header = read_image(path)
+    if header.source_format is SourceFormat.DICOM:
+        for option, given, found in (("--modality", modality, header.modality),
+                                     ("--body-part", body_part, header.body_part)):
+            # "OT" is what a file without a Modality reads as: the header says nothing then.
+            if option == "--modality" and found and found.upper() == "OT":
+                continue
+            if given and found and given.upper() != found.upper():
+                raise ConfigurationError(f"{option} {given} contradicts the DICOM header "
+                                         f"({found}); it is for PNG/JPEG files")
+    overrides = {k: v for k, v in (("modality", modality), ("body_part", body_part)) if v}
+    record = dataclasses.replace(header, **overrides) if overrides else header
+    if model_dir is None:
+        registry = ModelRegistry(keys_dir=keys_dir)
+        model_dir = registry.select(record.modality, record.body_part)
+        keyring = registry.keyring
+    else:
+        keyring = ModelKeyring.from_dir(keys_dir) if keys_dir is not None else None
+    loaded = load_model(model_dir, keyring=keyring, refer_threshold=refer_threshold)
+    x = loaded.preprocess(record)
+    prediction = loaded.predict(x[None], modality=record.modality,
+                                body_part=record.body_part)[0]
+    png = gradcam_overlay(display_array(record), loaded.cam(x[None])) if heatmap else None
+    return FileAnalysis(prediction=prediction, heatmap_png=png)
