@@ -138,7 +138,7 @@ def _looks_like_a_file(target: str) -> bool:
 def _analyze_file(path: Path, model_dir: Path | None, modality: str | None,
                   body_part: str | None, heatmap: Path | None, keys: Path | None,
                   refer_threshold: float) -> dict[str, object]:
-    from radvault.pipeline.analyse_file import analyse_file
+    from radvault.pipeline.file_analysis import analyse_file
 
     result = analyse_file(path, model_dir=model_dir, modality=modality, body_part=body_part,
                           keys_dir=keys, refer_threshold=refer_threshold,

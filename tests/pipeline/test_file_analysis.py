@@ -7,7 +7,7 @@ import pytest
 from radvault.config import load_settings
 from radvault.errors import ConfigurationError, ObjectNotFound
 from radvault.pipeline.analyse import Analyser
-from radvault.pipeline.analyse_file import analyse_file
+from radvault.pipeline.file_analysis import analyse_file
 from radvault.pipeline.ingest import Ingestor
 from radvault.vault.keys import KdfParams
 from radvault.vault.vault import Vault
