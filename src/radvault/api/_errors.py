@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from radvault._diagnostics import log_unexpected
 from radvault.errors import (
     AccessDenied,
     AccountError,
@@ -276,8 +277,9 @@ def install_error_handlers(app: FastAPI) -> None:
 class CatchAllMiddleware:
     """Outermost guard: an unexpected exception becomes a bare 500 problem.
 
-    Only the exception's type reaches the log: its message might quote data,
-    and a stack trace might show values.
+    Only the exception's type and its stack frames (file:line:function) reach the
+    log (:func:`radvault._diagnostics.log_unexpected`), never its message or values:
+    those might quote patient data.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -301,8 +303,7 @@ class CatchAllMiddleware:
             if isinstance(exc, RadVaultError):
                 response = _radvault_response(exc)
             else:
-                logger.error("unexpected error (%s) on %s", type(exc).__name__,
-                             scope.get("method", "?"))
+                log_unexpected(logger, exc, f"{scope.get('method', '?')} request")
                 response = problem(500, "internal_error", "internal server error")
             if not started:
                 await response(scope, receive, send)

@@ -31,6 +31,7 @@ from pydicom.uid import (
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import sop_class
 
+from radvault._diagnostics import log_unexpected
 from radvault.errors import ConfigurationError
 from radvault.pipeline.ingest import Ingestor, IngestOutcome
 from radvault.vault.audit import Action, Outcome
@@ -214,8 +215,9 @@ class StoreReceiver:
             with self.lock:
                 outcome = self.ingestor.ingest_bytes(data, f"C-STORE from {self.actor}")
         except Exception as exc:  # a vault or catalog failure: audited, reported, never silent
-            # the type only: an unexpected exception's message could quote dataset values
-            log.error("C-STORE from %s: ingest failed (%s)", self.actor, type(exc).__name__)
+            # type and stack frames only: an unexpected exception's message could quote
+            # dataset values
+            log_unexpected(log, exc, f"C-STORE from {self.actor}: ingest failed")
             return self._failed(type(exc).__name__, _INTERNAL_FAILURE, "processing failure")
         finally:
             del data
@@ -235,8 +237,8 @@ class StoreReceiver:
         try:
             self.vault.audit.append(self.actor, Action.INGEST_REFUSED, Outcome.REFUSED,
                                     details={"error": error, "via": "c-store"})
-        except Exception:  # the status still goes back; the log says auditing failed
-            log.error("could not audit a refused C-STORE from %s", self.actor)
+        except Exception as exc:  # the status still goes back; the log says auditing failed
+            log_unexpected(log, exc, f"could not audit a refused C-STORE from {self.actor}")
         if self.on_outcome is not None:
             self.on_outcome(IngestOutcome(f"C-STORE from {self.actor}", "refused",
                                           error=error, reason=reason))

@@ -13,9 +13,11 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
-from radvault.errors import ConfigurationError, ObjectNotFound
+from radvault._diagnostics import log_unexpected
+from radvault.errors import ConfigurationError, ObjectNotFound, RadVaultError
 from radvault.jobs._errors import JobError, JobTimeout, describe_error, is_transient
 from radvault.jobs._job import Job, JobInfo, JobStatus, running_job
 from radvault.jobs._registry import TaskRegistry, TaskSpec, default_registry
@@ -32,6 +34,11 @@ Dispatcher = Callable[[str, str, float], None]
 """``dispatch(job_id, task, delay_s)``: hand a runnable job to remote workers (Celery)."""
 
 _RANDOM = secrets.SystemRandom()
+
+# What the job store raises when the database is in trouble (lost connection,
+# busy or locked database, a missing table, an exhausted connection pool): the
+# worker waits and tries again. Anything else escaping the runner is a bug.
+_DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.DBAPIError, sa_exc.TimeoutError)
 
 
 def exponential_backoff(
@@ -430,8 +437,12 @@ class JobRunner:
         while not self._stopping.is_set():
             try:
                 ran = self._run_one()
-            except Exception as exc:  # database trouble: keep the worker alive, slowly
+            except _DATABASE_ERRORS as exc:  # database trouble: keep the worker alive, slowly
                 log.warning("job worker: database error (%s); retrying", type(exc).__name__)
+                self._stopping.wait(min(self.lease_s, 10 * self.poll_s))
+                continue
+            except Exception as exc:  # a bug outside any job's attempt: log it, keep serving
+                log_unexpected(log, exc, f"job worker {threading.current_thread().name}")
                 self._stopping.wait(min(self.lease_s, 10 * self.poll_s))
                 continue
             if not ran and self._wake.wait(self.poll_s):
@@ -446,6 +457,30 @@ class JobRunner:
         return True
 
     def _execute(self, job: Job, token: str) -> None:
+        """Run a claimed job's attempt and record its outcome, whatever goes wrong.
+
+        Database errors propagate (nothing can be recorded: the job stays
+        leased and is claimable again once the lease expires, as after a
+        crash). Any other exception escaping the attempt is a bug of the runner
+        (or of a back-off function): its stack is logged and the job fails now,
+        instead of waiting out its lease to hit the same bug again.
+        """
+        try:
+            self._execute_claimed(job, token)
+        except _DATABASE_ERRORS:
+            raise
+        except Exception as exc:
+            log_unexpected(log, exc, f"job {job.job_id} attempt {job.attempts} (task {job.task})")
+            if self._store.fail(job.job_id, token, describe_error(exc), None):
+                log.info("job %s attempt %d failed (%s)",
+                         job.job_id, job.attempts, type(exc).__name__)
+                with self._finished:
+                    self._finished.notify_all()
+            else:
+                log.warning("job %s attempt %d: outcome already recorded or lease lost",
+                            job.job_id, job.attempts)
+
+    def _execute_claimed(self, job: Job, token: str) -> None:
         log.info("job %s attempt %d/%d started (task %s)",
                  job.job_id, job.attempts, job.max_attempts, job.task)
         retry_in: float | None = None
@@ -483,6 +518,9 @@ class JobRunner:
                 retry_at = self._store.now() + timedelta(seconds=retry_in)
                 recorded = self._store.fail(job.job_id, token, error, retry_at)
                 return recorded, f"will retry in {retry_in:.2f} s ({type(exc).__name__})", retry_in
+            if not isinstance(exc, RadVaultError):  # its message stays out: its stack goes in
+                log_unexpected(log, exc, f"job {job.job_id} attempt {job.attempts} "
+                                         f"(task {job.task})")
             recorded = self._store.fail(job.job_id, token, error, None)
             return recorded, f"failed ({type(exc).__name__})", None
         return self._store.succeed(job.job_id, token, result), "succeeded", None
@@ -497,8 +535,10 @@ class JobRunner:
                     if not self._store.renew(job_id, token, self.lease_s):
                         log.warning("job %s: lease lost while running", job_id)
                         return
-                except Exception as exc:
+                except _DATABASE_ERRORS as exc:  # the next beat tries again
                     log.warning("job %s: lease renewal failed (%s)", job_id, type(exc).__name__)
+                except Exception as exc:
+                    log_unexpected(log, exc, f"job {job_id}: lease renewal")
 
         beat = threading.Thread(target=heartbeat, name=f"{self.name}-lease", daemon=True)
         beat.start()
