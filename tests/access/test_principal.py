@@ -11,9 +11,9 @@ def test_a_principal_checks_itself_when_built():
     p = Principal("rad", "radiologist", "north", {"view_study"})
     assert p.role is Role.RADIOLOGIST
     assert p.scopes == frozenset({"view_study"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'surgeon' is not a valid Role"):
         Principal("rad", "surgeon")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a principal needs a username"):
         Principal("", Role.ADMIN)
 
 

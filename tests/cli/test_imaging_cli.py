@@ -164,3 +164,146 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("deid", "preprocess", "init", "ingest", "verify", "audit", "keys",
                     "delete", "demo"):
         assert command in out
+
+
+# --- deid and preprocess take the vault's settings unless a flag says otherwise -------------
+
+# (setting, flag that turns it on, flag that turns it off, built-in default)
+DEID_OPTIONS = [
+    ("retain_dates_shifted", "--retain-dates", "--no-retain-dates", False),
+    ("retain_patient_characteristics", "--retain-patient-characteristics",
+     "--no-retain-patient-characteristics", False),
+    ("retain_device_identity", "--retain-device-identity", "--no-retain-device-identity", False),
+    ("clean_descriptors", "--clean-descriptors", "--no-clean-descriptors", True),
+    ("keep_private_tags", "--keep-private-tags", "--no-keep-private-tags", False),
+    ("accept_burned_in", "--accept-burned-in", "--no-accept-burned-in", False),
+]
+# CID 7050 codes the output records for the options that have one
+OPTION_CODES = {"retain_dates_shifted": "113107", "retain_patient_characteristics": "113108",
+                "retain_device_identity": "113109", "clean_descriptors": "113105"}
+
+
+def _deid_one(tmp_path: Path, setting: str, *flags: str) -> pydicom.Dataset | None:
+    """De-identify the file that shows ``setting``; the output, or None if it was refused."""
+    # SC_rgb_jpeg_dcmtk is refused for burned-in text unless accepted; CT_small has
+    # private tags and records every coded option it was de-identified with.
+    name = "SC_rgb_jpeg_dcmtk.dcm" if setting == "accept_burned_in" else "CT_small.dcm"
+    out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
+    code = main(["deid", str(WHEEL_FILES / name), "--out", str(out), *flags])
+    files = list(out.glob("*.dcm"))
+    assert (code, len(files)) in {(0, 1), (1, 0)}
+    return pydicom.dcmread(files[0]) if files else None
+
+
+def _applied(setting: str, ds: pydicom.Dataset | None) -> bool:
+    """Whether the de-identified output shows that ``setting`` was on."""
+    if setting == "accept_burned_in":
+        return ds is not None
+    assert ds is not None
+    if setting == "keep_private_tags":
+        return any(element.tag.is_private for element in ds)
+    codes = {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
+    return OPTION_CODES[setting] in codes
+
+
+@pytest.mark.parametrize(("setting", "on", "off", "default"), DEID_OPTIONS)
+def test_deid_without_flags_uses_the_built_in_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    setting: str, on: str, off: str, default: bool,
+) -> None:
+    monkeypatch.setenv("RADVAULT_DEID_SECRET", SECRET)
+    assert _applied(setting, _deid_one(tmp_path, setting)) is default
+
+
+@pytest.mark.parametrize("source", ["env", "toml"])
+@pytest.mark.parametrize(("setting", "on", "off", "default"), DEID_OPTIONS)
+def test_deid_takes_each_option_from_the_vault_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    setting: str, on: str, off: str, default: bool, source: str,
+) -> None:
+    # the same vault de-identifies the same way at ingest and in `radvault deid`
+    monkeypatch.setenv("RADVAULT_DEID_SECRET", SECRET)
+    value = not default
+    if source == "env":
+        monkeypatch.setenv(f"RADVAULT_{setting.upper()}", str(value).lower())
+    else:
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "radvault.toml").write_text(f"{setting} = {str(value).lower()}\n")
+    assert _applied(setting, _deid_one(tmp_path, setting)) is value
+
+
+@pytest.mark.parametrize(("setting", "on", "off", "default"), DEID_OPTIONS)
+def test_deid_flags_override_the_vault_settings_both_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    setting: str, on: str, off: str, default: bool,
+) -> None:
+    monkeypatch.setenv("RADVAULT_DEID_SECRET", SECRET)
+    monkeypatch.setenv(f"RADVAULT_{setting.upper()}", "true")
+    assert _applied(setting, _deid_one(tmp_path, setting, off)) is False
+    monkeypatch.setenv(f"RADVAULT_{setting.upper()}", "false")
+    assert _applied(setting, _deid_one(tmp_path, setting, on)) is True
+
+
+@pytest.mark.skipif(not DICOM_CORPUS.is_dir(), reason="../shared/data/dicom is not present")
+def test_deid_accepts_an_ultrasound_when_the_vault_accepts_burned_in_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RADVAULT_DEID_SECRET", SECRET)
+    us = DICOM_CORPUS / "derived" / "US1_jpeg_baseline.dcm"
+    assert main(["deid", str(us), "--out", str(tmp_path / "refused")]) == 1
+    monkeypatch.setenv("RADVAULT_ACCEPT_BURNED_IN", "true")
+    assert main(["deid", str(us), "--out", str(tmp_path / "accepted")]) == 0
+    summary = json.loads((tmp_path / "accepted" / "summary.json").read_text())
+    assert [f["burned_in_risk"] for f in summary["written"]] == [True]  # accepted, flagged
+
+
+def _preprocess_one(tmp_path: Path, *flags: str) -> np.ndarray:
+    out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
+    # MR_small: its VOI window clips, so every step changes the output
+    assert main(["preprocess", str(WHEEL_FILES / "MR_small.dcm"), "--out", str(out),
+                 *flags]) == 0
+    [png] = out.glob("*.png")
+    with Image.open(png) as im:
+        return np.asarray(im)
+
+
+@pytest.mark.parametrize("source", ["env", "toml"])
+@pytest.mark.parametrize("step", ["window", "normalize", "enhance", "denoise"])
+def test_preprocess_honours_a_setting_that_switches_a_step_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, source: str
+) -> None:
+    with_step = _preprocess_one(tmp_path, "--size", "32", f"--{step}")
+    without_step = _preprocess_one(tmp_path, "--size", "32", f"--no-{step}")
+    assert not np.array_equal(with_step, without_step)
+    if source == "env":
+        monkeypatch.setenv(f"RADVAULT_PREPROCESS__{step.upper()}", "false")
+    else:
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "radvault.toml").write_text(f"[preprocess]\n{step} = false\n")
+    # "as the model sees them": the vault's settings, not the flags' defaults
+    assert np.array_equal(_preprocess_one(tmp_path, "--size", "32"), without_step)
+    # an explicit flag still wins, both ways
+    assert np.array_equal(_preprocess_one(tmp_path, "--size", "32", f"--{step}"), with_step)
+    monkeypatch.setenv(f"RADVAULT_PREPROCESS__{step.upper()}", "true")
+    assert np.array_equal(_preprocess_one(tmp_path, "--size", "32", f"--no-{step}"),
+                          without_step)
+
+
+def test_preprocess_takes_its_size_from_the_vault_settings_unless_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RADVAULT_PREPROCESS__SIZE", "48")
+    assert _preprocess_one(tmp_path, "--no-denoise").shape == (48, 48, 3)
+    assert _preprocess_one(tmp_path, "--no-denoise", "--size", "40").shape == (40, 40, 3)
+
+
+def test_preprocess_refuses_a_size_out_of_range_instead_of_ignoring_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --size 0 used to fall back silently to the default size
+    code = main(["preprocess", str(WHEEL_FILES / "MR_small.dcm"), "--out", str(tmp_path / "o"),
+                 "--size", "0"])
+    assert code == 2
+    assert "preprocess size must be within 8..4096, got 0" in capsys.readouterr().err

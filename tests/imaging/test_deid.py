@@ -100,12 +100,25 @@ def searchable(data: bytes) -> bytes:
     return data[:meta_end] + inflater.decompress(data[meta_end:])
 
 
+# What pydicom's writer raises for the corpus and wheel files it cannot write as read:
+# required File Meta Information missing (AttributeError, only when enforcing the file
+# format) or a transfer syntax it does not know (ValueError: Deflated Image Frame
+# Compression). Any other error while writing is a failure, not a skip.
+UNWRITABLE = {
+    AttributeError: "Required File Meta Information elements are either missing",
+    ValueError: "is not a valid transfer syntax",
+}
+
+
 def writable(ds: Dataset, *, enforce: bool) -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             to_bytes(ds, enforce=enforce)
-    except Exception:
+    except (AttributeError, ValueError) as exc:
+        if not any(isinstance(exc, kind) and text in str(exc)
+                   for kind, text in UNWRITABLE.items()):
+            raise
         return False
     return True
 
@@ -780,13 +793,19 @@ def _check_light(path: Path) -> None:
         warnings.simplefilter("ignore")  # copying re-validates the file's own invalid values
         source = copy.deepcopy(original)
     enforce = writable(original, enforce=True)
-    if not enforce and not writable(original, enforce=False):
-        pytest.skip("pydicom cannot write this file's transfer syntax, de-identified or not")
+    round_trip = enforce or writable(original, enforce=False)
     result = deid(original, DeidOptions(accept_burned_in=True))
     assert original == source  # not modified
     out = result.dataset
     assert result.burned_in_risk is assess_burned_in(original).risk
-    back = dcmread(io.BytesIO(to_bytes(out, enforce=enforce)), force=not enforce)
+    if round_trip:
+        back = dcmread(io.BytesIO(to_bytes(out, enforce=enforce)), force=not enforce)
+    else:
+        # pydicom cannot write this transfer syntax (Deflated Image Frame Compression),
+        # de-identified or not: check the de-identified dataset itself (a skip would
+        # fail in CI, and the profile's work is the same)
+        assert not writable(out, enforce=False)
+        back = out
     assert back.PatientID == result.pseudonym == str(back.PatientName)
     assert back.PatientIdentityRemoved == "YES"
     assert back.get("SOPClassUID") == original.get("SOPClassUID")

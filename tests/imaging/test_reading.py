@@ -801,7 +801,7 @@ def test_record_from_dataset_needs_a_transfer_syntax_and_a_dataset(make_dicom) -
     del ds.file_meta.TransferSyntaxUID
     with pytest.raises(CorruptImage, match="Transfer Syntax"):
         record_from_dataset(ds, "no-meta")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="expected a pydicom Dataset, got bytes"):
         record_from_dataset(b"not a dataset", "bytes")  # type: ignore[arg-type]
 
 

@@ -368,27 +368,30 @@ def test_anchors_round_trip(vault: Vault) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "error", "message"),
     [
-        ({"details": {"when": {1, 2}}}, ValueError),
-        ({"details": {"reason": "x" * MAX_DETAILS_BYTES}}, ValueError),
-        ({"details": {"pair": (1, 2)}}, ValueError),
-        ({"details": {1: "int key"}}, ValueError),
-        ({"details": {"ratio": float("nan")}}, ValueError),
-        ({"details": ["not", "a", "mapping"]}, TypeError),
-        ({"object_ids": "2.25.1"}, TypeError),
-        ({"object_ids": ["has space"]}, ValueError),
-        ({"actor": "Jane Doe"}, ValueError),
-        ({"action": "Read"}, ValueError),
-        ({"outcome": "maybe"}, ValueError),
+        ({"details": {"when": {1, 2}}}, ValueError, "audit details must be plain JSON data"),
+        ({"details": {"reason": "x" * MAX_DETAILS_BYTES}}, ValueError,
+         f"audit details must encode to at most {MAX_DETAILS_BYTES} bytes"),
+        ({"details": {"pair": (1, 2)}}, ValueError,
+         "audit details must survive a JSON round trip"),
+        ({"details": {1: "int key"}}, ValueError, "audit details must be plain JSON data"),
+        ({"details": {"ratio": float("nan")}}, ValueError,
+         "audit details must be plain JSON data"),
+        ({"details": ["not", "a", "mapping"]}, TypeError, "audit details must be a mapping"),
+        ({"object_ids": "2.25.1"}, TypeError, "object_ids must be a sequence of ids"),
+        ({"object_ids": ["has space"]}, ValueError, "audit object ids must match"),
+        ({"actor": "Jane Doe"}, ValueError, "audit actor must match"),
+        ({"action": "Read"}, ValueError, "audit action must match"),
+        ({"outcome": "maybe"}, ValueError, "'maybe' is not a valid Outcome"),
     ],
 )
 def test_malformed_entries_are_refused_and_nothing_is_written(tmp_path: Path, kwargs: dict,
-                                                              error: type) -> None:
+                                                              error: type, message: str) -> None:
     with Catalog.create(f"sqlite:///{tmp_path / 'c.sqlite3'}") as catalog:
         log = AuditLog(catalog, KEY, KEY)
         call = {"actor": "alice", "action": Action.READ, **kwargs}
-        with pytest.raises(error):
+        with pytest.raises(error, match=message):
             log.append(**call)
         assert log.tail() == []
         log.close()
@@ -415,7 +418,8 @@ def test_a_batch_with_one_malformed_entry_appends_none(tmp_path: Path) -> None:
     with Catalog.create(f"sqlite:///{tmp_path / 'c.sqlite3'}") as catalog:
         log = AuditLog(catalog, KEY, KEY)
         drafts = [EntryDraft("alice", Action.READ), EntryDraft("Jane Doe", Action.READ)]
-        with pytest.raises(ValueError), log.appending() as chain, catalog.writing() as writer:
+        with (pytest.raises(ValueError, match="audit actor must match"),
+              log.appending() as chain, catalog.writing() as writer):
             chain.append_many(writer.connection, drafts)
         assert log.tail() == []
         assert log.verify().ok

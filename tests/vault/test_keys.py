@@ -77,11 +77,13 @@ def test_a_malformed_wrapped_key_record_is_an_integrity_error(record):
 
 
 @pytest.mark.parametrize(
-    ("kek_id", "blob"),
-    [("", b"x"), ("has space", b"x"), ("k" * 129, b"x"), ("kek-1", b""), ("kek-1", b"x" * 4097)],
+    ("kek_id", "blob", "message"),
+    [("", b"x", "a KEK id is"), ("has space", b"x", "a KEK id is"),
+     ("k" * 129, b"x", "a KEK id is"), ("kek-1", b"", "a wrapped key blob is"),
+     ("kek-1", b"x" * 4097, "a wrapped key blob is")],
 )
-def test_a_wrapped_key_checks_itself_when_built(kek_id, blob):
-    with pytest.raises(ValueError):
+def test_a_wrapped_key_checks_itself_when_built(kek_id, blob, message):
+    with pytest.raises(ValueError, match=message):
         WrappedKey(kek_id, blob)
 
 
@@ -138,7 +140,7 @@ def test_an_unknown_kek_is_a_key_provider_error(provider):
 
 
 def test_context_must_be_bytes(provider):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="context must be bytes"):
         provider.wrap(DATA_KEY, context="obj-0001")  # type: ignore[arg-type]
 
 
@@ -413,8 +415,11 @@ def test_a_folder_in_place_of_the_key_file_is_refused(tmp_path):
 
 def test_a_corrupt_secret_payload_is_refused():
     good = _keyfile.KeyMaterial.generate().encode()
-    for damaged in (good[:-1], good + b"\x00", b"XXXX" + good[4:], good[:7]):
-        with pytest.raises(ValueError):
+    for damaged, message in ((good[:-1], "truncated payload"),
+                             (good + b"\x00", "incomplete payload"),
+                             (b"XXXX" + good[4:], "bad payload magic"),
+                             (good[:7], "malformed payload")):
+        with pytest.raises(ValueError, match=message):
             _keyfile.KeyMaterial.decode(bytearray(damaged))
 
 

@@ -106,7 +106,7 @@ def test_any_contiguous_buffer_can_be_sealed(provider):
     for source in (pixels, memoryview(pixels), bytearray(pixels.tobytes())):
         sealed = seal(source, object_id=OID, provider=provider, chunk_size=1000)
         assert _open(sealed.blob, sealed, provider) == pixels.tobytes()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="plaintext must be a contiguous buffer"):
         seal(pixels[:, ::2], object_id=OID, provider=provider)
 
 
@@ -119,11 +119,12 @@ def test_sealing_the_same_bytes_twice_gives_unrelated_blobs(provider):
 
 
 def test_bad_arguments_are_refused(provider):
-    for bad_id in ("", "x" * 1025):
-        with pytest.raises(ValueError):
+    for bad_id, message in (("", "object_id must be a non-empty string"),
+                            ("x" * 1025, "object_id is longer than 1024 bytes")):
+        with pytest.raises(ValueError, match=message):
             seal(b"x", object_id=bad_id, provider=provider)
     for bad_size in (0, 15, (1 << 30) + 1):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"chunk_size must be within 16\.\.1073741824"):
             seal(b"x", object_id=OID, provider=provider, chunk_size=bad_size)
 
 

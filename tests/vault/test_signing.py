@@ -68,12 +68,12 @@ def test_a_seed_gives_the_same_key_every_time():
     first, second = Signer.from_seed(seed), Signer.from_seed(bytes(seed))
     assert first.public_key_bytes == second.public_key_bytes
     second.verifier().verify(b"m", first.sign(b"m"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="an Ed25519 seed is 32 bytes"):
         Signer.from_seed(b"short")
 
 
 def test_verifier_refuses_a_malformed_public_key():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="an Ed25519 public key is 32 bytes"):
         Verifier(b"\x01" * 31)
 
 
@@ -95,18 +95,19 @@ def test_canonical_json_is_independent_of_insertion_order():
 
 
 @pytest.mark.parametrize(
-    ("value", "error"),
+    ("value", "error", "message"),
     [
-        ({"digest": b"\x00"}, TypeError),
-        ({1: "int key"}, TypeError),
-        ({"nested": [{"when": object()}]}, TypeError),
-        ({"score": float("nan")}, ValueError),
-        ({"score": float("inf")}, ValueError),
+        ({"digest": b"\x00"}, TypeError, r"bytes at \$\.digest is not JSON"),
+        ({1: "int key"}, TypeError, r"key at \$ is not a string"),
+        ({"nested": [{"when": object()}]}, TypeError,
+         r"object at \$\.nested\[0\]\.when is not JSON"),
+        ({"score": float("nan")}, ValueError, r"non-finite number at \$\.score"),
+        ({"score": float("inf")}, ValueError, r"non-finite number at \$\.score"),
     ],
     ids=["bytes", "int-key", "object", "nan", "inf"],
 )
-def test_canonical_json_refuses_what_it_cannot_encode_unambiguously(value, error):
-    with pytest.raises(error):
+def test_canonical_json_refuses_what_it_cannot_encode_unambiguously(value, error, message):
+    with pytest.raises(error, match=f"canonical_json: {message}"):
         canonical_json(value)
 
 

@@ -1,4 +1,4 @@
-"""`radvault deid` and `radvault preprocess`: file-to-folder commands without a vault."""
+"""`radvault deid` and `radvault preprocess`: files to a folder, under the vault's settings."""
 
 from __future__ import annotations
 
@@ -78,41 +78,63 @@ def deid(
     inputs: Annotated[list[Path], typer.Argument(help="DICOM files or folders (recursive).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for de-identified files.")],
     retain_dates: Annotated[
-        bool, typer.Option(help="Retain Longitudinal Temporal Information with Modified Dates.")
-    ] = False,
+        bool | None,
+        typer.Option("--retain-dates/--no-retain-dates",
+                     help="Retain Longitudinal Temporal Information with Modified Dates. "
+                          "Default: the vault's setting retain_dates_shifted (off if unset)."),
+    ] = None,
     retain_patient_characteristics: Annotated[
-        bool, typer.Option(help="Retain Patient Characteristics (sex, age, size, weight).")
-    ] = False,
+        bool | None,
+        typer.Option(help="Retain Patient Characteristics (sex, age, size, weight). "
+                          "Default: the vault's setting (off if unset)."),
+    ] = None,
     retain_device_identity: Annotated[
-        bool, typer.Option(help="Retain Device Identity (station, serial numbers).")
-    ] = False,
+        bool | None,
+        typer.Option(help="Retain Device Identity (station, serial numbers). "
+                          "Default: the vault's setting (off if unset)."),
+    ] = None,
     clean_descriptors: Annotated[
-        bool, typer.Option(help="Clean Descriptors option (off removes them instead).")
-    ] = True,
-    keep_private_tags: Annotated[bool, typer.Option(help="Keep private tags.")] = False,
+        bool | None,
+        typer.Option(help="Clean Descriptors option (off removes them instead). "
+                          "Default: the vault's setting (on if unset)."),
+    ] = None,
+    keep_private_tags: Annotated[
+        bool | None,
+        typer.Option(help="Keep private tags. Default: the vault's setting (off if unset)."),
+    ] = None,
     accept_burned_in: Annotated[
-        bool, typer.Option(help="Accept images that may carry burned-in text (flagged).")
-    ] = False,
+        bool | None,
+        typer.Option(help="Accept images that may carry burned-in text (flagged). "
+                          "Default: the vault's setting (off if unset)."),
+    ] = None,
     secret_file: Annotated[
         Path | None,
         typer.Option(help="File holding the pseudonymisation secret (else RADVAULT_DEID_SECRET)."),
     ] = None,
 ) -> None:
-    """De-identify DICOM files (PS3.15 Basic Profile) into OUT as <new SOP Instance UID>.dcm."""
+    """De-identify DICOM files (PS3.15 Basic Profile) into OUT as <new SOP Instance UID>.dcm.
+
+    Each option not given on the command line takes the vault's setting of the same
+    name (RADVAULT_* variables, RADVAULT_HOME/radvault.toml), as ingest does.
+    """
+    from dataclasses import replace
+
     from radvault.imaging.deid import Deidentifier, DeidOptions
     from radvault.pipeline.batch_files import deidentify_to_folder
 
     @handle_errors
     def run() -> int:
         settings = settings_from_context(ctx)
-        options = DeidOptions(
-            retain_dates_shifted=retain_dates,
-            retain_patient_characteristics=retain_patient_characteristics,
-            retain_device_identity=retain_device_identity,
-            clean_descriptors=clean_descriptors,
-            keep_private_tags=keep_private_tags,
-            accept_burned_in=accept_burned_in,
-        )
+        flags = {
+            "retain_dates_shifted": retain_dates,
+            "retain_patient_characteristics": retain_patient_characteristics,
+            "retain_device_identity": retain_device_identity,
+            "clean_descriptors": clean_descriptors,
+            "keep_private_tags": keep_private_tags,
+            "accept_burned_in": accept_burned_in,
+        }
+        options = replace(DeidOptions.from_settings(settings),
+                          **{name: value for name, value in flags.items() if value is not None})
         deidentifier = Deidentifier(_secret(secret_file), options)
         files = list(iter_input_files(inputs))
         with progress_bar() as bar:
@@ -132,13 +154,37 @@ def preprocess(
     ctx: typer.Context,
     inputs: Annotated[list[Path], typer.Argument(help="DICOM/PNG/JPEG files or folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")],
-    size: Annotated[int | None, typer.Option(help="Square output size in pixels.")] = None,
-    window: Annotated[bool, typer.Option(help="Apply the DICOM VOI window first.")] = True,
-    normalize: Annotated[bool, typer.Option(help="Min-max normalisation.")] = True,
-    enhance: Annotated[bool, typer.Option(help="CLAHE contrast enhancement.")] = True,
-    denoise: Annotated[bool, typer.Option(help="Bilateral, edge-preserving denoise.")] = True,
+    size: Annotated[
+        int | None,
+        typer.Option(help="Square output size in pixels. Default: the vault's setting "
+                          "preprocess.size (224 if unset)."),
+    ] = None,
+    window: Annotated[
+        bool | None,
+        typer.Option(help="Apply the DICOM VOI window first. "
+                          "Default: the vault's setting preprocess.window (on if unset)."),
+    ] = None,
+    normalize: Annotated[
+        bool | None,
+        typer.Option(help="Min-max normalisation. "
+                          "Default: the vault's setting preprocess.normalize (on if unset)."),
+    ] = None,
+    enhance: Annotated[
+        bool | None,
+        typer.Option(help="CLAHE contrast enhancement. "
+                          "Default: the vault's setting preprocess.enhance (on if unset)."),
+    ] = None,
+    denoise: Annotated[
+        bool | None,
+        typer.Option(help="Bilateral, edge-preserving denoise. "
+                          "Default: the vault's setting preprocess.denoise (on if unset)."),
+    ] = None,
 ) -> None:
-    """Preprocess images as the model sees them and write PNGs for inspection."""
+    """Preprocess images as the model sees them and write PNGs for inspection.
+
+    Each step and the size not given on the command line take the vault's preprocess
+    settings (RADVAULT_PREPROCESS__* variables, RADVAULT_HOME/radvault.toml).
+    """
     from dataclasses import replace
 
     from radvault.pipeline.batch_files import preprocess_to_folder
@@ -146,11 +192,10 @@ def preprocess(
     @handle_errors
     def run() -> int:
         settings = settings_from_context(ctx)
-        pre = replace(
-            settings.preprocess,
-            size=size or settings.preprocess.size,
-            window=window, normalize=normalize, enhance=enhance, denoise=denoise,
-        )
+        flags = {"size": size, "window": window, "normalize": normalize,
+                 "enhance": enhance, "denoise": denoise}
+        pre = replace(settings.preprocess,
+                      **{name: value for name, value in flags.items() if value is not None})
         files = list(iter_input_files(inputs))
         with progress_bar() as bar:
             task = bar.add_task("preprocessing", total=len(files))

@@ -4,22 +4,32 @@ The catalog stores a study's modality and body part unencrypted (they choose the
 model and filter the worklist), and ingest audit entries name the modality. A
 header may hold anything, though: a technologist's free text, a patient's name or
 record number typed into the wrong field. So only values of the vocabulary the
-standard defines are kept: a Modality that is not one of PS3.3's defined terms
-(C.7.3.1.1.1, current and retired) reads as ``OT``, and a Body Part Examined that
-is not one word of at most 16 letters reads as unknown. The defined terms of Body
-Part Examined (PS3.16 Annex L: ``CHEST``, ``HEADNECK``, ``CSPINE``, ...) are all such
-words, while a name or record number typed there has a space or digits
-(``JOHN DOE``, ``MRN 55512345``); a single surname would still pass (a residual
-risk: the full Annex L list would close it). Written out by hand: neither pydicom
-nor highdicom ships the defined-term list of Modality or of Body Part Examined.
+standard defines are kept, and the hints an operator gives at upload pass the same
+check: a Modality that is not one of PS3.3's defined terms (C.7.3.1.1.1, current
+and retired) reads as ``OT``, and a Body Part Examined that is not one of the
+defined terms of PS3.16 Annex L ("Correspondence of Anatomic Region Codes and Body
+Part Examined Defined Terms", to which PS3.3 C.7.3.1 refers: ``CHEST``,
+``HEADNECK``, ``CSPINE``, ...) reads as unknown (``""``). A surname or record number
+typed there (``SMITH``, ``MRN55512345``) is thus never kept; only a name that is
+itself an anatomic term (``HEAD``, ``WING``) could be, and it would read as that
+term. Both comparisons ignore surrounding spaces and case (values are upper-cased,
+as Code Strings are).
+
+The Modality terms are written out here by hand; the Body Part Examined terms are
+generated into :mod:`radvault.imaging._body_parts` by ``tools/generate_body_parts.py``,
+which records the edition (:data:`BODY_PART_EDITION`) and the source. Neither
+pydicom nor highdicom ships either list: highdicom's copy of Annex L keeps only the
+rows of Table L-1 that carry a code, so it lacks the animal tables and the
+uncoded terms (``FETALARM``, ...).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
-__all__ = ["MODALITIES", "body_part_term", "modality_term"]
+from radvault.imaging import _body_parts
+
+__all__ = ["BODY_PARTS", "BODY_PART_EDITION", "MODALITIES", "body_part_term", "modality_term"]
 
 #: PS3.3 C.7.3.1.1.1 Modality defined terms, current and retired.
 MODALITIES: Final = frozenset({
@@ -35,7 +45,10 @@ MODALITIES: Final = frozenset({
     "MS", "OPR", "ST", "VF",
 })
 
-_BODY_PART_WORD: Final = re.compile(r"[A-Z]{1,16}")
+#: PS3.16 Annex L Body Part Examined defined terms (every table), from the generated table.
+BODY_PARTS: Final = frozenset(_body_parts.TERMS)
+#: The PS3.16 edition :data:`BODY_PARTS` was taken from.
+BODY_PART_EDITION: Final = _body_parts.EDITION
 
 
 def modality_term(value: str | None) -> str:
@@ -45,6 +58,6 @@ def modality_term(value: str | None) -> str:
 
 
 def body_part_term(value: str | None) -> str:
-    """``value`` as one upper-case word of at most 16 letters, or ``""`` (unknown)."""
+    """``value`` as a Body Part Examined defined term (upper case), or ``""`` (unknown)."""
     term = (value or "").strip().upper()
-    return term if _BODY_PART_WORD.fullmatch(term) else ""
+    return term if term in BODY_PARTS else ""
