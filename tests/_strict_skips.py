@@ -15,9 +15,9 @@ __all__ = ["pytest_runtest_makereport", "strict_skips"]
 
 
 def strict_skips() -> bool:
-    """Whether a skip fails its test: ``CI=true`` or ``RADVAULT_STRICT_SKIPS=1``."""
+    """Whether a skip fails its test: ``CI=true`` or ``RADVAULT_TEST_STRICT_SKIPS=1``."""
     return (os.environ.get("CI", "").lower() == "true"
-            or os.environ.get("RADVAULT_STRICT_SKIPS") == "1")
+            or os.environ.get("RADVAULT_TEST_STRICT_SKIPS") == "1")
 
 
 @pytest.hookimpl(hookwrapper=True)

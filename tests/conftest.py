@@ -3,7 +3,7 @@ and a way to start several workers at the same instant; and, in CI, a skip is a 
 
 Tests skip with a reason when a peer they need is missing (PostgreSQL, Redis, DCMTK,
 Orthanc, Chromium, the shared data, the shipped models), so that a developer's laptop
-can run what it can. In CI (``CI=true``, or ``RADVAULT_STRICT_SKIPS=1``) every one of
+can run what it can. In CI (``CI=true``, or ``RADVAULT_TEST_STRICT_SKIPS=1``) every one of
 those is installed, so a skip there means a backend went untested while the run stayed
 green: it is reported as a failure instead, unless the test is marked
 ``@pytest.mark.optional`` (needs what CI does not have, such as a CUDA GPU).

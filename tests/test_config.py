@@ -136,3 +136,14 @@ def test_toml_values_of_the_wrong_kind_are_refused_not_rounded(tmp_path: Path, t
 def test_a_whole_number_written_as_a_float_is_accepted(tmp_path: Path) -> None:
     (tmp_path / "radvault.toml").write_text("[http]\nmax_body_bytes = 131072.0\n")
     assert load_settings(env={}, home=tmp_path).http.max_body_bytes == 131072
+
+
+def test_a_table_passed_as_its_object_replaces_the_table(tmp_path: Path) -> None:
+    (tmp_path / "radvault.toml").write_text("[preprocess]\nsize = 64\n")
+    wanted = PreprocessSettings(size=32, denoise=False)
+    assert load_settings(env={}, home=tmp_path, preprocess=wanted).preprocess == wanted
+
+
+def test_the_test_suite_s_variables_are_not_settings(tmp_path: Path) -> None:
+    env = {"RADVAULT_TEST_STRICT_SKIPS": "1", "RADVAULT_TEST_PG_URL": "postgresql://x"}
+    assert load_settings(env=env, home=tmp_path) == load_settings(env={}, home=tmp_path)

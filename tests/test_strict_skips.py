@@ -44,13 +44,13 @@ def test_in_ci_a_skip_fails_unless_the_test_is_optional(suite, monkeypatch):
 
 def test_outside_ci_a_skip_is_a_skip(suite, monkeypatch):
     monkeypatch.delenv("CI", raising=False)
-    monkeypatch.delenv("RADVAULT_STRICT_SKIPS", raising=False)
+    monkeypatch.delenv("RADVAULT_TEST_STRICT_SKIPS", raising=False)
     result = suite.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(skipped=3, xfailed=1)
 
 
 def test_strict_skips_can_be_asked_for_outside_ci(suite, monkeypatch):
     monkeypatch.delenv("CI", raising=False)
-    monkeypatch.setenv("RADVAULT_STRICT_SKIPS", "1")
+    monkeypatch.setenv("RADVAULT_TEST_STRICT_SKIPS", "1")
     suite.runpytest("-p", "no:cacheprovider").assert_outcomes(failed=1, errors=1, skipped=1,
                                                           xfailed=1)

@@ -197,6 +197,9 @@ def _apply(obj: Any, values: Mapping[str, Any], prefix: str) -> Any:
         key = f.name
         if hasattr(current, "__dataclass_fields__"):
             sub = values.get(key)
+            if isinstance(sub, type(current)):  # a whole table given as its object
+                changes[key] = sub
+                continue
             if sub is not None and not isinstance(sub, Mapping):
                 raise ConfigurationError(f"setting {prefix + key!r} is a table: write "
                                          f"[{prefix + key}] and its settings under it")
@@ -238,7 +241,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     skip = {"RADVAULT_PASSPHRASE", "RADVAULT_NEW_PASSPHRASE", "RADVAULT_USER_PASSWORD",
             "RADVAULT_DEID_SECRET"}  # secrets, never settings
     for key, value in env.items():
-        if key.startswith("RADVAULT_") and key not in skip:
+        # RADVAULT_TEST_* belong to the test suite (tests/conftest.py), not to the settings.
+        if key.startswith("RADVAULT_") and key not in skip and not key.startswith("RADVAULT_TEST_"):
             values[key[len("RADVAULT_"):].lower()] = value
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["home"] = home

@@ -157,6 +157,7 @@ def test_radvault_serve_starts_the_api_with_the_limits_of_radvault_toml(home):
     assert "over the upload cap of 100000 bytes" in upload.json()["detail"]
     text = output[0]
     assert f"http://127.0.0.1:{port}/api/v1" in text and "auth/token" in text
+    assert f"web page: http://127.0.0.1:{port}/web/login" in text
 
 
 def test_radvault_serve_refuses_a_bad_http_limit_in_one_line(home, capsys):

@@ -94,6 +94,10 @@ def analyze(
         if path.is_file():
             results = [_analyze_file(path, model, modality, body_part, heatmap, keys,
                                      settings.refer_threshold)]
+        elif path.is_dir():
+            raise ConfigurationError(f"{target} is a folder: analyze takes one image file, or "
+                                     "a study or instance id of the vault (ingest a folder "
+                                     "first, then analyze its study)")
         elif _looks_like_a_file(target):
             raise ObjectNotFound(f"no such file: {target}")
         else:

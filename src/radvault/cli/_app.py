@@ -66,10 +66,11 @@ def main(args: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except SystemExit as exc:  # click's usage errors
         return int(exc.code or 0)
-    except Exception as exc:  # click.ClickException and friends
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+    except Exception as exc:  # click's ClickException and friends
+        # Typer 0.29 raises its own vendored copy of click's exceptions (usage errors,
+        # bad option values), which are not click.ClickException: match on the shape.
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            return code
         raise

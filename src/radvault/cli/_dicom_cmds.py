@@ -184,7 +184,7 @@ def pull(
     site: Annotated[
         str | None, typer.Option(help="Site of the pulled studies (default: the node's).")
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many studies when none is named.")]
+    limit: Annotated[int, typer.Option(min=1, help="At most this many studies when none is named.")]
     = 1000,
     tls_ca: Annotated[
         Path | None, typer.Option(envvar="RADVAULT_DICOM_TLS_CA", help="DICOM TLS: the CA.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,7 +58,7 @@ def _service(settings: Settings) -> Iterator[ClinicalService]:
     from radvault.pipeline.clinical import ClinicalService, ServiceSettings
     from radvault.vault.vault import Vault
 
-    vault = Vault.open(settings, read_passphrase())
+    vault = Vault.open(settings, read_passphrase(settings))
     try:
         yield ClinicalService.build(vault, ServiceSettings(start_workers=False))
     finally:
@@ -83,11 +84,46 @@ class ServePlan:
     key: Path | None
 
     @property
-    def url(self) -> str:
-        """The API's base URL."""
+    def origin(self) -> str:
+        """Scheme, host and port."""
         scheme = "https" if self.cert else "http"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}/api/v1"
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The API's base URL."""
+        return f"{self.origin}/api/v1"
+
+    @property
+    def web_url(self) -> str:
+        """The web page's sign-in address."""
+        return f"{self.origin}/web/login"
+
+
+def listen_socket(plan: ServePlan) -> socket.socket:
+    """A socket bound and listening where ``plan`` says, for the server to take over.
+
+    Bound here, before the vault is unlocked and anything is printed, so that a port
+    already in use is one clear error and not a banner followed by a server crash.
+
+    Raises
+    ------
+    ConfigurationError
+        If the address cannot be bound (in use, not this machine's, not permitted).
+    """
+    family = socket.AF_INET6 if ":" in plan.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((plan.host, plan.port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {plan.host}:{plan.port}: "
+                                 f"{exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _is_loopback(host: str) -> bool:
@@ -180,22 +216,34 @@ def serve(
         settings = settings_from_context(ctx)
         plan = plan_serve(settings, host, port, tls_cert, tls_key, insecure_http)
         api = ApiSettings.from_settings(settings)
-        vault = Vault.open(settings, read_passphrase())
+        passphrase = read_passphrase(settings)
+        listener = listen_socket(plan)  # a port in use is refused before the vault opens
         try:
-            service = ClinicalService.build(vault, ServiceSettings(workers=workers))
-            app = create_app(settings, service=service, api=api)
-            console.print(f"RadVault API on [bold]{plan.url}[/]")
-            console.print(f"log in: POST {plan.url}/auth/token (OAuth2 password flow); "
-                          f"OpenAPI: {plan.url}/openapi.json")
-            if plan.cert is None:
-                console.print("[yellow]plain HTTP on loopback: for this machine only[/]")
-            uvicorn.run(app, host=plan.host, port=plan.port,
-                        ssl_certfile=str(plan.cert) if plan.cert else None,
-                        ssl_keyfile=str(plan.key) if plan.key else None,
-                        log_level="warning", access_log=False, ws="none",
-                        server_header=False, proxy_headers=False)
+            vault = Vault.open(settings, passphrase)
+            try:
+                service = ClinicalService.build(vault, ServiceSettings(workers=workers))
+                app = create_app(settings, service=service, api=api)
+                server = uvicorn.Server(uvicorn.Config(
+                    app, ssl_certfile=str(plan.cert) if plan.cert else None,
+                    ssl_keyfile=str(plan.key) if plan.key else None,
+                    log_level="warning", access_log=False, ws="none",
+                    server_header=False, proxy_headers=False))
+                console.print(f"RadVault API on [bold]{plan.url}[/]")
+                console.print(f"log in: POST {plan.url}/auth/token (OAuth2 password flow); "
+                              f"OpenAPI: {plan.url}/openapi.json")
+                console.print(f"web page: [bold]{plan.web_url}[/]")
+                if plan.cert is None:
+                    console.print("[yellow]plain HTTP on loopback: for this machine only[/]")
+                try:
+                    server.run(sockets=[listener])
+                except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down; a clean stop
+                    pass
+                if not server.started:  # the app's start-up failed; uvicorn logged why
+                    raise typer.Exit(1)
+            finally:
+                vault.close()
         finally:
-            vault.close()
+            listener.close()
 
     run()
 

@@ -33,8 +33,16 @@ keys_app = typer.Typer(help="Manage the vault's keys, and make model signing key
 ACTOR = "cli:" + (os.environ.get("USER") or "operator")
 
 
-def read_passphrase(*, confirm: bool = False) -> str:
-    """The vault passphrase from RADVAULT_PASSPHRASE or, on a terminal, a hidden prompt."""
+def read_passphrase(settings: Settings | None = None, *, confirm: bool = False) -> str:
+    """The vault passphrase from RADVAULT_PASSPHRASE or, on a terminal, a hidden prompt.
+
+    Given the settings of a vault to open, refuses first when there is no vault
+    there, so that nobody types a passphrase for nothing.
+    """
+    if settings is not None:
+        from radvault.vault.vault import Vault
+
+        Vault.ensure_exists(settings)
     value = os.environ.get("RADVAULT_PASSPHRASE")
     if value:
         return value
@@ -50,7 +58,7 @@ def opened_vault(settings: Settings) -> Iterator[object]:
     """Unlock the vault for one command and close it (with an audit checkpoint) after."""
     from radvault.vault.vault import Vault
 
-    vault = Vault.open(settings, read_passphrase())
+    vault = Vault.open(settings, read_passphrase(settings))
     try:
         yield vault
     finally:
@@ -70,7 +78,7 @@ def opened_for_verify(settings: Settings) -> Iterator[object]:
     from radvault.errors import AuditChainError
     from radvault.vault.vault import Vault
 
-    passphrase = read_passphrase()
+    passphrase = read_passphrase(settings)
     try:
         vault = Vault.open(settings, passphrase)
     except AuditChainError:
@@ -151,7 +159,7 @@ def ingest(
 
 def ls(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(help="At most this many studies.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many studies.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List studies (pseudonymous ids only)."""
@@ -325,7 +333,8 @@ def _read_anchors(path: Path) -> str:
 def audit_anchors(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Where to write the JSON document.")],
-    since: Annotated[int, typer.Option(help="Only checkpoints after this sequence number.")] = 0,
+    since: Annotated[int, typer.Option(
+        min=0, help="Only checkpoints after this sequence number.")] = 0,
 ) -> None:
     """Export the signed audit checkpoints, to keep where the vault's host cannot reach
     (print, WORM storage, an RFC 3161 timestamp; docs/audit.md)."""
@@ -348,7 +357,7 @@ def audit_anchors(
 @audit_app.command("tail")
 def audit_tail(
     ctx: typer.Context,
-    n: Annotated[int, typer.Option("-n", help="How many entries.")] = 20,
+    n: Annotated[int, typer.Option("-n", min=1, help="How many entries.")] = 20,
 ) -> None:
     """Show the most recent audit entries."""
 

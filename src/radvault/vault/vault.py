@@ -164,6 +164,22 @@ class Vault:
         vault.audit.append("system", Action.INIT, details={"kek_id": keys.current_kek_id})
         return vault
 
+    @staticmethod
+    def ensure_exists(settings: Settings) -> None:
+        """Refuse at once when ``settings.home`` holds no vault, before anyone is asked
+        for a passphrase (and before a key derivation spends seconds on it).
+
+        Raises
+        ------
+        VaultLocked
+            No vault there: no key file and no public key.
+        """
+        paths = VaultPaths(settings.home)
+        if not paths.home.is_dir() or not (
+            paths.key_file.exists() or paths.public_key.exists()
+        ):
+            raise VaultLocked(f"no vault in {paths.home}: run `radvault init` first")
+
     @classmethod
     def open(cls, settings: Settings, passphrase: str | bytes, *,
              read_only: bool = False) -> Vault:
@@ -194,10 +210,7 @@ class Vault:
             so not even the unlock can be audited.
         """
         paths = VaultPaths(settings.home)
-        if not paths.home.is_dir() or not (
-            paths.key_file.exists() or paths.public_key.exists()
-        ):
-            raise VaultLocked(f"no vault in {paths.home}: run `radvault init` first")
+        Vault.ensure_exists(settings)
         try:
             keys = LocalKeyFile.open(paths.key_file, passphrase)
         except VaultLocked as exc:

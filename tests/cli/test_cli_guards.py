@@ -1,0 +1,73 @@
+"""The command line refuses what it cannot do in one clear line, before any slow work."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from radvault.cli import main
+from radvault.config import load_settings
+from radvault.vault.keys import KdfParams
+from radvault.vault.vault import Vault
+
+PASSPHRASE = "cli guards passphrase"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("RADVAULT_")]:
+        monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def home(tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    Vault.init(load_settings(env={}, home=home), PASSPHRASE, kdf=KdfParams.fast()).close()
+    monkeypatch.setenv("RADVAULT_PASSPHRASE", PASSPHRASE)
+    return home
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_without_a_vault_nobody_is_asked_for_a_passphrase(tmp_path: Path, clean_env: None,
+                                                         capsys: pytest.CaptureFixture[str]):
+    # No RADVAULT_PASSPHRASE and no terminal: before, this said "no passphrase".
+    assert main(["--home", str(tmp_path / "none"), "ls"]) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert "no vault in" in line and "radvault init" in line
+
+
+@pytest.mark.parametrize("args", [["ls", "--limit", "-1"], ["ls", "--limit", "0"],
+                                  ["audit", "tail", "-n", "0"], ["audit", "tail", "-n", "-5"]])
+def test_counts_below_one_are_usage_errors_not_tracebacks(home: Path, args: list[str],
+                                                          capsys: pytest.CaptureFixture[str]):
+    assert main(["--home", str(home), *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Invalid value" in err
+
+
+def test_analyze_names_a_folder_as_a_folder(tmp_path: Path, clean_env: None,
+                                            capsys: pytest.CaptureFixture[str]):
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert "is a folder: analyze takes one image file" in _one_error_line(capsys.readouterr().err)
+
+
+def test_serve_on_a_port_in_use_is_one_error_and_no_banner(home: Path,
+                                                           capsys: pytest.CaptureFixture[str]):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code = main(["--home", str(home), "serve", "--insecure-http", "--port", str(port)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in _one_error_line(err)
+    assert "RadVault API on" not in out
