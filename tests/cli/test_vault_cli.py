@@ -131,7 +131,7 @@ def test_init_refuses_a_short_passphrase(home: Path, run: Run,
 
     code, _, err = run("init")
 
-    assert code == 3
+    assert code == 2
     assert "at least 12 characters" in _one_error_line(err)
     assert not (home / "keys.json").exists()
 
@@ -278,7 +278,7 @@ def test_a_locked_vault_exits_3_with_one_line_and_changes_nothing_else(
     assert all(json.loads(line)["action"] == "unlock_failed" for line in new_lines)
 
 
-def test_verify_exits_1_and_names_the_problem_when_a_blob_was_altered(
+def test_verify_exits_5_and_names_the_problem_when_a_blob_was_altered(
     vault_home: Path, run: Run
 ) -> None:
     assert run("ingest", CT_SMALL)[0] == 0
@@ -286,12 +286,12 @@ def test_verify_exits_1_and_names_the_problem_when_a_blob_was_altered(
     blob.write_bytes(blob.read_bytes() + b"x")
 
     code, _, err = run("verify")
-    assert code == 1
+    assert code == 5
     assert "PROBLEM" in err and blob.name in err.replace("\n", "")
 
     code, out, _ = run("verify", "--json")
     report = json.loads(out)
-    assert code == 1 and report["ok"] is False
+    assert code == 5 and report["ok"] is False
     assert any(blob.name in p and "blob size" in p for p in report["problems"])
 
     code, out, _ = run("audit", "verify")  # the audit trail itself is intact
@@ -328,7 +328,7 @@ def test_exported_anchors_prove_a_tail_deleted_from_catalog_and_file_alike(
     log.write_text("\n".join(kept) + "\n")
 
     code, out, _ = run("audit", "verify", "--anchors", anchors, "--json")
-    assert code == 1
+    assert code == 5
     problems = json.loads(out)["problems"]
     assert any("kept by the external anchor" in p for p in problems)
 
@@ -341,11 +341,11 @@ def test_exported_anchors_prove_a_tail_deleted_from_catalog_and_file_alike(
                        "--json")
     # (the passphrase run above appended to the cut chain, signing a new checkpoint at
     # a sequence number the anchors also hold: the anchors catch that one too)
-    assert code == 1
+    assert code == 5
     assert any("external anchor" in p for p in json.loads(out)["problems"])
     assert log.read_bytes() == before  # nothing appended
     trusted.write_text("00" * 32 + "\n")  # someone else's key: no checkpoint verifies
-    assert run("audit", "verify", "--public-key", trusted)[0] == 1
+    assert run("audit", "verify", "--public-key", trusted)[0] == 5
     trusted.write_text("not hex")
     assert run("audit", "verify", "--public-key", trusted)[0] == 2
     shutil.copy(vault_home / "vault.pub", trusted)
@@ -365,7 +365,7 @@ def test_a_changed_passphrase_unlocks_and_the_old_one_no_longer_does(
     assert run("ingest", _inputs(tmp_path) / "ct.dcm")[0] == 0
     monkeypatch.setenv("RADVAULT_NEW_PASSPHRASE", "short")
     code, _, err = run("keys", "passphrase")
-    assert code == 3 and "at least 12 characters" in _one_error_line(err)
+    assert code == 2 and "at least 12 characters" in _one_error_line(err)
     monkeypatch.setenv("RADVAULT_NEW_PASSPHRASE", "a new and longer passphrase")
     code, out, _ = run("keys", "passphrase")
     assert code == 0 and "passphrase changed" in out

@@ -237,9 +237,9 @@ def test_verify_reports_a_shredded_objects_row_edit(
 def test_a_new_passphrase_opens_everything_and_the_old_one_nothing(
     kit: Kit, vault: Vault, filled: dict[str, str], settings,
 ) -> None:
-    from radvault.errors import VaultLocked
+    from radvault.errors import ConfigurationError, VaultLocked
 
-    with pytest.raises(VaultLocked, match="12 characters"):
+    with pytest.raises(ConfigurationError, match="12 characters"):
         vault.change_passphrase("too short", actor=ACTOR)
     vault.change_passphrase("a brand new vault passphrase", actor=ACTOR)
     assert vault.audit.query(action="passphrase_change")

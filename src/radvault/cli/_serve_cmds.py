@@ -13,6 +13,7 @@ with ``--insecure-http``, and then only on a loopback address.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -234,10 +235,8 @@ def serve(
                 console.print(f"web page: [bold]{plan.web_url}[/]")
                 if plan.cert is None:
                     console.print("[yellow]plain HTTP on loopback: for this machine only[/]")
-                try:
+                with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a clean stop
                     server.run(sockets=[listener])
-                except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down; a clean stop
-                    pass
                 if not server.started:  # the app's start-up failed; uvicorn logged why
                     raise typer.Exit(1)
             finally:

@@ -32,6 +32,10 @@ keys_app = typer.Typer(help="Manage the vault's keys, and make model signing key
 
 ACTOR = "cli:" + (os.environ.get("USER") or "operator")
 
+#: The exit status of a verification that found damage: the integrity status of
+#: :func:`radvault.errors.exit_status`, as when a read is refused for tampering.
+INTEGRITY_EXIT = 5
+
 
 def read_passphrase(settings: Settings | None = None, *, confirm: bool = False) -> str:
     """The vault passphrase from RADVAULT_PASSPHRASE or, on a terminal, a hidden prompt.
@@ -249,7 +253,8 @@ def verify(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Check every object, blob, signature and the audit chain; exit 1 on any problem."""
+    """Check every object, blob, signature and the audit chain; exit 5 (integrity) on any
+    problem."""
 
     @handle_errors
     def run() -> int:
@@ -270,7 +275,7 @@ def verify(
                           f"{report.audit.get('entries_checked', 0)} audit entries: {verdict}")
 
         _print_report(report.as_dict(), as_json, render)
-        return 0 if report.ok else 1
+        return 0 if report.ok else INTEGRITY_EXIT
 
     raise typer.Exit(run())
 
@@ -286,7 +291,8 @@ def audit_verify(
              "No passphrase is asked and nothing is appended.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Prove the audit trail was not altered, inserted into, truncated or reordered."""
+    """Prove the audit trail was not altered, inserted into, truncated or reordered; exit
+    5 (integrity) if it was."""
 
     @handle_errors
     def run() -> int:
@@ -317,7 +323,7 @@ def audit_verify(
                           + ("[green]intact[/]" if report.ok else "[red]TAMPERED[/]"))
 
         _print_report(report.to_dict(), as_json, render)
-        return 0 if report.ok else 1
+        return 0 if report.ok else INTEGRITY_EXIT
 
     raise typer.Exit(run())
 

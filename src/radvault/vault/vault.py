@@ -147,6 +147,8 @@ class Vault:
         ------
         VaultError
             If a vault already exists there.
+        ConfigurationError
+            If the passphrase is shorter than 12 characters.
         """
         paths = VaultPaths(settings.home)
         if paths.key_file.exists():
@@ -269,7 +271,7 @@ class Vault:
 
         Raises
         ------
-        VaultLocked
+        ConfigurationError
             If the new passphrase is shorter than 12 characters.
         KeyProviderError
             If the key file cannot be rewritten (the old passphrase then still works).
@@ -563,7 +565,7 @@ def _check_passphrase_length(passphrase: str | bytes) -> None:
     """A vault passphrase has at least 12 characters (the Argon2id KDF slows guessing,
     it cannot make a short passphrase strong)."""
     if isinstance(passphrase, str) and len(passphrase) < 12:
-        raise VaultLocked("the passphrase must be at least 12 characters long")
+        raise ConfigurationError("the passphrase must be at least 12 characters long")
 
 
 def verify_audit_with_public_key(settings: Settings, public_key_hex: str, *,
