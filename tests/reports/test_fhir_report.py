@@ -42,7 +42,7 @@ def test_codes_subject_and_conclusion(report):
     assert fhir["effectiveDateTime"] == "2019-03-14"
     assert fhir["identifier"] == [{"system": "urn:radvault:result", "value": "res-000042"}]
     assert fhir["imagingStudy"][0]["identifier"]["value"] == "ST-000007"
-    assert "Refer to a radiologist: confidence 0.62 under 0.80" in fhir["conclusion"]
+    assert "Refer to a radiologist: confidence 62.0 % under 80.0 %" in fhir["conclusion"]
     assert fhir["conclusionCode"][0]["text"] == "pneumonia"
     assert "not for clinical use" in fhir["text"]["div"]
 
@@ -60,7 +60,7 @@ def test_one_observation_per_class_and_one_for_the_flag(report):
         assert obs["status"] == "preliminary"
     flag = observations["refer"]
     assert flag["valueCodeableConcept"]["coding"][0]["code"] == "373066001"  # SNOMED CT Yes
-    assert flag["component"][0]["valueString"] == "confidence 0.62 under 0.80"
+    assert flag["component"][0]["valueString"] == "confidence 62.0 % under 80.0 %"
     assert [r["reference"] for r in fhir["result"]] == [f"#{k}" for k in observations]
 
 

@@ -31,9 +31,9 @@ def _parse(html: str) -> _Elements:
 
 def test_page_shows_prediction_probabilities_flag_model_and_notice(report):
     html = render_html(report)
-    assert "Model prediction: pneumonia (probability 0.62)" in html
-    assert "Refer to a radiologist: confidence 0.62 under 0.80" in html
-    for p in ("0.100 (10.0%)", "0.620 (62.0%)", "0.200 (20.0%)", "0.080 (8.0%)"):
+    assert "Model prediction: pneumonia (probability 62.0 %)" in html
+    assert "Refer to a radiologist: confidence 62.0 % under 80.0 %" in html
+    for p in ("10.0 %", "62.0 %", "20.0 %", "8.0 %"):
         assert p in html
     assert 'style="width: 62.0%"' in html  # the bar
     assert "chest_xray-0123456789ab" in html and "0.973" in html and "DX CHEST" in html
@@ -49,7 +49,7 @@ def test_flag_not_set_says_so(report, analysis):
                           probabilities=dict(zip(CLASSES, (0.91, 0.05, 0.02, 0.02), strict=True)),
                           refer=False, refer_threshold=0.8)
     html = render_html(with_(report, analysis=calm))
-    assert "No referral flag: confidence 0.91 at or above 0.80" in html
+    assert "No referral flag: confidence 91.0 % at or above 80.0 %" in html
     assert "Refer to a radiologist:" not in html
 
 

@@ -31,9 +31,9 @@ def test_is_a_pdf(report):
 def test_carries_the_report_content(report):
     text = _text(render_pdf(report))
     assert "RESEARCH PROTOTYPE - NOT FOR CLINICAL USE" in text
-    assert "Model prediction: pneumonia (probability 0.62)" in text
-    assert "Refer to a radiologist: confidence 0.62 under 0.80" in text
-    for cls, p in (("normal", "0.100"), ("pneumonia", "0.620"), ("covid", "0.080")):
+    assert "Model prediction: pneumonia (probability 62.0 %)" in text
+    assert "Refer to a radiologist: confidence 62.0 % under 80.0 %" in text
+    for cls, p in (("normal", "10.0 %"), ("pneumonia", "62.0 %"), ("covid", "8.0 %")):
         assert cls in text and p in text
     assert "Awaiting radiologist sign-off" in text
     assert "chest_xray-0123456789ab" in text and "Accuracy" in text

@@ -144,7 +144,7 @@ def test_report_needs_instances_and_a_date_not_a_datetime(report):
 
 
 def test_summaries_are_read_only(analysis):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="does not support item assignment"):
         analysis.probabilities["normal"] = 1.0  # type: ignore[index]
 
 

@@ -208,7 +208,7 @@ def _narrative(report: ReportInput) -> dict[str, Any]:
         lines.append(f"<p><b>{REIDENTIFIED_BANNER}</b>: contains the patient's identity.</p>")
     lines.append(f"<p><b>{escape(NOT_FOR_CLINICAL_USE)}</b></p>")
     lines.append(f"<p>{escape(_text.conclusion(report))}</p>")
-    items = "".join(f"<li>{escape(cls)}: {p:.3f}</li>"
+    items = "".join(f"<li>{escape(cls)}: {escape(_text.percent(p))}</li>"
                     for cls, p in report.analysis.probabilities.items())
     lines.append(f"<ul>{items}</ul>")
     return {"status": "generated",

@@ -85,11 +85,11 @@ Authorised, audited re-identification only; do not forward.</div>
 <table class="probs">
 <thead><tr><th>Class</th><th>Probability</th><th></th></tr></thead>
 <tbody>
-{% for cls, p in r.analysis.probabilities.items() %}{% set pct = "%.1f"|format(100 * p) %}
+{% for cls, p in r.analysis.probabilities.items() %}{% set shown = percent(p) %}
 <tr{% if cls == r.analysis.predicted_class %} class="predicted"{% endif %}>
-<td>{{ cls }}</td><td>{{ "%.3f"|format(p) }} ({{ pct }}%)</td>
-<td><div class="bar" role="img" aria-label="{{ pct }} percent">
-<span style="width: {{ pct }}%"></span></div></td></tr>
+<td>{{ cls }}</td><td>{{ shown }}</td>
+<td><div class="bar" role="img" aria-label="{{ shown }}">
+<span style="width: {{ "%.1f"|format(100 * p) }}%"></span></div></td></tr>
 {% endfor %}</tbody>
 </table>
 </section>
@@ -166,7 +166,7 @@ def render_html(report: ReportInput) -> str:
         flag=_text.flag_sentence(report), sign_off=_text.sign_off_sentence(report),
         study_rows=_text.study_rows(report), model_rows=_text.model_rows(report),
         metric_rows=_text.metric_rows(report), heatmap_uri=heatmap_uri,
-        heatmap_caption=_text.heatmap_caption(report),
+        heatmap_caption=_text.heatmap_caption(report), percent=_text.percent,
     )
     log.info("rendered HTML report for study %s%s", report.study_id,
              " (re-identified copy)" if report.reidentified else "")

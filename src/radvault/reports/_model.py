@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from types import MappingProxyType
@@ -165,7 +165,8 @@ class AnalysisSummary:
     probability : float
         Calibrated probability of ``predicted_class``.
     probabilities : mapping of str to float
-        Calibrated probability of every class, in the model's class order.
+        Calibrated probability of every class, in any order (a report shows them in
+        the model's class order).
     refer : bool
         The decision-support flag: "refer to a radiologist".
     reasons : iterable of str
@@ -454,8 +455,11 @@ class ReportInput:
     modality, body_part : str
         As stored (may be "" when unknown).
     analysis : AnalysisSummary
+        Its probabilities may come in any order (the catalog returns them sorted by
+        name); the report keeps a copy with them in the model's class order, which
+        every format shows.
     model : ModelSummary
-        Must describe ``analysis.model_id`` and have the same classes.
+        Must describe ``analysis.model_id`` and have the same set of classes.
     study_date : date, optional
         The (shifted) study date.
     heatmap_png : bytes, optional
@@ -473,8 +477,9 @@ class ReportInput:
     Raises
     ------
     ReportInputError
-        If a field is missing, the model and analysis disagree, the heatmap is
-        not PNG, an override names the predicted class, or a time is naive.
+        If a field is missing, the model and analysis disagree (another model, or
+        a class missing or extra), the heatmap is not PNG, an override names the
+        predicted class, or a time is naive.
     """
 
     study_id: str
@@ -505,8 +510,17 @@ class ReportInput:
             raise ReportInputError("model must be a ModelSummary")
         if self.analysis.model_id != self.model.model_id:
             raise ReportInputError("the analysis was not made by the summarised model")
+        stored, classes = set(self.analysis.probabilities), set(self.model.classes)
+        if stored != classes:
+            raise ReportInputError(f"the analysis's classes differ from the model's "
+                                   f"({len(classes - stored)} missing, "
+                                   f"{len(stored - classes)} not the model's)")
         if tuple(self.analysis.probabilities) != self.model.classes:
-            raise ReportInputError("the analysis's classes differ from the model's")
+            # Storage may return another order (the catalog's JSON sorts keys): every
+            # format shows the classes in the model's order.
+            table = self.analysis.probabilities
+            object.__setattr__(self, "analysis", replace(
+                self.analysis, probabilities={c: table[c] for c in self.model.classes}))
         if self.study_date is not None and (not isinstance(self.study_date, date)
                                             or isinstance(self.study_date, datetime)):
             raise ReportInputError("study_date must be a date")

@@ -138,7 +138,7 @@ def _probability_table(report: ReportInput, styles: dict[str, Any], width: float
                               ""]]
     for cls, p in a.probabilities.items():
         style = styles["cellb"] if cls == a.predicted_class else styles["cell"]
-        data.append([_p(cls, style), _p(f"{p:.3f} ({_text.percent(p)})", style),
+        data.append([_p(cls, style), _p(_text.percent(p), style),
                      _bar(p, cls == a.predicted_class)])
     table = Table(data, colWidths=[width - _BAR_WIDTH - 120, 110, _BAR_WIDTH + 10],
                   hAlign="LEFT")

@@ -18,14 +18,40 @@ REASON_NOT_VALIDATED = "model_not_validated"
 AWAITING_SIGN_OFF = "Awaiting radiologist sign-off"
 
 
-def prob(p: float) -> str:
-    """A probability as the reports print it in sentences (two decimals)."""
-    return f"{p:.2f}"
+def percent(p: float, *, estimate: bool = True) -> str:
+    """A probability as every report format prints it: a percentage with one decimal.
+
+    A model's estimate is never shown as certain: one that would print as 100.0 % or
+    0.0 % (a float output of exactly 1 or 0 included) prints as "> 99.9 %" or
+    "< 0.1 %". A set value, such as the referral threshold, is printed as it is.
+
+    Parameters
+    ----------
+    p : float
+        In [0, 1].
+    estimate : bool
+        Whether ``p`` is a model's estimate (default) rather than a set value.
+
+    Returns
+    -------
+    str
+        For example "99.7 %", "> 99.9 %", "< 0.1 %".
+
+    Examples
+    --------
+    >>> percent(0.997), percent(0.99996), percent(0.00004), percent(0.8, estimate=False)
+    ('99.7 %', '> 99.9 %', '< 0.1 %', '80.0 %')
+    """
+    text = f"{100.0 * p:.1f}"
+    if estimate and text == "100.0":
+        return "> 99.9 %"
+    if estimate and text in ("0.0", "-0.0"):
+        return "< 0.1 %"
+    return f"{text} %"
 
 
-def percent(p: float) -> str:
-    """A probability as a percentage with one decimal."""
-    return f"{100.0 * p:.1f}%"
+def _threshold(p: float) -> str:
+    return percent(p, estimate=False)
 
 
 def reason_text(report: ReportInput, reason: str) -> str:
@@ -33,8 +59,8 @@ def reason_text(report: ReportInput, reason: str) -> str:
     a = report.analysis
     if reason == REASON_LOW_CONFIDENCE:
         if a.refer_threshold is not None:
-            return f"confidence {prob(a.probability)} under {prob(a.refer_threshold)}"
-        return f"confidence {prob(a.probability)} under the referral threshold"
+            return f"confidence {percent(a.probability)} under {_threshold(a.refer_threshold)}"
+        return f"confidence {percent(a.probability)} under the referral threshold"
     if reason == REASON_MODALITY:
         modality = report.modality or "unknown"
         return f"the model was not trained on {modality} images"
@@ -58,15 +84,15 @@ def flag_sentence(report: ReportInput) -> str:
     if a.refer:
         return "Refer to a radiologist: " + "; ".join(reason_texts(report))
     if a.refer_threshold is not None:
-        return (f"No referral flag: confidence {prob(a.probability)} at or above "
-                f"{prob(a.refer_threshold)}")
-    return f"No referral flag: confidence {prob(a.probability)}"
+        return (f"No referral flag: confidence {percent(a.probability)} at or above "
+                f"{_threshold(a.refer_threshold)}")
+    return f"No referral flag: confidence {percent(a.probability)}"
 
 
 def prediction_sentence(report: ReportInput) -> str:
     """The model's prediction as one sentence."""
     a = report.analysis
-    return f"Model prediction: {a.predicted_class} (probability {prob(a.probability)})"
+    return f"Model prediction: {a.predicted_class} (probability {percent(a.probability)})"
 
 
 def heatmap_title(report: ReportInput) -> str:
