@@ -14,9 +14,10 @@ input, checks the caller's rights, audits, and calls::
     render_fhir(report)                # dict, a validated FHIR R4 DiagnosticReport
     render_sr(report, [source_ds])     # highdicom ComprehensiveSR (a pydicom Dataset)
 
-Pseudonymous by default; an :class:`Identity` is given only for an authorised,
-audited re-identified copy, which every format then marks as such. See
-``docs/reports.md``.
+Every format prints probabilities through :func:`percent` (one decimal, never
+rounded to certainty); the web pages use it too. Pseudonymous by default; an
+:class:`Identity` is given only for an authorised, audited re-identified copy, which
+every format then marks as such. See ``docs/reports.md``.
 """
 
 from radvault.reports._fhir import render_fhir, render_fhir_json
@@ -32,6 +33,7 @@ from radvault.reports._model import (
 )
 from radvault.reports._pdf import render_pdf
 from radvault.reports._sr import render_sr
+from radvault.reports._text import percent
 
 __all__ = [
     "AnalysisSummary",
@@ -41,6 +43,7 @@ __all__ = [
     "ReportInputError",
     "SignOff",
     "SignOffDecision",
+    "percent",
     "render_fhir",
     "render_fhir_json",
     "render_html",

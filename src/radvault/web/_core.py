@@ -34,6 +34,7 @@ from radvault.api._deps import get_service
 from radvault.api._errors import status_of
 from radvault.errors import AccessDenied, AuthenticationFailed, RadVaultError
 from radvault.pipeline.clinical import ClinicalService
+from radvault.reports import percent
 from radvault.web._session import LoginGuard, SessionStore, WebSettings, check_csrf
 
 __all__ = [
@@ -107,7 +108,10 @@ class WebState:
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         env.globals["static"] = lambda name: f"{STATIC_PATH}/{name}"
         env.filters["when"] = lambda value: value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
-        env.filters["percent"] = lambda value: f"{100 * float(value):.1f}%"
+        # Estimates never read as certain ("> 99.9 %"), as in the reports; a set value
+        # such as the referral threshold is shown as it is.
+        env.filters["percent"] = lambda value: percent(float(value))
+        env.filters["percent_setting"] = lambda value: percent(float(value), estimate=False)
         return cls(settings, SessionStore(settings), LoginGuard(), env)
 
 
