@@ -168,8 +168,9 @@ def test_a_clean_log_verifies_and_counts_its_unsigned_tail(vault: Vault) -> None
     assert (report.entries_checked, report.checkpoints_checked, report.head_seq,
             report.last_checkpoint_seq) == (50, 2, 50, 40)
     assert report.notes == (
-        "chain head after last checkpoint: 10 unsigned entries (entries 41-50); removing them "
-        "would only show in the audit file copy or against an external anchor",
+        "10 entries after the last signed checkpoint (entries 41-50): normal, the next "
+        "checkpoint signs them (one is written when the vault closes); until then their "
+        "removal would show only in the audit file copy or against an external anchor",
     )
     report.raise_for_problems()
 
@@ -310,7 +311,7 @@ def test_a_tail_deleted_with_its_checkpoint_needs_an_anchor_or_the_file(vault: V
     vault.sql("DELETE FROM audit_checkpoints WHERE seq = 40")
     alone = vault.log.verify(check_file=False)
     assert alone.ok  # the documented residual risk: nothing inside the catalog proves it
-    assert alone.notes[0].startswith("chain head after last checkpoint: 10 unsigned entries")
+    assert alone.notes[0].startswith("10 entries after the last signed checkpoint")
     assert vault.problems(anchors=anchors, check_file=False) == (
         "entries 31-40 missing (log truncated; checkpoint at 40 proves they existed)",
         "checkpoint at 40: missing from the catalog (kept by the external anchor)",

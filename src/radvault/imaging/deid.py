@@ -352,7 +352,9 @@ class Deidentifier:
         source = _source_name(ds)
         burned_in = assess_burned_in(ds)
         if burned_in.risk and not self.options.accept_burned_in:
-            raise BurnedInAnnotationRefused(source, f"{burned_in.reason}; refused by policy")
+            raise BurnedInAnnotationRefused(source, f"{burned_in.reason}; refused by policy (the "
+                                            "vault's setting accept_burned_in admits such "
+                                            "images)")
         try:
             return self._deidentify(ds if in_place else _copy(ds), burned_in)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:

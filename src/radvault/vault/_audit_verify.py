@@ -342,9 +342,10 @@ def verify_chain(
         notes.append("audit trail is empty")
     elif top > last_cp:
         notes.append(
-            f"chain head after last checkpoint: {top - last_cp} unsigned entries "
-            f"({_span(last_cp + 1, top)}); removing them would only show in the audit file "
-            "copy or against an external anchor"
+            f"{top - last_cp} entries after the last signed checkpoint "
+            f"({_span(last_cp + 1, top)}): normal, the next checkpoint signs them (one is "
+            "written when the vault closes); until then their removal would show only in the "
+            "audit file copy or against an external anchor"
         )
     problems = tuple(text for _, text in sorted(state.problems, key=lambda p: p[0]))
     return AuditReport(
