@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -172,6 +173,22 @@ def _make_engine(url: URL, busy_timeout_s: float, synchronous: str) -> Engine:
 
 
 
+def _owner_only_sqlite_file(url: URL) -> None:
+    """Make a SQLite catalog file readable by its owner only (0600), as the key file and
+    audit log are: created so when missing (SQLite gives its WAL and shared-memory files
+    the database file's permissions), tightened when an older one was not."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    path = url.database
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(path, 0o600)
+    except PermissionError:  # not ours to change (a read-only copy, say): leave it
+        pass
+    except FileNotFoundError:  # no such folder: the engine reports it in its own words
+        pass
+
+
 class Catalog:
     """Repository over the vault's catalog database.
 
@@ -233,6 +250,7 @@ class Catalog:
         VaultError
             When the database cannot be reached or the tables cannot be created.
         """
+        _owner_only_sqlite_file(_normalise_url(url))
         catalog = cls(url, busy_timeout_s=busy_timeout_s, synchronous=synchronous)
         catalog.create_tables()
         return catalog
