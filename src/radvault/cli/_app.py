@@ -37,7 +37,9 @@ def root(
         Path | None,
         typer.Option(envvar="RADVAULT_HOME", help="Vault folder (default ~/.radvault)."),
     ] = None,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
+    verbose: Annotated[int, typer.Option(
+        "--verbose", "-v", count=True,
+        help="More logging: -v info, -vv RadVault's debug, -vvv every library's debug.")] = 0,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,

@@ -103,9 +103,15 @@ def progress_bar(*, transient: bool = False) -> Progress:
 
 
 def configure_logging(verbose: int) -> None:
-    """Configure the root logger for the CLI (library code only creates loggers)."""
+    """Configure the root logger for the CLI (library code only creates loggers).
+
+    ``-v``: INFO; ``-vv``: RadVault's own DEBUG messages (the libraries' stay at INFO,
+    or their plugin chatter drowns them); ``-vvv``: every library's DEBUG too.
+    """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    root_level = logging.DEBUG if verbose >= 3 else min(level, logging.INFO) if verbose else level
+    logging.basicConfig(level=root_level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("radvault").setLevel(level)
     # pydicom's own messages can quote element values (possible PHI), and its errors (a
     # decoder's traceback) repeat what the imaging layer reports as one line: keep them out.
     # pydicom sets its logger's level when first imported, so import it before setting ours.
