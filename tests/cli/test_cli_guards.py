@@ -71,3 +71,16 @@ def test_serve_on_a_port_in_use_is_one_error_and_no_banner(home: Path,
     assert code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in _one_error_line(err)
     assert "RadVault API on" not in out
+
+
+def test_debug_logging_shows_radvault_s_own_messages_without_library_chatter():
+    import logging
+
+    from radvault.cli._common import _own_debug_only
+
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "message", None, None)
+
+    assert _own_debug_only(record("radvault.pipeline.ingest", logging.DEBUG))
+    assert not _own_debug_only(record("pylibjpeg.utils", logging.DEBUG))
+    assert _own_debug_only(record("pylibjpeg.utils", logging.WARNING))

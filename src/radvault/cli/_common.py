@@ -102,6 +102,11 @@ def progress_bar(*, transient: bool = False) -> Progress:
     )
 
 
+def _own_debug_only(record: logging.LogRecord) -> bool:
+    """Pass RadVault's records, and other libraries' from INFO up."""
+    return record.levelno >= logging.INFO or record.name.partition(".")[0] == "radvault"
+
+
 def configure_logging(verbose: int) -> None:
     """Configure the root logger for the CLI (library code only creates loggers).
 
@@ -109,9 +114,12 @@ def configure_logging(verbose: int) -> None:
     or their plugin chatter drowns them); ``-vvv``: every library's DEBUG too.
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    root_level = logging.DEBUG if verbose >= 3 else min(level, logging.INFO) if verbose else level
-    logging.basicConfig(level=root_level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("radvault").setLevel(level)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose == 2:
+        # Some libraries set their own loggers to DEBUG (pylibjpeg lists its plugins), so
+        # a level on the root logger cannot hold them back: filter at the handlers.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_own_debug_only)
     # pydicom's own messages can quote element values (possible PHI), and its errors (a
     # decoder's traceback) repeat what the imaging layer reports as one line: keep them out.
     # pydicom sets its logger's level when first imported, so import it before setting ours.
