@@ -10,6 +10,7 @@ import pytest
 
 from radvault.analysis.datasets import ManifestSource
 from radvault.analysis.evaluate import evaluate_model
+from radvault.analysis.export import CARD_FORMAT
 from radvault.analysis.inference import ModelCard, load_model, refer_reasons
 from radvault.errors import ModelError
 
@@ -55,6 +56,9 @@ def test_refer_flag_on_untrained_modality_or_body_part(loaded, test_images):
     assert loaded.predict(x, modality="CT", body_part="KIDNEY", threshold=1e-9)[0].reasons == (
         "body_part_not_trained",)
     assert loaded.predict(x, modality="", threshold=1e-9)[0].refer  # unknown modality
+    assert loaded.predict(x, modality="CT", body_part="", threshold=1e-9)[0].reasons == (
+        "body_part_unknown",)
+    assert loaded.predict(x, modality="CT", threshold=1e-9)[0].reasons == ()  # not checked
 
 
 def test_refer_reasons_table():
@@ -67,6 +71,84 @@ def test_refer_reasons_table():
     assert refer_reasons(0.95, 0.80, card, "MR", "CHEST") == ("body_part_not_trained",)
     assert refer_reasons(0.50, 0.80, card, "US", "BREAST") == ("low_confidence",
                                                               "modality_not_trained")
+
+
+def _card(**fields) -> ModelCard:
+    return ModelCard(**{"model_id": "m", "task": "t", "classes": ("a", "b"), "size": 8,
+                        "preprocessing": {}, "temperature": 1.0,
+                        "trained_on": (("DX", "CHEST"), ("MR", "BRAIN")),
+                        "onnx_sha256": "0" * 64, "raw": {}, **fields})
+
+
+def test_an_unknown_body_part_is_referred_when_the_card_names_the_trained_ones():
+    card = _card()
+    assert refer_reasons(0.95, 0.80, card, "MR", "") == ("body_part_unknown",)
+    assert refer_reasons(0.95, 0.80, card, "MR", " ") == ("body_part_unknown",)
+    assert refer_reasons(0.50, 0.80, card, "DX", "") == ("low_confidence", "body_part_unknown")
+    # None: the caller has no such information by design, nothing is checked
+    assert refer_reasons(0.95, 0.80, card, "MR", None) == ()
+    assert refer_reasons(0.95, 0.80, card, None, "") == ()
+    # an unknown modality says it all: no body part reason on top
+    assert refer_reasons(0.95, 0.80, card, "", "") == ("modality_not_trained",)
+    assert refer_reasons(0.95, 0.80, card, "OT", None) == ("modality_not_trained",)
+    # a model trained on images without a body part knows such images
+    unnamed = _card(trained_on=(("DX", ""), ("MR", "BRAIN")))
+    assert refer_reasons(0.95, 0.80, unnamed, "DX", "") == ()
+    assert refer_reasons(0.95, 0.80, unnamed, "MR", "") == ("body_part_unknown",)
+    # a card that lists no trained_on pairs says nothing of what the model knows
+    assert refer_reasons(0.95, 0.80, _card(trained_on=()), "MR", "") == ()
+
+
+def test_a_class_never_trained_for_the_images_modality_is_referred():
+    pairs = {"a": (("DX", "CHEST"),), "b": (("MR", "BRAIN"),)}
+    card = _card(class_trained_on=pairs)
+    assert refer_reasons(0.95, 0.80, card, "MR", "BRAIN", "a") == (
+        "class_not_trained_for_modality",)
+    assert refer_reasons(0.95, 0.80, card, "MR", "BRAIN", "b") == ()
+    assert refer_reasons(0.95, 0.80, card, "mr", "", "a") == (
+        "body_part_unknown", "class_not_trained_for_modality")
+    assert refer_reasons(0.95, 0.80, card, "MR", None, "a") == (
+        "class_not_trained_for_modality",)
+    assert refer_reasons(0.95, 0.80, card, "US", "BREAST", "a") == ("modality_not_trained",)
+    assert refer_reasons(0.95, 0.80, card, None, None, "a") == ()
+    assert refer_reasons(0.95, 0.80, card, "MR", "BRAIN") == ()  # no label given
+    # without class_trained_on (every shipped card so far) the check does not run
+    assert refer_reasons(0.95, 0.80, _card(), "MR", "BRAIN", "a") == ()
+
+
+def test_every_reason_given_is_listed_in_order():
+    from radvault.analysis.inference import REFER_REASONS
+
+    card = _card(class_trained_on={"a": (("DX", "CHEST"),), "b": (("MR", "BRAIN"),)},
+                 raw={"release": {"refer_always": True, "why": "x"}})
+    given = refer_reasons(0.1, 0.80, card, "MR", "", "a")
+    assert given == ("model_not_validated", "low_confidence", "body_part_unknown",
+                     "class_not_trained_for_modality")
+    assert set(given) < set(REFER_REASONS)
+    assert [r for r in REFER_REASONS if r in given] == list(given)
+
+
+def _card_dict(**fields) -> dict:
+    return {"format": CARD_FORMAT, "model_id": "m", "task": "t", "classes": ["a", "b"],
+            "input": {"size": 8}, "preprocessing": {}, "onnx_sha256": "0" * 64,
+            "trained_on": [{"modality": "DX", "body_part": "CHEST"},
+                           {"modality": "MR", "body_part": "BRAIN"}], **fields}
+
+
+def test_the_card_reads_class_trained_on_and_checks_it():
+    base = _card_dict()
+    assert ModelCard.from_dict(base).class_trained_on is None
+    card = ModelCard.from_dict({**base, "class_trained_on": {
+        "a": [{"modality": "dx", "body_part": "chest"}],
+        "b": [{"modality": "MR", "body_part": "BRAIN"}]}})
+    assert card.class_trained_on == {"a": (("DX", "CHEST"),), "b": (("MR", "BRAIN"),)}
+    for bad in ({"a": [{"modality": "DX", "body_part": "CHEST"}]},  # a class missing
+                {"a": [{"modality": "DX", "body_part": "CHEST"}],
+                 "b": [{"modality": "CT", "body_part": "CHEST"}]},  # not in trained_on
+                {"a": [{"body_part": "CHEST"}], "b": []},  # no modality
+                ["a", "b"]):  # not a mapping
+        with pytest.raises(ModelError, match=r"class_trained_on|malformed"):
+            ModelCard.from_dict({**base, "class_trained_on": bad})
 
 
 def test_a_model_marked_not_validated_refers_every_image(trained, signer, test_images,
@@ -121,8 +203,11 @@ def test_predict_records_uses_the_cards_preprocessing_and_metadata(loaded, toy_m
     record = ImageRecord(pixels=pixels[None], source_format="png", modality="CT",
                          body_part="CHEST")
     other = ImageRecord(pixels=pixels[None], source_format="png")  # modality unknown: OT
-    ours, unknown = loaded.predict_records([record, other], threshold=1e-9)
+    no_part = ImageRecord(pixels=pixels[None], source_format="png", modality="CT")
+    ours, unknown, partless = loaded.predict_records([record, other, no_part], threshold=1e-9)
     direct = loaded.predict(loaded.preprocess(record)[None], threshold=1e-9)[0]
     assert ours.probabilities == pytest.approx(direct.probabilities)
     assert not ours.refer
     assert unknown.reasons == ("modality_not_trained",)
+    assert partless.reasons == ("body_part_unknown",)
+    assert partless.probabilities == ours.probabilities  # the flag changes nothing else

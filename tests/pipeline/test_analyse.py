@@ -224,3 +224,53 @@ def test_a_tampered_model_is_audited_as_an_integrity_failure(vault: Vault, tmp_p
                                "reason": "model_card.json does not match its signature",
                                "model_folder": "chest_xray"}
     assert vault.catalog.results_of_instance(outcome.instance_id) == []
+
+
+BRAIN = sorted(SAMPLE.parent.glob("brain_mri__*"))
+
+
+def test_an_image_without_a_body_part_is_referred_as_unknown_and_one_with_it_is_not(
+    vault: Vault,
+) -> None:
+    # an MR image with no Body Part Examined, or one the vocabulary does not know, has no
+    # specialist: radbench6 answers, and must refer it whatever its confidence
+    ingestor = Ingestor(vault, actor="tech")
+    unknown = ingestor.ingest_file(BRAIN[0], modality="MR").instance_id
+    not_a_term = ingestor.ingest_file(BRAIN[1], modality="MR", body_part="SMITH").instance_id
+    known = ingestor.ingest_file(SAMPLE, modality="DX", body_part="CHEST").instance_id
+    assert vault.catalog.get_study(vault.catalog.get_instance(unknown).study_id).body_part in (
+        None, "")
+    analyser = Analyser.default(vault, actor="dr")
+    single = analyser.analyse_instance(unknown)
+    batch = analyser.analyse_many([unknown, not_a_term, known], model_name="radbench6")
+    assert batch.failures == []
+    for result in (single, *batch.results[:2]):
+        assert result.model_id.startswith("radbench6")
+        assert result.refer and "body_part_unknown" in result.reasons
+        assert "body_part_not_trained" not in result.reasons
+    assert "body_part_unknown" not in batch.results[2].reasons  # DX CHEST: trained on
+    stored = vault.catalog.results_of_instance(unknown)
+    assert all("body_part_unknown" in r.payload["reasons"] and r.payload["refer"]
+               for r in stored)
+
+
+def test_a_body_part_the_model_knows_is_not_referred_for_its_body_part(vault: Vault) -> None:
+    ingestor = Ingestor(vault, actor="tech")
+    ids = [ingestor.ingest_file(p, modality="MR", body_part="BRAIN").instance_id for p in BRAIN]
+    analyser = Analyser.default(vault, actor="dr")
+    for result in (*analyser.analyse_many(ids, model_name="radbench6").results,
+                   analyser.analyse_instance(ids[0])):
+        assert not {"body_part_unknown", "body_part_not_trained",
+                    "modality_not_trained"} & set(result.reasons)
+
+
+def test_a_dicom_image_without_body_part_examined_is_referred(vault: Vault) -> None:
+    import pydicom
+
+    ct = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    assert "BodyPartExamined" not in pydicom.dcmread(ct, stop_before_pixels=True)
+    outcome = Ingestor(vault, actor="tech").ingest_file(ct)
+    result = Analyser.default(vault, actor="dr").analyse_instance(outcome.instance_id)
+    assert result.model_id.startswith("radbench6")  # no specialist for CT without a part
+    assert result.refer and "body_part_unknown" in result.reasons
+

@@ -8,7 +8,10 @@ altered model is refused with :class:`~radvault.errors.ModelIntegrityError`.
 Each :class:`Prediction` carries the calibrated probability of every class and
 a decision-support flag, ``refer``, set ("refer to a radiologist") when the top
 probability is under the threshold (default ``Settings.refer_threshold``,
-0.80) or when the image's modality/body part is not one the model was trained on.
+0.80), when the image's modality/body part is not one the model was trained on
+or is not known, or when the predicted class was never trained on an image of
+the image's modality (cards that record ``class_trained_on``). The reasons are
+the ``REASON_*`` codes below; :func:`refer_reasons` applies them.
 """
 
 from __future__ import annotations
@@ -41,15 +44,29 @@ from radvault.config import PreprocessSettings, Settings
 from radvault.errors import IntegrityError, ModelError, ModelIntegrityError
 from radvault.imaging.records import ImageRecord
 
-__all__ = ["LoadedModel", "ModelCard", "Prediction", "load_model", "onnx_logits",
-           "onnx_session", "trusted_keys_dir"]
+__all__ = ["REFER_REASONS", "LoadedModel", "ModelCard", "Prediction", "load_model",
+           "onnx_logits", "onnx_session", "refer_reasons", "trusted_keys_dir"]
 
 log = logging.getLogger(__name__)
 
+#: The top probability is under the refer threshold.
 REASON_LOW_CONFIDENCE = "low_confidence"
+#: The image's modality is not among the card's ``trained_on`` pairs (an unknown
+#: modality, ``OT`` or empty, counts as not trained on).
 REASON_MODALITY = "modality_not_trained"
+#: The image's body part is known but not trained on for its modality.
 REASON_BODY_PART = "body_part_not_trained"
+#: The image's body part is unknown (``""``: none recorded, or not a DICOM defined term)
+#: and the card names the body parts it was trained on for the image's modality.
+REASON_BODY_PART_UNKNOWN = "body_part_unknown"
+#: The predicted class was never trained on an image of the image's modality (per the
+#: card's ``class_trained_on``), e.g. a CT-only class predicted for an MR image.
+REASON_CLASS_MODALITY = "class_not_trained_for_modality"
+#: The release maintainer marked the model as failing on held-out data.
 REASON_NOT_VALIDATED = "model_not_validated"
+#: Every reason :func:`refer_reasons` can give, in the order it gives them.
+REFER_REASONS = (REASON_NOT_VALIDATED, REASON_LOW_CONFIDENCE, REASON_MODALITY,
+                 REASON_BODY_PART_UNKNOWN, REASON_BODY_PART, REASON_CLASS_MODALITY)
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,9 @@ class ModelCard:
     onnx_sha256: str
     raw: Mapping[str, Any] = field(repr=False)
     class_bias: tuple[float, ...] | None = None  # bias-corrected temperature scaling
+    #: Per class, the (modality, body part) pairs of its training rows; ``None`` when
+    #: the card does not record them (cards written before ``class_trained_on``).
+    class_trained_on: Mapping[str, tuple[tuple[str, str], ...]] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
@@ -90,20 +110,27 @@ class ModelCard:
             temperature = float(data.get("temperature", 1.0))
             bias = data.get("class_bias")
             class_bias = None if bias is None else tuple(float(b) for b in bias)
-            trained_on = tuple((str(p["modality"]).upper(), str(p.get("body_part", "")).upper())
-                               for p in data.get("trained_on", []))
+            trained_on = _pairs(data.get("trained_on", []))
+            per_class = data.get("class_trained_on")
+            class_trained_on = (None if per_class is None else
+                                {str(c): _pairs(pairs) for c, pairs in per_class.items()})
             card = cls(model_id=str(data["model_id"]), task=str(data["task"]), classes=classes,
                        size=size, preprocessing=dict(data["preprocessing"]),
                        temperature=temperature, trained_on=trained_on,
                        onnx_sha256=str(data["onnx_sha256"]), raw=dict(data),
-                       class_bias=class_bias)
-        except (KeyError, TypeError, ValueError) as exc:
+                       class_bias=class_bias, class_trained_on=class_trained_on)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"malformed model card ({type(exc).__name__}: {exc})") from None
         if len(classes) < 2 or not temperature > 0 or size < 8:
             raise ModelError("model card has fewer than two classes, a bad temperature or size")
         if class_bias is not None and (len(class_bias) != len(classes)
                                        or not np.all(np.isfinite(class_bias))):
             raise ModelError("model card's class_bias needs one finite value per class")
+        if class_trained_on is not None and (
+                set(class_trained_on) != set(classes)
+                or not {p for ps in class_trained_on.values() for p in ps} <= set(trained_on)):
+            raise ModelError("model card's class_trained_on needs every class, and only pairs "
+                             "of its trained_on")
         return card
 
     @property
@@ -125,6 +152,12 @@ class ModelCard:
         return tuple(sorted({m for m, _ in self.trained_on}))
 
 
+def _pairs(items: Any) -> tuple[tuple[str, str], ...]:
+    """``[{"modality": ..., "body_part": ...}, ...]`` as upper-case (modality, body part) pairs."""
+    return tuple((str(p["modality"]).upper(), str(p.get("body_part", "")).upper())
+                 for p in items)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One image's result.
@@ -141,8 +174,10 @@ class Prediction:
     refer : bool
         Decision-support flag: "refer to a radiologist".
     reasons : tuple of str
-        Why ``refer`` is set (``low_confidence``, ``modality_not_trained``,
-        ``body_part_not_trained``); empty when it is not.
+        Why ``refer`` is set (:data:`REFER_REASONS`: ``model_not_validated``,
+        ``low_confidence``, ``modality_not_trained``, ``body_part_unknown``,
+        ``body_part_not_trained``, ``class_not_trained_for_modality``); empty when
+        it is not.
     model_id : str
     """
 
@@ -199,11 +234,33 @@ def onnx_logits(model: bytes, images: np.ndarray, threads: int | None = None,
 
 
 def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
-                  modality: str | None, body_part: str | None) -> tuple[str, ...]:
+                  modality: str | None, body_part: str | None,
+                  label: str | None = None) -> tuple[str, ...]:
     """Why an image should go to a radiologist (empty: no reason).
 
-    ``modality``/``body_part`` of ``None`` mean "not known to the caller" and
-    are not checked; an empty string or ``OT`` counts as not trained on.
+    Parameters
+    ----------
+    top_probability, threshold : float
+        ``low_confidence`` when the first is under the second.
+    card : ModelCard
+        ``release.refer_always`` gives ``model_not_validated``; ``trained_on`` and
+        ``class_trained_on`` are what the image is checked against.
+    modality, body_part : str or None
+        What the image is, as the vault keeps it: a DICOM defined term, or ``""``
+        when unknown (``OT`` also counts as an unknown modality). ``None`` means the
+        caller has no such information *by design* and skips that check: a model
+        benchmark on bare arrays. Serving (vault analysis, file analysis,
+        :meth:`LoadedModel.predict_records`) always passes strings, so an unknown
+        body part is referred (``body_part_unknown``) and never passes unchecked.
+    label : str, optional
+        The predicted class, checked against ``class_trained_on`` when the card has it.
+
+    Returns
+    -------
+    tuple of str
+        In the order of :data:`REFER_REASONS`. When the card lists no ``trained_on``
+        pairs (it does not say what the model was trained on), only the first two
+        reasons can be given.
     """
     reasons = []
     if (card.raw.get("release") or {}).get("refer_always"):
@@ -212,13 +269,22 @@ def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
         reasons.append(REASON_NOT_VALIDATED)
     if top_probability < threshold:
         reasons.append(REASON_LOW_CONFIDENCE)
-    if modality is not None and card.trained_on:
-        m = (modality or "OT").upper()
-        pairs = [p for p in card.trained_on if p[0] == m]
-        if not pairs:
-            reasons.append(REASON_MODALITY)
-        elif body_part is not None and (body_part or "").upper() not in {b for _, b in pairs}:
-            reasons.append(REASON_BODY_PART)
+    if modality is None or not card.trained_on:
+        return tuple(reasons)
+    m = (modality.strip() or "OT").upper()
+    parts = {b for mod, b in card.trained_on if mod == m}
+    if not parts:
+        reasons.append(REASON_MODALITY)
+        return tuple(reasons)  # the model knows nothing of this modality: that says it all
+    if body_part is not None:
+        b = body_part.strip().upper()
+        if b not in parts:
+            # "" (unknown) only passes when the model was trained on such images
+            reasons.append(REASON_BODY_PART_UNKNOWN if not b else REASON_BODY_PART)
+    per_class = card.class_trained_on
+    if label is not None and per_class is not None and m not in {
+            mod for mod, _ in per_class.get(label, ())}:
+        reasons.append(REASON_CLASS_MODALITY)
     return tuple(reasons)
 
 
@@ -308,8 +374,11 @@ class LoadedModel:
             ``(N, 3, S, S)`` (or one ``(3, S, S)``) float32 in ``[0, 1]``, made by
             the card's preprocessing.
         modality, body_part : str or sequence of str, optional
-            What the images are (one value for all, or one per image); ``None``
-            skips the check.
+            What the images are (one value for all, or one per image): DICOM defined
+            terms, ``""`` when unknown, which is referred (see :func:`refer_reasons`).
+            ``None`` skips the check: only for callers that have no such
+            information by design (a benchmark of the model alone); serving
+            always passes strings.
         threshold : float, optional
             Refer when the top probability is below it; default the model's.
 
@@ -330,7 +399,8 @@ class LoadedModel:
         out = []
         for i, p in enumerate(probs):
             k = int(p.argmax())
-            reasons = refer_reasons(float(p[k]), thr, self.card, mods[i], parts[i])
+            reasons = refer_reasons(float(p[k]), thr, self.card, mods[i], parts[i],
+                                    self.card.classes[k])
             out.append(Prediction(
                 label=self.card.classes[k], index=k, probability=float(p[k]),
                 probabilities={c: float(v) for c, v in zip(self.card.classes, p, strict=True)},

@@ -102,8 +102,8 @@ class _Prepared:
 
     instance_id: str
     study_id: str
-    modality: str | None
-    body_part: str | None
+    modality: str  # as the catalog keeps it; "" when it has none
+    body_part: str  # "" when unknown: referred, never left unchecked
     model: LoadedModel
     array: np.ndarray
     source: str
@@ -352,8 +352,8 @@ class Analyser:
         except RadVaultError as exc:
             self._audit_failure(obj.instance_id, study_id, exc)
             raise
-        return _Prepared(obj.instance_id, study_id, obj.modality or None,
-                         obj.body_part or None, model, array, source)
+        return _Prepared(obj.instance_id, study_id, obj.modality or "", obj.body_part or "",
+                         model, array, source)
 
     def _prepare(self, instance_id: str, model_name: str | None) -> _Prepared:
         """Choose the model and open the instance's verified model input (audits failures)."""
@@ -365,8 +365,8 @@ class Analyser:
         except RadVaultError as exc:
             self._audit_failure(instance_id, instance.study_id, exc)
             raise
-        return _Prepared(instance_id, instance.study_id, study.modality or None,
-                         study.body_part or None, model, array, source)
+        return _Prepared(instance_id, instance.study_id, study.modality or "",
+                         study.body_part or "", model, array, source)
 
     def _audit_failure(self, instance_id: str, study_id: str, exc: RadVaultError) -> None:
         self.vault.audit.append(self.actor, Action.ANALYSE, Outcome.ERROR,
@@ -413,7 +413,12 @@ class Analyser:
 
     @staticmethod
     def _infer(group: Sequence[_Prepared], batch: np.ndarray) -> list[AnalysisResult]:
-        """Run one model on a stacked batch of a group's inputs."""
+        """Run one model on a stacked batch of a group's inputs.
+
+        Each image's modality and body part go to the referral check as strings, ``""``
+        when the catalog has none: the vault always knows what it knows, so an image
+        without a body part is referred (``body_part_unknown``), never left unchecked.
+        """
         model = group[0].model
         predictions = model.predict(batch, modality=[p.modality for p in group],
                                     body_part=[p.body_part for p in group])

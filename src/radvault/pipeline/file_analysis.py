@@ -21,6 +21,7 @@ from radvault.errors import ConfigurationError
 from radvault.imaging.preprocess import display_array
 from radvault.imaging.reading import read_image
 from radvault.imaging.records import SourceFormat
+from radvault.imaging.vocabulary import body_part_term, modality_term
 
 __all__ = ["FileAnalysis", "analyse_file"]
 
@@ -61,7 +62,9 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
     -------
     FileAnalysis
         The prediction (calibrated probabilities, referral and its reasons) and the
-        heatmap PNG when asked for.
+        heatmap PNG when asked for. An image whose modality or body part is unknown
+        (neither header nor option gives a defined term) is referred
+        (``modality_not_trained``, ``body_part_unknown``), as in the vault.
 
     Raises
     ------
@@ -82,7 +85,10 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
             if given and found and given.upper() != found.upper():
                 raise ConfigurationError(f"{option} {given} contradicts the DICOM header "
                                          f"({found}); it is for PNG/JPEG files")
-    overrides = {k: v for k, v in (("modality", modality), ("body_part", body_part)) if v}
+    # hints pass the vocabulary the vault applies at ingest: a Modality that is no defined
+    # term reads as OT, a Body Part Examined that is none as unknown ("")
+    overrides = {k: term(v) for k, v, term in (("modality", modality, modality_term),
+                                               ("body_part", body_part, body_part_term)) if v}
     record = dataclasses.replace(header, **overrides) if overrides else header
     if model_dir is None:
         registry = ModelRegistry(keys_dir=keys_dir)
@@ -92,7 +98,8 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
         keyring = ModelKeyring.from_dir(keys_dir) if keys_dir is not None else None
     loaded = load_model(model_dir, keyring=keyring, refer_threshold=refer_threshold)
     x = loaded.preprocess(record)
-    prediction = loaded.predict(x[None], modality=record.modality,
-                                body_part=record.body_part)[0]
+    # strings, "" when unknown: an image without a body part is referred, never unchecked
+    prediction = loaded.predict(x[None], modality=record.modality or "",
+                                body_part=record.body_part or "")[0]
     png = gradcam_overlay(display_array(record), loaded.cam(x[None])) if heatmap else None
     return FileAnalysis(prediction=prediction, heatmap_png=png)
