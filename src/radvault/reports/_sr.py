@@ -86,6 +86,8 @@ _REASON_WORDS = {
     _text.REASON_MODALITY: "Modality not in the model's training data",
     _text.REASON_BODY_PART: "Body part not in the model's training data",
     _text.REASON_NOT_VALIDATED: "Model not validated for decisions",
+    _text.REASON_BODY_PART_UNKNOWN: "Body part not recorded",
+    _text.REASON_CLASS_MODALITY: "Predicted class not trained for this modality",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")

@@ -14,6 +14,8 @@ REASON_LOW_CONFIDENCE = "low_confidence"
 REASON_MODALITY = "modality_not_trained"
 REASON_BODY_PART = "body_part_not_trained"
 REASON_NOT_VALIDATED = "model_not_validated"
+REASON_BODY_PART_UNKNOWN = "body_part_unknown"
+REASON_CLASS_MODALITY = "class_not_trained_for_modality"
 
 AWAITING_SIGN_OFF = "Awaiting radiologist sign-off"
 
@@ -70,6 +72,13 @@ def reason_text(report: ReportInput, reason: str) -> str:
         return f"the model was not trained on body part {part} for {modality}"
     if reason == REASON_NOT_VALIDATED:
         return "the model failed validation on held-out data and is not fit for decisions"
+    if reason == REASON_BODY_PART_UNKNOWN:
+        modality = report.modality or "this modality"
+        return (f"the image's body part is not recorded, and the model knows {modality} "
+                "images only of named body parts")
+    if reason == REASON_CLASS_MODALITY:
+        modality = report.modality or "these"
+        return f"the model never saw the class {a.predicted_class} on {modality} images"
     return reason.replace("_", " ")
 
 
