@@ -33,6 +33,9 @@
 #              where grouped cross-validation inside val prefers them (session 5: radbench6,
 #              brain_mri)
 #   release    mark shipped models that fail on held-out data (kidney_ct): always refer
+#   classpairs record in radbench6's card each class's (modality, body part) pairs from
+#              its training manifest (class_trained_on; runs trained since session 9 have
+#              them already), so serving refers a class predicted on another modality
 # Session 1 ran, on a CPU shared with other jobs: small0 select chest brain radbench6 select
 # small1 large1 select. Session 2, on an idle CPU (an epoch of radbench6: about 25 s):
 # medmnist (seeds 0 and 1) large2 finetune "SEEDS=2 breastonly" small2 plain ensemble select
@@ -52,6 +55,8 @@
 # shipped recipe, so models/ is unchanged (commands in docs/models.md). Then (CPU) BreastMNIST:
 # four recipes by tools/sweep.py; breastlong's recipe won on validation and its seed 3
 # replaced the shipped run in `select` (THREADS=1 repeats the sweep's one-thread runs).
+# Session 9: classpairs (a new release key, model-e181f248a019cb6d; ONNX and model id
+# unchanged).
 #
 # Usage: tools/train_shipped_models.sh [STAGE...]   (default: every stage, then select)
 # Environment:
@@ -272,7 +277,23 @@ for task_dir in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.st
 EOF
 }
 
+stage_classpairs() {
+  "$PY" - "$SIGNING_KEY" "$RADBENCH" <<'EOF'
+import json
+import sys
+from radvault.analysis.export import Ed25519Signer, record_class_pairs
+signer = Ed25519Signer.from_pem(sys.argv[1])
+card = json.load(open("models/radbench6/model_card.json"))
+if "class_trained_on" in card:
+    print("radbench6: class_trained_on already recorded")
+else:
+    record_class_pairs("models/radbench6", sys.argv[2], signer=signer)
+    print("radbench6: class_trained_on recorded and signed")
+EOF
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(chest brain radbench6 small0 small1 small2 large1 large2
-                                   plain finetune hires medmnist ensemble select recalibrate release)
+                                   plain finetune hires medmnist ensemble select recalibrate release
+                                   classpairs)
 for s in "${stages[@]}"; do "stage_$s"; done

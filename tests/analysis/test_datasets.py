@@ -27,6 +27,8 @@ def test_manifest_source_uses_the_imaging_preprocessor(toy_manifest, toy_task_fi
     assert split.images.shape == (24, 3, 32, 32) and split.images.dtype == np.float16
     assert split.class_counts.tolist() == [8, 8, 8]
     assert split.trained_on == [{"modality": "CT", "body_part": "CHEST"}]
+    assert split.class_trained_on == {c: [{"modality": "CT", "body_part": "CHEST"}]
+                                      for c in split.classes}
     row = src.rows("val")[0][0]
     expected = Preprocessor(tiny_settings).from_array(read_pixels(row.file)[0])
     np.testing.assert_allclose(split.images[0].astype(np.float32), expected, atol=1e-3)
@@ -207,3 +209,17 @@ def test_a_damaged_or_foreign_npz_says_so(tmp_path, damage):
         MedMNISTSource(path, ["a", "b"])
     with pytest.raises(DatasetError, match=r"not a readable \.npz"):
         MedMNISTSource(path)  # not the unknown-set message
+
+
+def test_each_class_s_training_pairs_are_its_own_images():
+    import numpy as np
+
+    from radvault.analysis.datasets import PreparedSplit
+
+    split = PreparedSplit(np.zeros((4, 3, 8, 8), np.float16), np.array([0, 1, 1, 2]),
+                          ("pneumonia", "stone", "glioma"), ["DX", "CT", "CT", "MR"],
+                          ["CHEST", "KIDNEY", "", "BRAIN"])
+    assert split.class_trained_on == {
+        "pneumonia": [{"modality": "DX", "body_part": "CHEST"}],
+        "stone": [{"modality": "CT", "body_part": ""}, {"modality": "CT", "body_part": "KIDNEY"}],
+        "glioma": [{"modality": "MR", "body_part": "BRAIN"}]}

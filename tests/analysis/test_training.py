@@ -41,6 +41,8 @@ def test_card_records_what_service_needs(trained, toy_manifest):
     assert card["temperature"] > 0
     assert set(card["metrics"]) == {"val", "test"}
     assert card["trained_on"] == [{"modality": "CT", "body_part": "CHEST"}]
+    assert card["class_trained_on"] == {c: [{"modality": "CT", "body_part": "CHEST"}]
+                                        for c in card["classes"]}
     assert card["calibration"]["ece_after"] <= card["calibration"]["ece_before"] + 1e-9
 
 

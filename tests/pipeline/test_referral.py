@@ -36,19 +36,25 @@ BODY_PART_REASONS = {"body_part_unknown", "body_part_not_trained", "modality_not
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A registry holding radbench6 with ``class_trained_on`` in its card, and its key."""
+    """A registry holding radbench6 as shipped before session 9, without ``class_trained_on``
+    in its card (signed with a test key), to compare with the shipped card, which has it."""
     root = tmp_path_factory.mktemp("models")
     card = json.loads((REPO / "models" / "radbench6" / "model_card.json").read_text())
-    card["class_trained_on"] = {
-        c["name"]: [dict(zip(("modality", "body_part"), DATASET_PAIRS[c["select"]["dataset"]],
-                             strict=True))]
-        for c in card["task_definition"]["classes"]}
+    card.pop("class_trained_on")
     signer = Ed25519Signer.generate()
     write_model(root / "radbench6", (REPO / "models" / "radbench6" / "model.onnx").read_bytes(),
                 card, signer)
     (root / "keys").mkdir()
     (root / "keys" / f"{signer.key_id}.pub").write_bytes(signer.public_pem())
     return root
+
+
+def test_the_shipped_radbench6_card_records_each_class_s_training_pairs() -> None:
+    card = json.loads((REPO / "models" / "radbench6" / "model_card.json").read_text())
+    assert card["class_trained_on"] == {
+        c["name"]: [dict(zip(("modality", "body_part"), DATASET_PAIRS[c["select"]["dataset"]],
+                             strict=True))]
+        for c in card["task_definition"]["classes"]}
 
 
 @pytest.fixture
@@ -97,16 +103,16 @@ def test_a_file_s_class_of_another_modality_is_referred_and_nothing_else_changes
     models: Path,
 ) -> None:
     # a chest film said to be MR BRAIN: radbench6 sees a chest film, answers a DX class
-    shipped = analyse_file(CHEST, modality="MR", body_part="BRAIN",
-                           model_dir=REPO / "models" / "radbench6").prediction
-    flagged = analyse_file(CHEST, modality="MR", body_part="BRAIN",
+    shipped = analyse_file(CHEST, modality="MR", body_part="BRAIN",  # before session 9
                            model_dir=models / "radbench6", keys_dir=models / "keys").prediction
+    flagged = analyse_file(CHEST, modality="MR", body_part="BRAIN",
+                           model_dir=REPO / "models" / "radbench6").prediction
     assert flagged.label == shipped.label == "pneumonia"
     assert flagged.probabilities == pytest.approx(shipped.probabilities, abs=1e-6)
     assert "class_not_trained_for_modality" not in shipped.reasons
     assert flagged.refer and "class_not_trained_for_modality" in flagged.reasons
     same = analyse_file(CHEST, modality="DX", body_part="CHEST",
-                        model_dir=models / "radbench6", keys_dir=models / "keys").prediction
+                        model_dir=REPO / "models" / "radbench6").prediction
     assert same.label == "pneumonia"
     assert "class_not_trained_for_modality" not in same.reasons
 
@@ -117,9 +123,9 @@ def test_a_vault_image_s_class_of_another_modality_is_referred_and_nothing_else_
     ingestor = Ingestor(vault, actor="tech")
     wrong = ingestor.ingest_file(CHEST, modality="MR", body_part="BRAIN").instance_id
     right = ingestor.ingest_file(BRAIN, modality="MR", body_part="BRAIN").instance_id
-    shipped = Analyser.default(vault, actor="dr").analyse_many([wrong, right],
-                                                               model_name="radbench6")
-    flagged = Analyser.default(vault, actor="dr", models_dir=models)
+    shipped = Analyser.default(vault, actor="dr", models_dir=models).analyse_many(
+        [wrong, right], model_name="radbench6")  # the card before session 9
+    flagged = Analyser.default(vault, actor="dr")
     batch = flagged.analyse_many([wrong, right], model_name="radbench6")
     single = flagged.analyse_instance(wrong, model_name="radbench6")
     assert batch.failures == []

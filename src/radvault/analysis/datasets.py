@@ -121,6 +121,16 @@ class PreparedSplit:
         pairs = sorted(set(zip(self.modalities, self.body_parts, strict=True)))
         return [{"modality": m, "body_part": b} for m, b in pairs]
 
+    @property
+    def class_trained_on(self) -> dict[str, list[dict[str, str]]]:
+        """Per class, the distinct (modality, body part) pairs of its images, sorted."""
+        pairs: dict[str, set[tuple[str, str]]] = {c: set() for c in self.classes}
+        for label, m, b in zip(self.labels.tolist(), self.modalities, self.body_parts,
+                               strict=True):
+            pairs[self.classes[label]].add((m, b))
+        return {c: [{"modality": m, "body_part": b} for m, b in sorted(ps)]
+                for c, ps in pairs.items()}
+
 
 def read_pixels(path: str | PathLike[str]) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Decode one image file into an array the preprocessor accepts.

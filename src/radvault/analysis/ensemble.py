@@ -159,7 +159,8 @@ def build_ensemble(member_dirs: Sequence[str | PathLike[str]], source: DataSourc
     weights = [np.asarray(r["cam"]["weight"], dtype=np.float64) for r in raws]
     biases = [np.asarray(r["cam"]["bias"], dtype=np.float64) for r in raws]
     card = {key: copy.deepcopy(raws[0][key]) for key in
-            ("task", "task_definition", "classes", "input", "preprocessing", "trained_on")}
+            ("task", "task_definition", "classes", "input", "preprocessing", "trained_on",
+             "class_trained_on") if key in raws[0]}
     card.update({
         "network": {"name": "ensemble", "combine": "mean of member logits",
                     "members": [r["network"] for r in raws]},

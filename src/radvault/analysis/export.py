@@ -593,3 +593,50 @@ def mark_release(model_dir: str | PathLike[str], *, refer_always: bool, why: str
         raise ModelError(f"{out}: the ONNX file does not match its card")
     card["release"] = {"refer_always": bool(refer_always), "why": str(why)}
     return write_model(out, onnx_bytes, card, signer)
+
+
+def record_class_pairs(model_dir: str | PathLike[str], manifest: str | PathLike[str], *,
+                       signer: Signer) -> dict[str, Any]:
+    """Add ``class_trained_on`` to a card written before training recorded it, and sign again.
+
+    Each class's (modality, body part) pairs are read from the training split of the
+    manifest the card names (its sha-256 must match ``training.manifest_sha256``),
+    selected by the card's own task definition, so they are exactly what training saw;
+    serving then refers a prediction of a class never trained on the image's modality.
+    The ONNX file and the model id are unchanged.
+
+    Raises
+    ------
+    ModelError
+        If the folder is not a model, or the pairs disagree with the card's ``trained_on``.
+    DatasetError
+        If the manifest is not the one the model was trained on, or cannot be read.
+    """
+    from radvault.analysis.manifest import load_manifest
+    from radvault.analysis.tasks import Task
+    from radvault.errors import DatasetError
+
+    out = Path(model_dir)
+    try:
+        card = json.loads((out / CARD_FILE).read_text(encoding="utf-8"))
+        onnx_bytes = (out / ONNX_FILE).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{out}: not a model folder ({type(exc).__name__})") from None
+    if hashlib.sha256(onnx_bytes).hexdigest() != card.get("onnx_sha256"):
+        raise ModelError(f"{out}: the ONNX file does not match its card")
+    training = card.get("training") or {}
+    rows = load_manifest(manifest, verify_sha256=False, check_leak=False)
+    if rows.sha256 != training.get("manifest_sha256"):
+        raise DatasetError(f"{manifest}: not the manifest {out.name} was trained on")
+    task = Task.from_dict(card["task_definition"])
+    pairs: dict[str, set[tuple[str, str]]] = {c: set() for c in task.class_names}
+    for row in rows.split((training.get("splits") or {}).get("train", "train")):
+        label = task.label_of(row.columns)
+        if label is not None:
+            pairs[task.class_names[label]].add((row.modality, row.body_part))
+    union = {p for ps in pairs.values() for p in ps}
+    if union != {(p["modality"], p["body_part"]) for p in card.get("trained_on", [])}:
+        raise ModelError(f"{out}: the manifest's pairs differ from the card's trained_on")
+    card["class_trained_on"] = {c: [{"modality": m, "body_part": b} for m, b in sorted(ps)]
+                                for c, ps in pairs.items()}
+    return write_model(out, onnx_bytes, card, signer)

@@ -684,6 +684,7 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
         "temperature": temperature,
         "calibration": calibration,
         "trained_on": tr.trained_on,
+        "class_trained_on": tr.class_trained_on,  # serving refers a class of another modality
         "metrics": {"val": val_metrics, "test": test_metrics},
         "cam": cam_spec(model),
     }
