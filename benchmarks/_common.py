@@ -23,6 +23,7 @@ from rich.table import Table
 __all__ = [
     "DATA_DIR",
     "RESULTS_DIR",
+    "add_site",
     "machine_info",
     "print_table",
     "summarize",
@@ -64,6 +65,16 @@ def machine_info() -> dict[str, Any]:
         "versions": versions,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def add_site(vault: Any, name: str) -> None:
+    """Register a site in a fresh vault (studies go only into sites that exist), as
+    ``radvault sites add`` would, without building the clinical service."""
+    from radvault.access.store import AccessStore
+    from radvault.access.users import ensure_site
+
+    ensure_site(AccessStore.create(vault.catalog.write_engine()), name, actor="benchmark",
+                audit=vault.audit.append)
 
 
 def summarize(samples: Iterable[float]) -> dict[str, float | int | None]:

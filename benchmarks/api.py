@@ -49,7 +49,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from _common import REPO, print_table, write_results
+from _common import REPO, add_site, print_table, write_results
 from radvault.config import PreprocessSettings, load_settings
 
 PASSPHRASE = "benchmark passphrase, not a secret"
@@ -263,6 +263,7 @@ def _in_process(home: Path, preprocess: PreprocessSettings, models: Path,
     from radvault.vault.vault import Vault
 
     with Vault.init(_settings(home, preprocess), PASSPHRASE, kdf=KdfParams.fast()) as vault:
+        add_site(vault, "bench")
         ingestor = Ingestor(vault, actor="benchmark", site="bench")
         analyser = Analyser.default(vault, actor="benchmark", models_dir=models)
         analyser.model_for("DX", "CHEST")  # load once, as the server's first job does

@@ -65,7 +65,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from _common import print_table, write_results
+from _common import add_site, print_table, write_results
 from radvault.config import load_settings
 from radvault.dicom.nodes import DicomNode, NodeRegistry
 from radvault.dicom.scp import DicomServer
@@ -361,6 +361,7 @@ def _ingest_all(files: list[Path], home: Path, profiler: cProfile.Profile | None
     settings = load_settings(env={}, home=home, accept_burned_in=True)
     vault = Vault.init(settings, PASSPHRASE, kdf=KdfParams.fast())
     try:
+        add_site(vault, "bench")
         ingestor = Ingestor(vault, actor="dicom:BENCH_SCU", site="bench")
         blobs = [p.read_bytes() for p in files]
         ingestor.ingest_bytes(blobs[0], "warm-up")
@@ -437,6 +438,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         settings = load_settings(env={}, home=work / "vault", accept_burned_in=True)
         vault = Vault.init(settings, PASSPHRASE, kdf=KdfParams.fast())
+        add_site(vault, "bench")  # the node's site must exist
         nodes = NodeRegistry([DicomNode(CALLING_AE, "127.0.0.1", "bench")])
         measured: dict[tuple[str, str, str], float] = {}
         api_home = work / "vault-api"

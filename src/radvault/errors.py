@@ -32,6 +32,7 @@ also subclasses the builtin it resembles, so callers may catch either::
     │   │   └── IdempotencyConflict           an idempotency key reused for another request
     │   └── JobTimeout(TimeoutError)          a job did not finish within the wait
     ├── InvalidRequest(ValueError)            a request's parameters are malformed
+    │   └── UnknownModel                      a request names a model the registry lacks
     ├── PullError(ConnectionError)            a PACS could not be reached or failed a retrieve
     ├── ReportInputError(ValueError)          data handed to a report renderer is malformed
     ├── DatasetError(ValueError)              a manifest or dataset is unusable (missing file,
@@ -82,6 +83,7 @@ __all__ = [
     "RadVaultError",
     "ReportInputError",
     "TransientError",
+    "UnknownModel",
     "UnsupportedTransferSyntax",
     "VaultError",
     "VaultLocked",
@@ -243,6 +245,14 @@ class InvalidRequest(RadVaultError, ValueError):
     """A request's parameters are malformed or inconsistent (a bad id, window, decision...).
 
     Messages name the parameter, never its value when the value could be PHI.
+    """
+
+
+class UnknownModel(InvalidRequest):
+    """A request names a model that the model registry does not hold.
+
+    Refused before anything is queued; a model that disappears after that fails
+    the job with a :class:`ModelError` instead.
     """
 
 

@@ -130,3 +130,14 @@ def test_sqlite_in_memory_is_shared_by_all_sessions(clock):
     with store.session() as session:
         assert session.scalars(select(SiteRow.name)).all() == ["north"]
     store.close()
+
+
+def test_has_site_on_each_backend_and_before_the_tables_exist(backend_engine, clock):
+    from radvault.access.users import ensure_site
+
+    bare = AccessStore(backend_engine)  # nothing made yet: no site, and nothing created
+    assert not bare.has_site("north")
+    store = AccessStore.create(backend_engine)
+    ensure_site(store, "north", actor="setup", clock=clock)
+    assert store.has_site("north") and not store.has_site("south")
+    assert ensure_site(store, "north", actor="setup", clock=clock) is None

@@ -11,7 +11,7 @@ from argon2 import PasswordHasher
 
 from radvault.access.passwords import AccountError, PasswordPolicyError, make_hasher
 from radvault.access.principal import Role
-from radvault.access.users import LOGIN_FAILED, Accounts, LockoutPolicy
+from radvault.access.users import DEFAULT_SITE, LOGIN_FAILED, Accounts, LockoutPolicy, ensure_site
 from radvault.errors import AuthenticationFailed, ConfigurationError, ObjectNotFound
 
 PASSWORD = "Vivid-Lantern-42!"
@@ -36,6 +36,26 @@ def test_sites_are_created_listed_and_audited(accounts, audit):
         accounts.add_site("admin1", "east")
     with pytest.raises(AccountError, match="invalid site name"):
         accounts.add_site("admin1", "../etc")
+
+
+def test_ensure_site_creates_a_site_once_without_a_hasher(store, audit, clock):
+    created = ensure_site(store, DEFAULT_SITE, audit=audit, clock=clock)
+    assert (created.name, created.created_at) == ("default", clock.now)
+    assert ensure_site(store, DEFAULT_SITE, audit=audit, clock=clock) is None  # idempotent
+    assert store.has_site("default") and not store.has_site("north")
+    assert audit.events == [("system", "site.add", "ok", ["site:default"], {})]
+    with pytest.raises(AccountError, match="invalid site name"):
+        ensure_site(store, "../etc", audit=audit)
+
+
+def test_a_store_without_tables_has_no_site_and_makes_none():
+    from sqlalchemy import create_engine, inspect
+
+    from radvault.access.store import AccessStore
+
+    engine = create_engine("sqlite://")
+    assert not AccessStore(engine).has_site(DEFAULT_SITE)
+    assert inspect(engine).get_table_names() == []
 
 
 def test_a_user_is_created_with_role_and_site(accounts, audit, clock):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicomkit import PASSPHRASE, Pki, make_pki
+from dicomkit import PASSPHRASE, Pki, add_sites, make_pki
 
 from radvault.config import load_settings
 from radvault.dicom.nodes import DicomNode, NodeRegistry
@@ -33,6 +33,7 @@ def vault_home(tmp_path: Path) -> Path:
 def vault(vault_home: Path) -> Iterator[Vault]:
     settings = load_settings(env={}, home=vault_home)
     v = Vault.init(settings, PASSPHRASE, kdf=KdfParams.fast())
+    add_sites(v, NORTH.site, SOUTH.site)  # the sites of the allow-list's nodes
     try:
         yield v
     finally:

@@ -53,6 +53,20 @@ SOP_CLASSES = {
 }
 
 
+# --------------------------------------------------------------------------- sites
+
+
+def add_sites(vault: object, *names: str) -> None:
+    """Register sites in ``vault``, as ``radvault sites add`` does: studies go only into
+    sites that exist, and a node of an unknown site is rejected."""
+    from radvault.access.store import AccessStore
+    from radvault.access.users import ensure_site
+
+    store = AccessStore.create(vault.catalog.write_engine())  # type: ignore[attr-defined]
+    for name in names:
+        ensure_site(store, name, actor="cli:tests", audit=vault.audit.append)  # type: ignore[attr-defined]
+
+
 # --------------------------------------------------------------------------- synthetic DICOM
 
 

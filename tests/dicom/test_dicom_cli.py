@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dicomkit import PASSPHRASE, dcmtk, free_port, require_tool, write_series
+from dicomkit import PASSPHRASE, add_sites, dcmtk, free_port, require_tool, write_series
 
 from radvault.cli._app import main
 from radvault.config import load_settings
@@ -21,8 +21,10 @@ from radvault.vault.vault import Vault
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A vault with the sites north and south."""
     home = tmp_path / "vault"
-    Vault.init(load_settings(env={}, home=home), PASSPHRASE, kdf=KdfParams.fast()).close()
+    with Vault.init(load_settings(env={}, home=home), PASSPHRASE, kdf=KdfParams.fast()) as v:
+        add_sites(v, "north", "south")
     monkeypatch.setenv("RADVAULT_PASSPHRASE", PASSPHRASE)
     return home
 

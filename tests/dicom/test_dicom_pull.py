@@ -14,6 +14,7 @@ from dicomkit import (
     PASSPHRASE,
     PATIENT_NAME,
     Orthanc,
+    add_sites,
     dcmtk,
     free_port,
     require_dicom_dir,
@@ -25,6 +26,7 @@ from dicomkit import (
 from radvault.cli._app import main
 from radvault.config import load_settings
 from radvault.dicom.pull import PULL_ACTION, PullError, pull_dicomweb, pull_dimse
+from radvault.errors import ConfigurationError
 from radvault.pipeline.retrieve import open_image
 from radvault.vault.keys import KdfParams
 from radvault.vault.vault import Vault
@@ -68,9 +70,11 @@ def _study_of(path: Path) -> str:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh vault home, with the passphrase in the environment for the CLI."""
+    """A fresh vault home with the sites the tests pull into, and the passphrase in the
+    environment for the CLI."""
     home = tmp_path / "vault"
-    Vault.init(load_settings(env={}, home=home), PASSPHRASE, kdf=KdfParams.fast()).close()
+    with Vault.init(load_settings(env={}, home=home), PASSPHRASE, kdf=KdfParams.fast()) as v:
+        add_sites(v, "east", "west", "south", "x")
     monkeypatch.setenv("RADVAULT_PASSPHRASE", PASSPHRASE)
     return home
 
@@ -156,3 +160,28 @@ def test_an_unreachable_pacs_fails_cleanly(home: Path) -> None:
     code = main(["--home", str(home), "pull", "--from-ae", "NOBODY", "--host", "127.0.0.1",
                  "--port", str(port), "--study", "1.2.3"])
     assert code == 1
+
+
+class _NoServer:
+    """A DICOMweb client that must not be asked anything."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the server was asked ({name}) before the site was checked")
+
+
+def test_a_pull_into_an_unknown_site_is_refused_before_the_pacs_is_asked(
+        home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()  # nobody listens: a pull that tried would fail with PullError (1)
+    with _open(home) as vault:
+        with pytest.raises(ConfigurationError, match="`radvault sites add nowhere`"):
+            pull_dimse(vault, peer_ae="NOBODY", host="127.0.0.1", port=port, site="nowhere",
+                       actor="tester", study_uids=["1.2.3"])
+        with pytest.raises(ConfigurationError, match="unknown site 'nowhere'"):
+            pull_dicomweb(vault, "http://127.0.0.1:9/dicom-web", site="nowhere",
+                          actor="tester", study_uids=["1.2.3"], client=_NoServer())
+        assert not [e for e in vault.audit.tail(200) if str(e.action) == PULL_ACTION]
+    capsys.readouterr()
+    code = main(["--home", str(home), "pull", "--from-ae", "NOBODY", "--host", "127.0.0.1",
+                 "--port", str(port), "--study", "1.2.3", "--site", "nowhere"])
+    assert code == 2
+    assert "unknown site 'nowhere'" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from dicomkit import (
     PASSPHRASE,
     PATIENT_ID,
     PATIENT_NAME,
+    add_sites,
     dcmtk,
     make_dataset,
     require_dicom_dir,
@@ -112,6 +113,30 @@ def test_a_request_for_another_called_ae_is_rejected(server: DicomServer,
     assert result.returncode != 0
     assert "Called AE Title Not Recognized" in result.stderr
     assert str(_entries(vault, ASSOCIATION_ACTION)[0].outcome) == "refused"
+
+
+def test_a_node_of_a_site_nobody_registered_is_rejected_and_audited(
+        start_server: Callable[..., DicomServer], vault: Vault, tmp_path: Path) -> None:
+    # The allow-list file was edited by hand (`dicom nodes add` refuses such a site).
+    server = start_server(nodes=NodeRegistry([DicomNode("CT_EAST", "127.0.0.1", "east")]))
+    files = write_series(tmp_path / "east", "CT", 1)
+    result = dcmtk("storescu", *_scu_args(server, "CT_EAST"), *files)
+    assert result.returncode != 0
+    (entry,) = _entries(vault, ASSOCIATION_ACTION)
+    assert (entry.actor, str(entry.outcome)) == ("dicom:CT_EAST", "refused")
+    assert entry.details["reason"] == "the node's site is unknown"
+    assert vault.catalog.list_studies() == [] and _entries(vault, "ingest") == []
+
+
+def test_a_node_of_the_default_site_registers_it_on_first_use(
+        start_server: Callable[..., DicomServer], vault: Vault, tmp_path: Path) -> None:
+    server = start_server(nodes=NodeRegistry([DicomNode("CT_MAIN", "127.0.0.1", "default")]))
+    files = write_series(tmp_path / "main", "CT", 1)
+    result = dcmtk("storescu", *_scu_args(server, "CT_MAIN"), *files)
+    assert result.returncode == 0, result.stderr
+    assert [(e.actor, list(e.object_ids)) for e in _entries(vault, "site.add", server)
+            if "site:default" in e.object_ids] == [("system", ["site:default"])]
+    assert vault.catalog.list_studies(site="default")[0].n_instances == 1
 
 
 def test_server_sockets_have_nagle_off(server: DicomServer) -> None:
@@ -241,6 +266,7 @@ def test_burned_in_instances_are_stored_when_the_vault_accepts_them(
         start_server: Callable[..., DicomServer], tmp_path: Path) -> None:
     settings = load_settings(env={}, home=tmp_path / "accepting", accept_burned_in=True)
     accepting = Vault.init(settings, PASSPHRASE, kdf=KdfParams.fast())
+    add_sites(accepting, NORTH.site)
     try:
         server = start_server(vault=accepting)
         us = make_dataset("US", study_uid=generate_uid(), series_uid=generate_uid(), frames=2)

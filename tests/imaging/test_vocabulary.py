@@ -13,12 +13,15 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from radvault.errors import InvalidRequest
 from radvault.imaging import _body_parts
 from radvault.imaging.reading import read_image_bytes
 from radvault.imaging.vocabulary import (
     BODY_PART_EDITION,
     BODY_PARTS,
+    body_part_hint,
     body_part_term,
+    modality_hint,
     modality_term,
 )
 
@@ -260,3 +263,30 @@ def test_generator_reads_a_term_list_and_refuses_too_short_a_table(tmp_path):
         module.render_module("2026d", "test", ["CHEST", "HEAD"])
     with pytest.raises(module.TableError):
         module.render_module("2026", "test", _body_parts.TERMS)
+
+
+@pytest.mark.parametrize(("typed", "term"), [(" dx ", "DX"), ("ot", "OT"), ("", None),
+                                             ("   ", None), (None, None)])
+def test_a_typed_modality_hint_is_a_defined_term_or_none(typed, term):
+    assert modality_hint(typed) == term
+
+
+@pytest.mark.parametrize(("typed", "term"), [("chest ", "CHEST"), ("Brain", "BRAIN"),
+                                             ("", None), (None, None)])
+def test_a_typed_body_part_hint_is_a_defined_term_or_none(typed, term):
+    assert body_part_hint(typed) == term
+
+
+@pytest.mark.parametrize(("check", "typed", "field"), [
+    (modality_hint, "XX", "modality"), (modality_hint, "Doe Jane", "--modality"),
+    (body_part_hint, "Doe_Jane", "body_part"), (body_part_hint, "MRN55512345", "--body-part"),
+])
+def test_a_typed_hint_that_is_no_defined_term_is_refused_naming_the_field_only(
+        check, typed, field):
+    # Unlike a header value (normalised silently), a hint a person typed is refused: a typo
+    # would otherwise become OT or an unknown body part, a different study.
+    with pytest.raises(InvalidRequest) as caught:
+        check(typed, field=field)
+    message = str(caught.value)
+    assert message.startswith(f"{field} is not a DICOM ") and "defined term" in message
+    assert typed not in message and typed.upper() not in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -18,7 +19,13 @@ from radvault.access.policy import scopes_for
 from radvault.access.principal import Principal, Role
 from radvault.analysis.export import Ed25519Signer, input_spec, write_model
 from radvault.config import PreprocessSettings
-from radvault.errors import AccessDenied, AuthenticationFailed, IntegrityError, ObjectNotFound
+from radvault.errors import (
+    AccessDenied,
+    AuthenticationFailed,
+    IntegrityError,
+    ObjectNotFound,
+    UnknownModel,
+)
 from radvault.imaging.preprocess import settings_to_dict
 from radvault.jobs import JobInfo
 from radvault.jobs._job import running_job
@@ -197,15 +204,43 @@ def test_analysis_stores_one_result_however_often_its_job_runs(clinic, kit, tmp_
     assert len(s.results(rad, study, instance)) == 1
 
 
-def test_a_failed_analysis_can_be_asked_for_again(clinic, kit, tmp_path):
+def test_a_model_gone_before_its_job_runs_fails_the_job_which_can_be_asked_for_again(
+        clinic, kit, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(clinic.models, models)
+    clinic.models = models
+    s = clinic.service = clinic.build()
     study = clinic.upload_png(kit, tmp_path, 3)
-    s, rad = clinic.service, clinic.p["rad-n"]
-    first = s.start_analysis(rad, study, model="no-such-model")
+    rad = clinic.p["rad-n"]
+    first = s.start_analysis(rad, study, model="radbench6")  # there when asked for
+    (models / "radbench6").rename(tmp_path / "retired")  # gone when the job runs
     s.run_pending_jobs()
     assert s.job(rad, first.job_id).status == "failed"
     assert s.job(rad, first.job_id).error == "ModelError"
-    second = s.start_analysis(rad, study, model="no-such-model")
+    (tmp_path / "retired").rename(models / "radbench6")
+    second = s.start_analysis(rad, study, model="radbench6")
     assert second.job_id != first.job_id and second.status == "pending"
+    s.run_pending_jobs()
+    assert s.job(rad, second.job_id).status == "succeeded"
+
+
+def test_an_unknown_model_is_refused_before_a_job_is_queued_and_audited(clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 9)
+    s, rad = clinic.service, clinic.p["rad-n"]
+    mark = clinic.mark()
+    with pytest.raises(UnknownModel, match="choose one of radbench6"):
+        s.start_analysis(rad, study, model="Doe_Jane")
+    with pytest.raises(InvalidRequest, match="invalid model name"):
+        s.start_analysis(rad, study, model="../Doe Jane")
+    assert s.run_pending_jobs() == 0  # nothing was queued
+    asked = [e for e in s.vault.audit.query(action="analysis.request") if e.seq > mark]
+    assert sorted((e.actor, e.outcome, e.details["reason"]) for e in asked) == [
+        ("rad-n", "refused", "malformed model name"), ("rad-n", "refused", "unknown model")]
+    assert {e.details["model_hmac"] for e in asked} == {
+        s.vault.audit_digest("Doe_Jane"), s.vault.audit_digest("../Doe Jane")}
+    assert "Doe" not in (clinic.settings.home / "audit.log").read_text(encoding="utf-8")
+    with pytest.raises(AccessDenied):  # the grant is checked first: no probing of models
+        s.start_analysis(clinic.p["rad-s"], study, model="Doe_Jane")
 
 
 def test_a_grant_withdrawn_before_the_job_runs_stops_it(clinic, kit, tmp_path):

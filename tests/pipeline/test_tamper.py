@@ -478,7 +478,8 @@ def test_audit_trail_tampering_is_reported_by_audit_verify_and_verify(
     tamper: str,
 ) -> None:
     change, expected = AUDIT_TAMPERS[tamper]
-    assert len(_entries(home, kit)) == 4  # init + 3 ingests, signed at close
+    # init, the default site (registered on first ingest) + 3 ingests, signed at close
+    assert len(_entries(home, kit)) == 5
     change(home, kit)
     vault = open_vault()
 
@@ -522,15 +523,15 @@ def test_a_trail_cut_below_its_checkpoint_refuses_every_further_action(
     cut: str,
 ) -> None:
     if cut == "cut the tail":
-        kit.sql(home, "DELETE FROM audit_entries WHERE seq >= 4")
+        kit.sql(home, "DELETE FROM audit_entries WHERE seq >= 5")
     else:
         _delete_and_renumber(home, kit)
 
-    with pytest.raises(AuditChainError, match="truncated below checkpoint 4"):
+    with pytest.raises(AuditChainError, match="truncated below checkpoint 5"):
         open_vault()  # not even the unlock can be audited, so nothing else happens
 
     problems = _audit_verify_without_unlocking(home)
-    assert any("entry 4 missing (log truncated" in p for p in problems), problems
+    assert any("entry 5 missing (log truncated" in p for p in problems), problems
 
     # A read-only open reports the damage without appending anything.
     before = kit.file_digests(home)
@@ -539,7 +540,7 @@ def test_a_trail_cut_below_its_checkpoint_refuses_every_further_action(
         with pytest.raises(VaultError, match="read-only"):
             vault.audit.append(ACTOR, Action.READ)
     assert not report.ok
-    assert any("entry 4 missing (log truncated" in p for p in report.problems), report.problems
+    assert any("entry 5 missing (log truncated" in p for p in report.problems), report.problems
     assert any("not audited" in n for n in report.notes), report.notes
     assert kit.file_digests(home) == before  # nothing appended, no checkpoint signed
 
@@ -549,7 +550,7 @@ def test_the_verify_commands_report_a_cut_trail_instead_of_failing_to_open(
 ) -> None:
     from radvault.cli import main
 
-    kit.sql(home, "DELETE FROM audit_entries WHERE seq >= 4")
+    kit.sql(home, "DELETE FROM audit_entries WHERE seq >= 5")
     monkeypatch.setenv("RADVAULT_HOME", str(home))
     monkeypatch.setenv("RADVAULT_PASSPHRASE", kit.PASSPHRASE)
     monkeypatch.setenv("COLUMNS", "200")
@@ -559,10 +560,10 @@ def test_the_verify_commands_report_a_cut_trail_instead_of_failing_to_open(
         capsys.readouterr()
         code = main(command)
         out = capsys.readouterr().out
-        assert code == 1, out
+        assert code == 5, out  # integrity
         report = json.loads(out)
         assert report["ok"] is False
-        assert any("entry 4 missing (log truncated" in p for p in report["problems"]), report
+        assert any("entry 5 missing (log truncated" in p for p in report["problems"]), report
     assert kit.file_digests(home) == before
 
 

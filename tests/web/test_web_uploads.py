@@ -110,3 +110,23 @@ def test_an_upload_while_others_hold_their_memory_is_refused_for_now(web: Browsi
     assert [e.details for e in web.world.audit_since(mark, "ingest_refused")] == [
         {"error": "UploadBudgetExhausted"}]
     assert budget.in_use == 0
+
+
+def test_a_body_part_that_is_no_dicom_term_is_refused_and_not_shown_again(
+        web: Browsing, tmp_path: Path) -> None:
+    # A name typed into the wrong field must not become an image "of unknown body part".
+    from PIL import Image
+
+    png = tmp_path / "hand.png"
+    Image.new("L", (48, 40), 90).save(png)
+    page = web.page("tech-n")
+    mark = web.world.mark()
+    assert upload(page, png, modality="DX", body_part="Doe_Jane") == 400
+    shown = page.locator("#upload-error").inner_text()
+    assert shown.startswith("Refused: body_part is not a DICOM ")
+    assert "Doe_Jane" not in page.content()
+    assert page.get_by_label("Body part").input_value() == ""
+    assert page.get_by_label("Modality").input_value() == "DX"  # a valid choice is kept
+    assert [e.details for e in web.world.audit_since(mark, "ingest_refused")] == [
+        {"error": "InvalidRequest"}]
+    assert not web.world.audit_since(mark, "ingest")

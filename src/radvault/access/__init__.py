@@ -10,9 +10,10 @@ from radvault.access.policy import ROLE_ACTIONS, Action, Policy, Resource, Study
 from radvault.access.principal import AuditSink, Clock, Principal, Role, TextDigest
 from radvault.access.store import AccessStore
 from radvault.access.tokens import SigningKey, TokenPair, TokenService
-from radvault.access.users import Accounts, Grant, LockoutPolicy, Site, User
+from radvault.access.users import DEFAULT_SITE, Accounts, Grant, LockoutPolicy, Site, User
 
 __all__ = [
+    "DEFAULT_SITE",
     "ROLE_ACTIONS",
     "AccessStore",
     "Accounts",

@@ -13,12 +13,12 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, MetaData, create_engine, event, make_url, select
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect, make_url, select
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from radvault.access._models import AccessBase, GrantRow, UserRow
+from radvault.access._models import AccessBase, GrantRow, SiteRow, UserRow
 from radvault.errors import ConfigurationError
 
 __all__ = ["AccessStore"]
@@ -134,6 +134,28 @@ class AccessStore:
         sites = frozenset(site for site, _ in rows if site is not None)
         studies = frozenset(study for _, study in rows if study is not None)
         return sites, studies
+
+    def has_site(self, name: str) -> bool:
+        """Whether a site of this name exists.
+
+        Safe on a database whose access tables were never made (a vault the
+        clinical service never opened): then no site exists, and nothing is created.
+
+        Parameters
+        ----------
+        name : str
+            The site's name.
+
+        Returns
+        -------
+        bool
+            True when the site exists.
+        """
+        translate = self.engine.get_execution_options().get("schema_translate_map") or {}
+        if not inspect(self.engine).has_table(SiteRow.__tablename__, schema=translate.get(None)):
+            return False
+        with self.session() as session:
+            return session.get(SiteRow, name) is not None
 
     def close(self) -> None:
         """Dispose of the engine if this store created it."""

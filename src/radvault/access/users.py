@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 from sqlalchemy.orm import Session
 
 from radvault.access._models import GrantRow, RefreshTokenRow, SiteRow, UserRow
@@ -40,12 +41,19 @@ from radvault.access.principal import AuditSink, Clock, Role, TextDigest, emit_a
 from radvault.access.store import AccessStore
 from radvault.errors import AuthenticationFailed, ConfigurationError, ObjectNotFound
 
-__all__ = ["LOGIN_FAILED", "Accounts", "Grant", "LockoutPolicy", "Site", "User"]
+__all__ = ["DEFAULT_SITE", "LOGIN_FAILED", "Accounts", "Grant", "LockoutPolicy", "Site", "User",
+           "ensure_site"]
 
 logger = logging.getLogger(__name__)
 
 LOGIN_FAILED = "invalid username or password"
 """The one message of every refused login, whatever the reason (no account enumeration)."""
+
+DEFAULT_SITE = "default"
+"""The site of studies ingested without naming one (``radvault ingest`` without ``--site``).
+
+It exists in every vault: registered when the vault is initialised, and on first
+use in a vault made before that (:mod:`radvault.pipeline.sites`)."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -246,11 +254,7 @@ class Accounts:
         AccountError
             If the name is invalid or taken.
         """
-        if not isinstance(name, str) or not _SITE.fullmatch(name):
-            raise AccountError(
-                "invalid site name: use 1-64 letters, digits, '.', '_' or '-',"
-                " starting with a letter or digit"
-            )
+        _check_site_name(name)
         now = self.clock()
         with self.store.session() as session:
             if session.get(SiteRow, name) is not None:
@@ -837,6 +841,63 @@ def _check_name(name: str, what: str) -> None:
             f"invalid {what}: use 1-64 letters, digits, '.', '_', '@' or '-',"
             " starting with a letter or digit"
         )
+
+
+def _check_site_name(name: str) -> None:
+    if not isinstance(name, str) or not _SITE.fullmatch(name):
+        raise AccountError(
+            "invalid site name: use 1-64 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+
+
+def ensure_site(store: AccessStore, name: str, *, actor: str = "system",
+                audit: AuditSink | None = None, clock: Clock = utcnow) -> Site | None:
+    """Create a site unless it exists: for the sites RadVault itself relies on
+    (:data:`DEFAULT_SITE`) and for set-up code; an admin adds a site with
+    :meth:`Accounts.add_site`, which refuses a name that is taken.
+
+    Idempotent and safe against a concurrent creation (another process that
+    creates it at the same moment wins, and nothing is audited here). Unlike
+    :meth:`Accounts.add_site` it needs no password hasher, so ingest can call it.
+    A creation is audited as ``site.add`` by ``actor``, as an admin's would be.
+
+    Parameters
+    ----------
+    store : AccessStore
+        Where accounts live (its tables must exist: :meth:`AccessStore.create`).
+    name : str
+        The site.
+    actor : str
+        Who creates it, for the audit trail (``system`` by default).
+    audit : AuditSink, optional
+        Receives the creation.
+    clock : Clock, optional
+        The current time.
+
+    Returns
+    -------
+    Site or None
+        The new site, or ``None`` when it existed already.
+
+    Raises
+    ------
+    AccountError
+        If the name is invalid.
+    """
+    _check_site_name(name)
+    now = clock()
+    try:
+        with store.session() as session:
+            if session.get(SiteRow, name) is not None:
+                return None
+            session.add(SiteRow(name=name, created_at=now))
+    except SQLIntegrityError:  # created by a concurrent writer since the look-up
+        if store.has_site(name):
+            return None
+        raise
+    emit_audit(audit, actor, "site.add", "ok", [f"site:{name}"])
+    return Site(name, now)
 
 
 def _check_target(study_id: str | None, site: str | None) -> None:

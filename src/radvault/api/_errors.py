@@ -37,6 +37,7 @@ from radvault.errors import (
     ObjectShredded,
     PasswordPolicyError,
     RadVaultError,
+    UnknownModel,
     VaultError,
     VaultLocked,
 )
@@ -64,6 +65,7 @@ STATUS_MAP: tuple[tuple[type[BaseException], int, str], ...] = (
     (ImageInputError, 422, "invalid_image"),
     (DeidentificationError, 422, "deidentification_refused"),
     (DatasetError, 422, "invalid_dataset"),
+    (UnknownModel, 422, "unknown_model"),
     (InvalidRequest, 400, "invalid_request"),
     (VaultLocked, 503, "vault_locked"),
     (IntegrityError, 500, "integrity_failure"),
@@ -220,6 +222,8 @@ def _radvault_response(exc: RadVaultError) -> JSONResponse:
     errors = None
     if isinstance(exc, PasswordPolicyError):
         errors = [{"loc": ["password"], "msg": p} for p in exc.problems]
+    elif isinstance(exc, UnknownModel):  # shaped as a request validation error's
+        errors = [{"loc": ["body", "model"], "msg": detail, "type": code}]
     return problem(status, code, detail, errors=errors, headers=headers)
 
 

@@ -175,7 +175,11 @@ class AnalysisIn(_In):
     """What to analyse: one instance of the study, or all (and optionally which model)."""
 
     instance_id: str | None = Field(default=None, pattern=ID_PATTERN)
-    model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    model: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="A model of the service's registry (default: the registry chooses per "
+                    "image); an unknown one is refused (422 unknown_model) before anything "
+                    "is queued")
 
 
 class JobOut(_Out):

@@ -12,13 +12,17 @@ __all__ = ["router"]
 router = APIRouter(prefix=API_PREFIX, tags=["analyses"])
 
 
-@router.post("/studies/{study_id}/analyses", status_code=202, response_model=JobOut)
+@router.post("/studies/{study_id}/analyses", status_code=202, response_model=JobOut,
+             responses={422: {"description": "The body is not valid, or names a model the "
+                                             "registry does not hold (unknown_model): "
+                                             "nothing is queued"}})
 def start_analysis(service: Service, principal: CurrentPrincipal, study_id: StudyId,
                    response: Response, body: AnalysisIn | None = None) -> JobOut:
     """Queue the analysis of a study, or of one of its images (idempotent).
 
     Answers 202 with the job; asking again for the same images and model
-    returns the same job. Follow it at ``Location``.
+    returns the same job. Follow it at ``Location``. A model the registry does
+    not hold is refused (422, audited) before anything is queued.
     """
     body = body or AnalysisIn()
     job = service.start_analysis(principal, study_id, instance_id=body.instance_id,

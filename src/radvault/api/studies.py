@@ -37,9 +37,15 @@ _UPLOAD_BODY: dict[str, Any] = {
                 "file": {"type": "string", "format": "binary",
                          "description": "DICOM, PNG or JPEG"},
                 "modality": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,16}$",
-                             "description": "Modality hint for PNG/JPEG (DX, CT, MR, US...)"},
+                             "description": "Modality hint for PNG/JPEG: a DICOM defined "
+                                            "term (PS3.3 C.7.3.1.1.1: DX, CR, CT, MR, US, "
+                                            "MG, OT...), in any case; any other value is "
+                                            "refused (400)"},
                 "body_part": {"type": "string", "pattern": "^[A-Za-z0-9_ -]{1,64}$",
-                              "description": "Body part hint for PNG/JPEG"},
+                              "description": "Body part hint for PNG/JPEG: a DICOM Body Part "
+                                             "Examined defined term (PS3.16 Annex L: CHEST, "
+                                             "HEAD, BRAIN, ABDOMEN...), in any case; any other "
+                                             "value is refused (400)"},
             }}}},
     }
 }
@@ -49,6 +55,11 @@ _UPLOAD_BODY: dict[str, Any] = {
              responses={408: {"description": "The body stalled or trickled while holding "
                                              "upload memory (upload_idle_timeout_s, "
                                              "upload_min_bytes_per_s)"},
+                        400: {"description": "A malformed form, file name, or a hint "
+                                             "that is not a DICOM defined term"},
+                        403: {"description": "The caller may not upload, their site is not "
+                                             "registered, or the image belongs to a study "
+                                             "of another site"},
                         413: {"description": "Over the upload cap"},
                         422: {"description": "Not a readable image, or refused by policy"},
                         503: {"description": "Too many uploads in flight: try again after "

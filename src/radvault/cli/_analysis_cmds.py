@@ -69,8 +69,12 @@ def analyze(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="An image FILE, or a vault study/instance ID.")],
     model: Annotated[Path | None, typer.Option(help="A model folder (default: registry).")] = None,
-    modality: Annotated[str | None, typer.Option(help="Modality of a PNG/JPEG file.")] = None,
-    body_part: Annotated[str | None, typer.Option(help="Body part of a PNG/JPEG file.")] = None,
+    modality: Annotated[str | None, typer.Option(
+        help="Modality of a PNG/JPEG file, a DICOM defined term (PS3.3: DX, CR, CT, MR, US, "
+             "MG, OT...); any other is refused.")] = None,
+    body_part: Annotated[str | None, typer.Option(
+        help="Body part of a PNG/JPEG file, a DICOM defined term (PS3.16 Annex L: CHEST, "
+             "HEAD, BRAIN, ABDOMEN...); any other is refused.")] = None,
     heatmap: Annotated[Path | None, typer.Option(
         help="Write the CAM overlay PNG here (one image or instance).")] = None,
     keys: Annotated[Path | None, typer.Option(
@@ -83,17 +87,23 @@ def analyze(
 
     @handle_errors
     def run() -> None:
+        from radvault.analysis.export import CARD_FILE
+        from radvault.cli._vault_cmds import typed_hints
+
         path = Path(target)
         settings = settings_from_context(ctx)
+        typed_modality, typed_body_part = typed_hints(modality, body_part)
         if heatmap is not None and not heatmap.parent.is_dir():
             raise ConfigurationError(f"--heatmap: no folder {heatmap.parent}")
         if model is not None and not model.is_dir():
             raise ObjectNotFound(f"--model: no model folder {model}")
+        if model is not None and not (model / CARD_FILE).is_file():
+            raise ObjectNotFound(f"--model: {model} holds no model ({CARD_FILE} is missing)")
         if keys is not None and not keys.is_dir():
             raise ObjectNotFound(f"--keys: no folder {keys}")
         if path.is_file():
-            results = [_analyze_file(path, model, modality, body_part, heatmap, keys,
-                                     settings.refer_threshold)]
+            results = [_analyze_file(path, model, typed_modality, typed_body_part, heatmap,
+                                     keys, settings.refer_threshold)]
         elif path.is_dir():
             raise ConfigurationError(f"{target} is a folder: analyze takes one image file, or "
                                      "a study or instance id of the vault (ingest a folder "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from radvault.cli._common import console, err_console, handle_errors, settings_from_context
@@ -59,6 +60,7 @@ def serve(
         from radvault.dicom.nodes import NodeRegistry, nodes_path
         from radvault.dicom.scp import DicomServer
         from radvault.dicom.tls import TlsConfig
+        from radvault.pipeline.sites import DEFAULT_SITE, site_exists
 
         _quiet_pynetdicom()
         settings = settings_from_context(ctx)
@@ -74,6 +76,13 @@ def serve(
                               "(add nodes with `radvault dicom nodes add`)")
         stop = threading.Event()
         with opened_vault(settings) as vault:
+            for node in nodes:
+                if node.site != DEFAULT_SITE and not site_exists(vault, node.site):
+                    err_console.print(
+                        f"[yellow]warning:[/] node {escape(node.ae_title)}: unknown site "
+                        f"{escape(repr(node.site))}: its associations will be rejected "
+                        f"(add it with `radvault sites add {escape(node.site)}`)",
+                        highlight=False)
             server = DicomServer(vault, nodes, ae_title=ae_title, host=host, port=port, tls=tls)
             bound = server.start()
             mode = "DICOM TLS, mutual" if tls and tls.require_client_cert else (
@@ -97,7 +106,8 @@ def nodes_add(
     ctx: typer.Context,
     ae_title: Annotated[str, typer.Argument(help="The node's AE title.")],
     host: Annotated[str, typer.Option(help="IP address or host name it connects from.")],
-    site: Annotated[str, typer.Option(help="The site its studies belong to.")],
+    site: Annotated[str, typer.Option(
+        help="The site its studies belong to (one `radvault sites add` made).")],
     port: Annotated[
         int | None, typer.Option(help="Where the node listens (for `radvault pull`).")
     ] = None,
@@ -107,11 +117,13 @@ def nodes_add(
     @handle_errors
     def run() -> None:
         from radvault.dicom.nodes import DicomNode, NodeRegistry, nodes_path
+        from radvault.pipeline.sites import require_site
 
         settings = settings_from_context(ctx)
         node = DicomNode(ae_title, host, site, port)
         path = nodes_path(settings)
         with opened_vault(settings) as vault:
+            require_site(vault, node.site)  # what a node sends must go into a real site
             NodeRegistry.load(path).with_node(node).save(path)
             vault.audit.append(ACTOR, NODE_ADD_ACTION,
                                details={"ae_title": node.ae_title[:16], "host": node.host[:64],
@@ -203,6 +215,7 @@ def pull(
         from radvault.dicom.nodes import NodeRegistry
         from radvault.dicom.pull import pull_dicomweb, pull_dimse
         from radvault.dicom.tls import client_context
+        from radvault.pipeline.sites import DEFAULT_SITE
 
         _quiet_pynetdicom()
         settings = settings_from_context(ctx)
@@ -213,7 +226,7 @@ def pull(
                     raise ConfigurationError("give either --dicomweb or --from-ae/--host/--port")
                 token = os.environ.get("RADVAULT_DICOMWEB_TOKEN")
                 headers = {"Authorization": f"Bearer {token}"} if token else None
-                report = pull_dicomweb(vault, dicomweb, site=site or "default", actor=ACTOR,
+                report = pull_dicomweb(vault, dicomweb, site=site or DEFAULT_SITE, actor=ACTOR,
                                        study_uids=uids, headers=headers, limit=limit)
                 source = dicomweb
             else:
@@ -228,7 +241,7 @@ def pull(
                 tls = client_context(tls_ca, tls_cert, tls_key) if tls_ca else None
                 report = pull_dimse(
                     vault, peer_ae=from_ae, host=peer_host, port=peer_port,
-                    site=site or (node.site if node else "default"), actor=ACTOR,
+                    site=site or (node.site if node else DEFAULT_SITE), actor=ACTOR,
                     study_uids=uids, method=method, ae_title=ae_title,
                     listen_host=listen_host, listen_port=listen_port, tls=tls, limit=limit,
                 )

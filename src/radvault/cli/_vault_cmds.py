@@ -22,9 +22,9 @@ from radvault.cli._common import (
     settings_from_context,
 )
 from radvault.config import Settings
-from radvault.errors import ConfigurationError, ObjectNotFound
+from radvault.errors import ConfigurationError, InvalidRequest, ObjectNotFound
 
-__all__ = ["audit_app", "keys_app", "register"]
+__all__ = ["audit_app", "keys_app", "register", "typed_hints"]
 
 audit_app = typer.Typer(help="Inspect and verify the audit trail.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage the vault's keys, and make model signing keys.",
@@ -55,6 +55,25 @@ def read_passphrase(settings: Settings | None = None, *, confirm: bool = False) 
             "no passphrase: set RADVAULT_PASSPHRASE or run in a terminal to be asked"
         )
     return typer.prompt("Vault passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+def typed_hints(modality: str | None, body_part: str | None
+                ) -> tuple[str | None, str | None]:
+    """``--modality`` and ``--body-part`` as DICOM defined terms (``None``: not given).
+
+    Raises
+    ------
+    ConfigurationError
+        If one is not a defined term (exit status 2); the message names the option,
+        not the value.
+    """
+    from radvault.imaging.vocabulary import body_part_hint, modality_hint
+
+    try:
+        return (modality_hint(modality, field="--modality"),
+                body_part_hint(body_part, field="--body-part"))
+    except InvalidRequest as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 @contextmanager
@@ -100,15 +119,20 @@ def init(
         "--tls", help="Also make a self-signed certificate for `radvault serve` (localhost).")
     ] = False,
 ) -> None:
-    """Create a vault in RADVAULT_HOME: key file, catalog, blob folder, audit trail."""
+    """Create a vault in RADVAULT_HOME: key file, catalog, blob folder, audit trail, and
+    the site "default" (where `radvault ingest` puts studies without --site)."""
 
     @handle_errors
     def run() -> None:
+        from radvault.pipeline.sites import ensure_default_site
         from radvault.vault.vault import Vault
 
         settings = settings_from_context(ctx)
         vault = Vault.init(settings, read_passphrase(confirm=True))
-        vault.close()
+        try:
+            ensure_default_site(vault)
+        finally:
+            vault.close()
         console.print(f"vault created in {settings.home}")
         if tls:
             from radvault.api.tls import make_self_signed
@@ -124,24 +148,32 @@ def ingest(
     ctx: typer.Context,
     inputs: Annotated[list[Path], typer.Argument(help="Files or folders (recursive).")],
     modality: Annotated[
-        str | None, typer.Option(help="Modality for PNG/JPEG (e.g. DX, MR, CT, US).")
+        str | None, typer.Option(help="Modality for PNG/JPEG, a DICOM defined term (PS3.3: "
+                                      "DX, CR, CT, MR, US, MG, OT...); any other is refused.")
     ] = None,
-    body_part: Annotated[str | None, typer.Option(help="Body part for PNG/JPEG.")] = None,
-    site: Annotated[str, typer.Option(help="Site the new studies belong to.")] = "default",
+    body_part: Annotated[str | None, typer.Option(
+        help="Body part for PNG/JPEG, a DICOM defined term (PS3.16 Annex L: CHEST, HEAD, "
+             "BRAIN, ABDOMEN...); any other is refused.")] = None,
+    site: Annotated[str | None, typer.Option(
+        help="Site the new studies belong to, one `radvault sites add` made "
+             "(default: the site \"default\", which every vault has).")] = None,
 ) -> None:
     """De-identify, preprocess, seal and store images; a bad file is reported and skipped."""
 
     @handle_errors
     def run() -> int:
         from radvault.pipeline.ingest import Ingestor
+        from radvault.pipeline.sites import DEFAULT_SITE
 
+        hints = typed_hints(modality, body_part)  # before the passphrase is asked for
         settings = settings_from_context(ctx)
         files = list(iter_input_files(inputs))
         with opened_vault(settings) as vault, progress_bar() as bar:
-            ingestor = Ingestor(vault, actor=ACTOR, site=site)
+            ingestor = Ingestor(vault, actor=ACTOR,
+                                site=DEFAULT_SITE if site is None else site)
             task = bar.add_task("ingesting", total=len(files))
             outcomes = ingestor.ingest_paths(
-                files, modality=modality, body_part=body_part,
+                files, modality=hints[0], body_part=hints[1],
                 on_file=lambda _o: bar.advance(task),
             )
         table = Table(title="ingest")

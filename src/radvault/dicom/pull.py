@@ -51,6 +51,7 @@ from radvault.dicom.nodes import DicomNode, NodeRegistry, check_ae_title
 from radvault.dicom.scp import DicomServer
 from radvault.errors import ConfigurationError, PullError
 from radvault.pipeline.ingest import Ingestor, IngestOutcome
+from radvault.pipeline.sites import require_site
 from radvault.vault.audit import Outcome
 from radvault.vault.vault import Vault
 
@@ -286,7 +287,7 @@ def pull_dimse(
     Raises
     ------
     ConfigurationError
-        When an argument is invalid.
+        When an argument is invalid, or ``site`` is not registered.
     PullError
         When the PACS cannot be reached or refuses the association or the query.
     """
@@ -297,6 +298,7 @@ def pull_dimse(
         raise ConfigurationError("the PACS port must be within 1..65535")
     ae_title = check_ae_title(ae_title)
     peer = _Peer(DicomNode(peer_ae, host, site), port, tls)
+    require_site(vault, site)  # before the PACS is asked for anything
     report = PullReport(method=method)
 
     def record(outcome: IngestOutcome) -> None:
@@ -360,6 +362,8 @@ def pull_dicomweb(
 
     Raises
     ------
+    ConfigurationError
+        When ``site`` is not registered (before the server is asked for anything).
     PullError
         When the server cannot be reached or answers with an HTTP error.
     """

@@ -4,8 +4,11 @@ The server (pynetdicom) accepts an association only from a calling AE title on
 the allow-list (:mod:`radvault.dicom.nodes`) connecting from the host recorded
 for it, and addressed to our own AE title; everything else is rejected with
 "calling AE title not recognised" (or "called AE title not recognised") and
-audited. Each accepted association is audited when established and when it
-ends (with counts of stored, duplicate and refused instances).
+audited. A node whose site is not registered (``radvault sites add``) is
+rejected too ("no reason given"; audited as "the node's site is unknown"), so
+nothing it sends lands in a site nobody can be granted. Each accepted
+association is audited when established and when it ends (with counts of
+stored, duplicate and refused instances).
 
 C-STORE hands the dataset bytes, exactly as received and never written to
 disk, to the ingest use case, which de-identifies, preprocesses, seals,
@@ -49,6 +52,7 @@ from radvault.dicom.nodes import DicomNode, NodeRegistry, check_ae_title
 from radvault.dicom.tls import TlsConfig, server_context
 from radvault.errors import ConfigurationError
 from radvault.pipeline.ingest import IngestOutcome
+from radvault.pipeline.sites import require_site
 from radvault.vault.audit import Outcome
 from radvault.vault.vault import Vault
 
@@ -79,6 +83,7 @@ _REJECT_FLUSH_S = 2.0
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 _REJECT_CALLING = (0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE not recognised
 _REJECT_CALLED = (0x01, 0x01, 0x07)  # ..., called AE title not recognised
+_REJECT_NO_REASON = (0x01, 0x01, 0x01)  # ..., no reason given (the node's site is unknown)
 
 
 @dataclass
@@ -295,6 +300,11 @@ class DicomServer:
             return
         if called != self.ae_title:
             self._reject(assoc, _REJECT_CALLED, actor, address, "called AE title not ours")
+            return
+        try:  # what the node sends must go into a registered site (the default: made now)
+            require_site(self.vault, node.site)
+        except ConfigurationError:
+            self._reject(assoc, _REJECT_NO_REASON, actor, address, "the node's site is unknown")
             return
         receiver = StoreReceiver(self.vault, actor, node.site, self._ingest_lock,
                                  on_outcome=self._on_outcome)

@@ -15,6 +15,12 @@ itself an anatomic term (``HEAD``, ``WING``) could be, and it would read as that
 term. Both comparisons ignore surrounding spaces and case (values are upper-cased,
 as Code Strings are).
 
+Header values are normalised silently (devices write all sorts), but a hint a
+person types (an upload form's ``modality`` and ``body_part``, ``radvault ingest
+--modality``) is refused when it is not a defined term: :func:`modality_hint` and
+:func:`body_part_hint` raise instead of turning a typo into ``OT`` or an unknown
+body part. Their message names the field, never the value (it may be a name).
+
 The Modality terms are written out here by hand; the Body Part Examined terms are
 generated into :mod:`radvault.imaging._body_parts` by ``tools/generate_body_parts.py``,
 which records the edition (:data:`BODY_PART_EDITION`) and the source. Neither
@@ -27,9 +33,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from radvault.errors import InvalidRequest
 from radvault.imaging import _body_parts
 
-__all__ = ["BODY_PARTS", "BODY_PART_EDITION", "MODALITIES", "body_part_term", "modality_term"]
+__all__ = ["BODY_PARTS", "BODY_PART_EDITION", "MODALITIES", "body_part_hint", "body_part_term",
+           "modality_hint", "modality_term"]
 
 #: PS3.3 C.7.3.1.1.1 Modality defined terms, current and retired.
 MODALITIES: Final = frozenset({
@@ -61,3 +69,66 @@ def body_part_term(value: str | None) -> str:
     """``value`` as a Body Part Examined defined term (upper case), or ``""`` (unknown)."""
     term = (value or "").strip().upper()
     return term if term in BODY_PARTS else ""
+
+
+def modality_hint(value: str | None, *, field: str = "modality") -> str | None:
+    """A Modality a person typed, as a defined term (upper case); refused if it is none.
+
+    Parameters
+    ----------
+    value : str or None
+        The hint as typed; case and surrounding spaces do not matter. ``None``
+        or blank: no hint.
+    field : str
+        How the refusal names the field (``"modality"``, ``"--modality"``).
+
+    Returns
+    -------
+    str or None
+        The defined term, or ``None`` for no hint.
+
+    Raises
+    ------
+    InvalidRequest
+        If it is not a PS3.3 Modality defined term; the message names ``field``,
+        never the value.
+    """
+    term = (value or "").strip().upper()
+    if not term:
+        return None
+    if term not in MODALITIES:
+        raise InvalidRequest(f"{field} is not a DICOM Modality defined term (PS3.3 "
+                             "C.7.3.1.1.1), such as CT, MR, DX, CR, US, MG or OT")
+    return term
+
+
+def body_part_hint(value: str | None, *, field: str = "body part") -> str | None:
+    """A Body Part Examined a person typed, as a defined term (upper case); refused if it
+    is none.
+
+    Parameters
+    ----------
+    value : str or None
+        The hint as typed; case and surrounding spaces do not matter. ``None``
+        or blank: no hint.
+    field : str
+        How the refusal names the field (``"body part"``, ``"--body-part"``).
+
+    Returns
+    -------
+    str or None
+        The defined term, or ``None`` for no hint.
+
+    Raises
+    ------
+    InvalidRequest
+        If it is not a PS3.16 Annex L Body Part Examined defined term; the message
+        names ``field``, never the value.
+    """
+    term = (value or "").strip().upper()
+    if not term:
+        return None
+    if term not in BODY_PARTS:
+        raise InvalidRequest(f"{field} is not a DICOM Body Part Examined defined term "
+                             "(PS3.16 Annex L), such as CHEST, HEAD, BRAIN, ABDOMEN or KNEE")
+    return term

@@ -24,7 +24,9 @@ from radvault.errors import (
     AccessDenied,
     ConfigurationError,
     IntegrityError,
+    ModelError,
     ObjectNotFound,
+    UnknownModel,
 )
 from radvault.jobs import Job, JobStatus, current_job
 from radvault.pipeline._clinical_base import (
@@ -45,6 +47,8 @@ __all__ = ["ANALYSE_TASK", "AnalysisCases"]
 
 ANALYSE_TASK = "clinical.analyse"
 """The job task that analyses the instances of one study."""
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class AnalysisCases(ServiceCore):
@@ -72,7 +76,9 @@ class AnalysisCases(ServiceCore):
         instance_id : str, optional
             One instance; default every instance of the study.
         model : str, optional
-            A model folder name; default the registry's choice per image.
+            A model folder name of the service's model registry; default the
+            registry's choice per image. Checked here, before anything is queued
+            (and again when the job runs: a model may disappear meanwhile).
 
         Returns
         -------
@@ -86,7 +92,11 @@ class AnalysisCases(ServiceCore):
         ObjectNotFound
             If the instance is not in the study.
         InvalidRequest
-            If the study has no images or the model name is malformed.
+            If the study has no images or the model name is malformed (audited).
+        UnknownModel
+            If the registry holds no model of that name (audited; nothing queued).
+        ModelError
+            If the model registry itself is unusable.
         """
         if instance_id is not None:
             study, inst = self._instance(principal, Action.ANALYSE, study_id, instance_id)
@@ -97,8 +107,8 @@ class AnalysisCases(ServiceCore):
                 study.study_id)]
         if not instance_ids:
             raise InvalidRequest("the study has no images to analyse")
-        if model is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", model):
-            raise InvalidRequest("invalid model name")
+        if model is not None:
+            self._check_model(principal, study.study_id, model)
         payload = {"study_id": study.study_id, "instance_ids": sorted(instance_ids),
                    "model": model}
         key = "clinical.analyse:" + hashlib.sha256(canonical_json(payload)).hexdigest()[:48]
@@ -114,6 +124,34 @@ class AnalysisCases(ServiceCore):
                                 object_ids=[study.study_id, *payload["instance_ids"]][:64],
                                 details={"job_id": job.job_id, "model": model})
         return _job_view(job)
+
+    def _check_model(self, principal: Principal, study_id: str, model: str) -> None:
+        """Refuse (audited) a model name the service's registry does not hold.
+
+        The trail names the model only by its keyed digest: the name is text the
+        caller typed.
+        """
+        if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model):
+            error: InvalidRequest = InvalidRequest("invalid model name")
+            reason = "malformed model name"
+        else:
+            registry = self._analyser(principal.username).registry
+            try:
+                registry.get(model)
+                return
+            except ModelError:
+                pass
+            names = [e.name for e in registry.entries()]
+            listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            error = UnknownModel(
+                f"unknown model: choose one of {listed}, or leave model out to let the "
+                "registry choose" if names else "unknown model: the model registry is empty")
+            reason = "unknown model"
+        self.vault.audit.append(principal.username, "analysis.request", Outcome.REFUSED,
+                                object_ids=[study_id],
+                                details={"reason": reason,
+                                         "model_hmac": self.vault.audit_digest(str(model))})
+        raise error
 
     def job(self, principal: Principal, job_id: str) -> JobView:
         """An analysis job's state, for a caller granted its study.

@@ -45,6 +45,7 @@ from radvault.pipeline._clinical_tables import (
     ClinicalBase,
 )
 from radvault.pipeline.analyse import Analyser
+from radvault.pipeline.sites import require_site
 from radvault.vault.audit import Outcome
 from radvault.vault.catalog import InstanceRecord, StudyRecord
 from radvault.vault.vault import Vault
@@ -52,13 +53,11 @@ from radvault.vault.vault import Vault
 __all__ = [
     "AUDIT_ACTION_RE",
     "AUDIT_NAME_RE",
-    "BODY_PART_RE",
     "COMMENT_MAX",
     "FILE_NAME_MAX",
     "ID_RE",
     "JOB_ID_RE",
     "MEDIA_TYPES",
-    "MODALITY_RE",
     "REASON_MAX",
     "SCAN_LIMIT",
     "SIGNOFF_TYPE",
@@ -79,8 +78,6 @@ __all__ = [
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 JOB_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
-MODALITY_RE = re.compile(r"[A-Za-z0-9_]{1,16}")
-BODY_PART_RE = re.compile(r"[A-Za-z0-9_ -]{1,64}")
 AUDIT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 AUDIT_ACTION_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 FILE_NAME_MAX = 255
@@ -341,6 +338,24 @@ class ServiceCore:
                                 details={"action": name, "role": principal.role.value,
                                          "reason": reason})
         return AccessDenied(f"{name} refused: {reason}")
+
+    def _authorize_upload(self, principal: Principal) -> str:
+        """The caller's site, after the policy allowed them to upload into it and the site
+        was found registered; refusals audited.
+
+        Raises
+        ------
+        AccessDenied
+            If the caller may not upload, or their site does not exist (a site
+            named by a single sign-on claim that nobody registered).
+        """
+        self.policy.authorize(principal, Action.UPLOAD, Resource(site=principal.site))
+        site = str(principal.site)
+        try:
+            return require_site(self.vault, site)
+        except ConfigurationError:
+            raise self._refuse(principal, Action.UPLOAD, "the caller's site is not registered",
+                               [f"site:{site}"]) from None
 
     def _require_role(self, principal: Principal, action: Action) -> None:
         """Refuse (audited) unless the caller's role and token allow ``action`` at all."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
-from radvault.access.policy import Action, Resource
+from radvault.access.policy import Action
 from radvault.access.principal import Principal
 from radvault.errors import (
     BurnedInAnnotationRefused,
@@ -28,10 +28,9 @@ from radvault.errors import (
     UnsupportedTransferSyntax,
 )
 from radvault.imaging.preprocess import display_array, to_png_bytes
+from radvault.imaging.vocabulary import body_part_hint, modality_hint
 from radvault.pipeline._clinical_base import (
-    BODY_PART_RE,
     FILE_NAME_MAX,
-    MODALITY_RE,
     ImageView,
     InvalidRequest,
     ServiceCore,
@@ -72,7 +71,9 @@ class StudyCases(ServiceCore):
         name : str
             The file name as uploaded (a bare name; only for messages).
         modality, body_part : str, optional
-            Hints for PNG/JPEG files.
+            Hints for PNG/JPEG files (and for what a DICOM header leaves unsaid):
+            DICOM defined terms (PS3.3 Modality, PS3.16 Annex L Body Part
+            Examined), in any case, surrounding spaces ignored.
 
         Returns
         -------
@@ -83,21 +84,22 @@ class StudyCases(ServiceCore):
         Raises
         ------
         AccessDenied
-            If the caller may not upload, or the image belongs to a study of
-            another site (audited).
+            If the caller may not upload, their site is not registered, or the
+            image belongs to a study of another site (audited).
         ImageInputError
             If the file is not a readable image, too large, or refused by the
             de-identification policy (audited by the ingest use case).
         InvalidRequest
-            If the name or a hint is malformed (audited).
+            If the name is malformed or a hint is not a DICOM defined term
+            (audited by type only: the refusal names the field, never the value).
         """
-        self.authorize_upload(principal)
-        site = str(principal.site)
+        site = self._authorize_upload(principal)
         name = self._check_upload_name(principal, name)
-        for label, value, pattern in (("modality", modality, MODALITY_RE),
-                                      ("body part", body_part, BODY_PART_RE)):
-            if value is not None and not pattern.fullmatch(value):
-                self.reject_upload(principal, InvalidRequest(f"invalid {label}"))
+        try:
+            modality = modality_hint(modality, field="modality")
+            body_part = body_part_hint(body_part, field="body_part")
+        except InvalidRequest as exc:
+            self.reject_upload(principal, exc)
         if len(data) > self.vault.settings.limits.max_file_bytes:
             self.reject_upload(principal, ImageTooLarge(
                 name, f"over the cap of {self.vault.settings.limits.max_file_bytes} bytes"))
@@ -121,9 +123,9 @@ class StudyCases(ServiceCore):
         Raises
         ------
         AccessDenied
-            If not (audited).
+            If not, or if their site is not registered (audited).
         """
-        self.policy.authorize(principal, Action.UPLOAD, Resource(site=principal.site))
+        self._authorize_upload(principal)
 
     def reject_upload(self, principal: Principal, error: RadVaultError) -> NoReturn:
         """Audit an upload the face refused before it reached ingest (size, form, name).

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from pydicom import dcmread
 
-from radvault.access.policy import Action, Resource
+from radvault.access.policy import Action
 from radvault.access.principal import Principal
 from radvault.errors import (
     AccessDenied,
@@ -145,14 +145,14 @@ class DicomWebStoreCases(ServiceCore):
         Raises
         ------
         AccessDenied
-            If the caller may not upload at all (audited).
+            If the caller may not upload at all, or their site is not registered
+            (audited).
         InvalidRequest
             If there are no parts (audited).
         """
-        self.policy.authorize(principal, Action.UPLOAD, Resource(site=principal.site))
+        site = self._authorize_upload(principal)
         if not parts:
             raise self._part_refused(principal, InvalidRequest("the request holds no instance"))
-        site = str(principal.site)
         sites: dict[str, str | None] = {}
         items: list[StoreItem | None] = []
         accepted: list[tuple[int, IngestItem, _Sent]] = []

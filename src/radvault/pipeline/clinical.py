@@ -43,7 +43,7 @@ from radvault.access.policy import ROLE_ACTIONS, Policy
 from radvault.access.principal import Principal, Role
 from radvault.access.store import AccessStore
 from radvault.access.tokens import TokenPair, TokenService
-from radvault.access.users import Accounts
+from radvault.access.users import DEFAULT_SITE, Accounts
 from radvault.errors import AuthenticationFailed
 from radvault.jobs import JobRunner, TaskRegistry
 from radvault.pipeline._clinical_admin import AdminCases
@@ -64,6 +64,7 @@ from radvault.pipeline._clinical_base import (
 from radvault.pipeline._clinical_dicomweb import DicomWebCases
 from radvault.pipeline._clinical_reports import ReportCases
 from radvault.pipeline._clinical_studies import StudyCases
+from radvault.pipeline.sites import ensure_default_site
 from radvault.vault.audit import Outcome
 from radvault.vault.vault import Vault
 
@@ -178,7 +179,9 @@ class ClinicalService(StudyCases, AnalysisCases, AdminCases, ReportCases, DicomW
 
         The access and job tables are created in the catalog's database when
         missing. The token signing key comes from the vault
-        (:func:`token_signing_key`).
+        (:func:`token_signing_key`). A vault made before the default site was
+        registered at ``radvault init`` gets it here when it holds studies of it
+        (audited as ``site.add`` by ``system``), so they can be granted by site.
 
         Parameters
         ----------
@@ -203,6 +206,9 @@ class ClinicalService(StudyCases, AnalysisCases, AdminCases, ReportCases, DicomW
         # engine concurrent logins failed their lock upgrade (SQLITE_BUSY, seen
         # in benchmarks/api.py). The price: logins are serialised.
         store = AccessStore.create(vault.catalog.write_engine())
+        if (not vault.read_only and not store.has_site(DEFAULT_SITE)
+                and vault.catalog.list_studies(limit=1, site=DEFAULT_SITE)):
+            ensure_default_site(vault)
         audit = vault.audit.append
         accounts = Accounts(store, hasher=make_hasher(*settings.argon2), lockout=settings.lockout,
                             audit=audit, digest=vault.audit_digest)

@@ -61,6 +61,7 @@ from radvault.imaging.reading import (
 from radvault.imaging.records import ImageRecord, SourceFormat
 from radvault.imaging.vocabulary import body_part_term, modality_term
 from radvault.pipeline.model_input import encode_model_input
+from radvault.pipeline.sites import DEFAULT_SITE, require_site
 from radvault.vault.audit import Action, EntryDraft, Outcome
 from radvault.vault.catalog import CatalogWriter, NewInstance, NewObject
 from radvault.vault.secure_memory import zeroize
@@ -92,8 +93,12 @@ class IngestItem:
 
     ``name`` is only for messages to the user (default: the path, or
     ``"upload"``); ``modality`` and ``body_part`` are hints (they fill what a
-    DICOM header leaves unsaid, and label PNG/JPEG); ``patient_key`` links
-    PNG/JPEG images of one patient (see :meth:`Ingestor.ingest_bytes`).
+    DICOM header leaves unsaid, and label PNG/JPEG), normalised here as header
+    values are (what is not a defined term reads as ``OT`` or an unknown body
+    part): the faces that take hints a person typed (upload, ``radvault ingest``)
+    refuse those first (:func:`~radvault.imaging.vocabulary.modality_hint`);
+    ``patient_key`` links PNG/JPEG images of one patient (see
+    :meth:`Ingestor.ingest_bytes`).
     """
 
     source: Path | bytes
@@ -179,16 +184,22 @@ class Ingestor:
     actor : str
         Who is ingesting (a user name or ``system``), for the audit trail.
     site : str
-        The site new studies belong to.
+        The site new studies belong to: a registered one, or the default site
+        (registered on first use: :func:`~radvault.pipeline.sites.require_site`).
     options : DeidOptions, optional
         De-identification options; default from the vault's settings.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``site`` is not registered (``radvault sites add``).
     """
 
-    def __init__(self, vault: Vault, *, actor: str = "system", site: str = "default",
+    def __init__(self, vault: Vault, *, actor: str = "system", site: str = DEFAULT_SITE,
                  options: DeidOptions | None = None) -> None:
         self.vault = vault
         self.actor = actor
-        self.site = site
+        self.site = require_site(vault, site)
         self._secret = vault.keys.deid_secret()
         options = options or DeidOptions.from_settings(vault.settings)
         self._deid = Deidentifier(self._secret, options)

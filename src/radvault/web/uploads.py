@@ -27,6 +27,7 @@ from radvault.errors import (
     InvalidRequest,
     RadVaultError,
 )
+from radvault.imaging.vocabulary import body_part_hint, modality_hint
 from radvault.pipeline.clinical import ClinicalService, UploadResult
 from radvault.web._core import (
     WEB_PREFIX,
@@ -63,6 +64,19 @@ def _page(request: Request, user: WebUser, *, status: int = 200,
                   {"title": "Upload", "modalities": MODALITIES, "result": result,
                    "error": error, "fields": fields or {}}, status=status, user=user,
                   headers=headers)
+
+
+def _terms_only(fields: dict[str, str]) -> dict[str, str]:
+    """The hints to show again in the form: only defined terms (a refused one may be a
+    patient's name typed into the wrong field; the page names the field, not the value)."""
+    kept = {}
+    for key, term in (("modality", modality_hint), ("body_part", body_part_hint)):
+        try:
+            if term(fields.get(key)):
+                kept[key] = fields[key]
+        except InvalidRequest:
+            continue
+    return kept
 
 
 @router.get("/upload")
@@ -104,7 +118,7 @@ async def upload(request: Request, service: Service) -> Response:
             modality=fields.get("modality") or None, body_part=fields.get("body_part") or None)
     except (ImageInputError, DeidentificationError, InvalidRequest, AccessDenied) as exc:
         return _page(request, user, status=status_of(exc)[0], error=str(exc)[:300],
-                     fields=fields)
+                     fields=_terms_only(fields))
     finally:
         form.wipe()
     return _page(request, user, status=201 if result.status == "stored" else 200,
