@@ -84,3 +84,37 @@ def test_debug_logging_shows_radvault_s_own_messages_without_library_chatter():
     assert _own_debug_only(record("radvault.pipeline.ingest", logging.DEBUG))
     assert not _own_debug_only(record("pylibjpeg.utils", logging.DEBUG))
     assert _own_debug_only(record("pylibjpeg.utils", logging.WARNING))
+
+
+def test_ingest_of_folders_holding_no_file_says_so(home: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]):
+    empty = tmp_path / "empty"
+    (empty / ".hidden").mkdir(parents=True)
+    assert main(["--home", str(home), "ingest", str(empty)]) == 6
+    assert "no files to ingest" in _one_error_line(capsys.readouterr().err)
+
+
+def test_the_same_passphrase_again_is_not_a_change(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("RADVAULT_NEW_PASSPHRASE", PASSPHRASE)
+    assert main(["--home", str(home), "keys", "passphrase"]) == 2
+    assert "the new passphrase is the current one" in _one_error_line(capsys.readouterr().err)
+
+
+def test_init_says_what_to_do_next(tmp_path: Path, clean_env: None,
+                                   monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("RADVAULT_PASSPHRASE", PASSPHRASE)
+    assert main(["--home", str(tmp_path / "new"), "init"]) == 0
+    out = capsys.readouterr().out
+    assert "vault created in" in out and "radvault users add" in out
+
+
+def test_an_unlabelled_picture_is_told_which_options_label_it(clean_env: None,
+                                                             capsys: pytest.CaptureFixture[str]):
+    image = (Path(__file__).resolve().parents[2] / "src" / "radvault" / "samples" / "images"
+             / "chest_xray__normal__IM-0009-0001.jpeg")
+    assert main(["analyze", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "refer to a radiologist" in out and "give --modality and --body-part" in out
+    assert " %" in out  # probabilities as percentages, as the reports print them

@@ -113,6 +113,8 @@ def analyze(
         else:
             results = _analyze_vault(settings, target, model, heatmap, keys)
         failed = [r for r in results if "error" in r]
+        from radvault.reports import percent  # as reports and the web pages print them
+
         if as_json:
             typer.echo(json.dumps(results, indent=2))
             if failed:
@@ -122,17 +124,24 @@ def analyze(
             if "error" in r:
                 console.print(f"[red]{r['target']}: not analysed[/] ({r['error']})")
                 continue
-            table = Table(title=f"{r['target']}  model {r['model_id']}")
+            table = Table(title=f"{r['target']}  model {r['model_id']}",
+                          caption="< the predicted class")
             table.add_column("class")
             table.add_column("probability", justify="right")
             for cls, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]):
                 mark = " <" if cls == r["prediction"] else ""
-                table.add_row(cls + mark, f"{p:.3f}")
+                table.add_row(cls + mark, percent(p))
             console.print(table)
             if r["refer"]:
                 console.print(f"[yellow]refer to a radiologist[/] ({', '.join(r['reasons'])})")
+                unlabelled = path.is_file() and not (typed_modality and typed_body_part)
+                if unlabelled and {"modality_not_trained", "body_part_unknown"} & set(
+                        r["reasons"]):
+                    console.print("[dim]a PNG or JPEG says nothing of what it shows: give "
+                                  "--modality and --body-part (DICOM files carry them)[/]")
             else:
-                console.print(f"prediction: [bold]{r['prediction']}[/] ({r['probability']:.2f})")
+                console.print(f"prediction: [bold]{r['prediction']}[/] "
+                              f"({percent(r['probability'])})")
         if failed:
             console.print(f"[red]{len(failed)} of {len(results)} instances not analysed[/]")
             raise typer.Exit(1)

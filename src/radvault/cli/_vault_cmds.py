@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import sys
@@ -128,7 +129,10 @@ def init(
         from radvault.vault.vault import Vault
 
         settings = settings_from_context(ctx)
-        vault = Vault.init(settings, read_passphrase(confirm=True))
+        passphrase = read_passphrase(confirm=True)
+        with console.status("deriving the vault's key from the passphrase (Argon2id, a few "
+                            "seconds on purpose: it slows guessing)"):
+            vault = Vault.init(settings, passphrase)
         try:
             ensure_default_site(vault)
         finally:
@@ -140,6 +144,8 @@ def init(
             folder = settings.home / "tls"
             cert, key = make_self_signed(folder / "cert.pem", folder / "key.pem")
             console.print(f"self-signed certificate {cert} (key {key}, mode 0600)")
+        console.print("next: `radvault users add NAME --role admin|technologist|radiologist|"
+                      "physician|auditor`, `radvault ingest FILES...`, `radvault serve`")
 
     run()
 
@@ -168,6 +174,9 @@ def ingest(
         hints = typed_hints(modality, body_part)  # before the passphrase is asked for
         settings = settings_from_context(ctx)
         files = list(iter_input_files(inputs))
+        if not files:
+            raise ObjectNotFound("no files to ingest: the folders given hold none (hidden "
+                                 "files are skipped)")
         with opened_vault(settings) as vault, progress_bar() as bar:
             ingestor = Ingestor(vault, actor=ACTOR,
                                 site=DEFAULT_SITE if site is None else site)
@@ -444,6 +453,8 @@ def keys_passphrase(ctx: typer.Context) -> None:
 
     @handle_errors
     def run() -> None:
+        from radvault.vault.vault import Vault
+
         new = os.environ.get("RADVAULT_NEW_PASSPHRASE")
         if not new:
             if not sys.stdin.isatty():
@@ -451,8 +462,15 @@ def keys_passphrase(ctx: typer.Context) -> None:
                                          "run in a terminal to be asked")
             new = typer.prompt("New vault passphrase", hide_input=True,
                                confirmation_prompt=True)
-        with opened_vault(settings_from_context(ctx)) as vault:
+        settings = settings_from_context(ctx)
+        current = read_passphrase(settings)
+        if hmac.compare_digest(new.encode(), current.encode()):
+            raise ConfigurationError("the new passphrase is the current one: nothing changed")
+        vault = Vault.open(settings, current)
+        try:
             vault.change_passphrase(new, actor=ACTOR)
+        finally:
+            vault.close()
         console.print("passphrase changed: unlock with the new one from now on "
                       "(update RADVAULT_PASSPHRASE wherever services read it)")
 
