@@ -116,6 +116,21 @@ def test_a_class_never_trained_for_the_images_modality_is_referred():
     assert refer_reasons(0.95, 0.80, _card(), "MR", "BRAIN", "a") == ()
 
 
+def test_a_class_trained_on_the_modality_but_not_the_body_part_is_referred():
+    # as radbench6: two CT classes, one per body part
+    pairs = {"lung": (("CT", "CHEST"),), "stone": (("CT", "KIDNEY"),)}
+    card = _card(classes=("lung", "stone"), trained_on=(("CT", "CHEST"), ("CT", "KIDNEY")),
+                 class_trained_on=pairs)
+    assert refer_reasons(0.95, 0.80, card, "CT", "CHEST", "stone") == (
+        "class_not_trained_for_body_part",)
+    assert refer_reasons(0.95, 0.80, card, "CT", "KIDNEY", "stone") == ()
+    # a body part the model never saw for CT, or none: those reasons say it already
+    assert refer_reasons(0.95, 0.80, card, "CT", "BRAIN", "stone") == (
+        "body_part_not_trained",)
+    assert refer_reasons(0.95, 0.80, card, "CT", "", "stone") == ("body_part_unknown",)
+    assert refer_reasons(0.95, 0.80, card, "CT", None, "stone") == ()
+
+
 def test_every_reason_given_is_listed_in_order():
     from radvault.analysis.inference import REFER_REASONS
 

@@ -62,11 +62,15 @@ REASON_BODY_PART_UNKNOWN = "body_part_unknown"
 #: The predicted class was never trained on an image of the image's modality (per the
 #: card's ``class_trained_on``), e.g. a CT-only class predicted for an MR image.
 REASON_CLASS_MODALITY = "class_not_trained_for_modality"
+#: The predicted class was trained on the image's modality, but never on its body part
+#: (a known one the model has seen for that modality: e.g. kidney_stone on a chest CT).
+REASON_CLASS_BODY_PART = "class_not_trained_for_body_part"
 #: The release maintainer marked the model as failing on held-out data.
 REASON_NOT_VALIDATED = "model_not_validated"
 #: Every reason :func:`refer_reasons` can give, in the order it gives them.
 REFER_REASONS = (REASON_NOT_VALIDATED, REASON_LOW_CONFIDENCE, REASON_MODALITY,
-                 REASON_BODY_PART_UNKNOWN, REASON_BODY_PART, REASON_CLASS_MODALITY)
+                 REASON_BODY_PART_UNKNOWN, REASON_BODY_PART, REASON_CLASS_MODALITY,
+                 REASON_CLASS_BODY_PART)
 
 
 @dataclass(frozen=True)
@@ -282,9 +286,15 @@ def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
             # "" (unknown) only passes when the model was trained on such images
             reasons.append(REASON_BODY_PART_UNKNOWN if not b else REASON_BODY_PART)
     per_class = card.class_trained_on
-    if label is not None and per_class is not None and m not in {
-            mod for mod, _ in per_class.get(label, ())}:
+    if label is None or per_class is None:
+        return tuple(reasons)
+    pairs = set(per_class.get(label, ()))
+    if m not in {mod for mod, _ in pairs}:
         reasons.append(REASON_CLASS_MODALITY)
+    elif body_part is not None and body_part.strip().upper() in parts and (
+            m, body_part.strip().upper()) not in pairs:
+        # a body part the model knows for this modality, but not for this class
+        reasons.append(REASON_CLASS_BODY_PART)
     return tuple(reasons)
 
 

@@ -172,7 +172,8 @@ class AnalysisSummary:
     reasons : iterable of str
         Why ``refer`` is set (``model_not_validated``, ``low_confidence``,
         ``modality_not_trained``, ``body_part_unknown``, ``body_part_not_trained``,
-        ``class_not_trained_for_modality``; other codes are shown as written).
+        ``class_not_trained_for_modality``, ``class_not_trained_for_body_part``; other
+        codes are shown as written).
     refer_threshold : float, optional
         The confidence threshold the flag was computed with, when known.
     result_id : str

@@ -88,6 +88,7 @@ _REASON_WORDS = {
     _text.REASON_NOT_VALIDATED: "Model not validated for decisions",
     _text.REASON_BODY_PART_UNKNOWN: "Body part not recorded",
     _text.REASON_CLASS_MODALITY: "Predicted class not trained for this modality",
+    _text.REASON_CLASS_BODY_PART: "Predicted class not trained for this body part",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")

@@ -16,6 +16,7 @@ REASON_BODY_PART = "body_part_not_trained"
 REASON_NOT_VALIDATED = "model_not_validated"
 REASON_BODY_PART_UNKNOWN = "body_part_unknown"
 REASON_CLASS_MODALITY = "class_not_trained_for_modality"
+REASON_CLASS_BODY_PART = "class_not_trained_for_body_part"
 
 AWAITING_SIGN_OFF = "Awaiting radiologist sign-off"
 
@@ -79,6 +80,10 @@ def reason_text(report: ReportInput, reason: str) -> str:
     if reason == REASON_CLASS_MODALITY:
         modality = report.modality or "these"
         return f"the model never saw the class {a.predicted_class} on {modality} images"
+    if reason == REASON_CLASS_BODY_PART:
+        part = report.body_part or "this body part"
+        return (f"the model never saw the class {a.predicted_class} on images of the "
+                f"{part}")
     return reason.replace("_", " ")
 
 
