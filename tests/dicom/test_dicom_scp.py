@@ -115,6 +115,26 @@ def test_a_request_for_another_called_ae_is_rejected(server: DicomServer,
     assert str(_entries(vault, ASSOCIATION_ACTION)[0].outcome) == "refused"
 
 
+def test_a_site_check_that_fails_rejects_for_now_and_is_audited(
+        server: DicomServer, vault: Vault, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import radvault.dicom.scp as scp
+
+    def database_down(*_args: object) -> bool:
+        raise RuntimeError("the catalog database went away")
+
+    monkeypatch.setattr(scp, "site_exists", database_down)
+    host, port = server.address
+    result = dcmtk("echoscu", "-aet", NORTH.ae_title, "-aec", "RADVAULT", host, str(port))
+    assert result.returncode != 0
+    (entry,) = _entries(vault, ASSOCIATION_ACTION)
+    assert str(entry.outcome) == "refused"
+    assert entry.details["reason"] == "the node's site could not be checked"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "site check: unexpected RuntimeError" in logged
+    assert "went away" not in logged  # the stack's frames, never the message
+
+
 def test_a_node_of_a_site_nobody_registered_is_rejected_and_audited(
         start_server: Callable[..., DicomServer], vault: Vault, tmp_path: Path) -> None:
     # The allow-list file was edited by hand (`dicom nodes add` refuses such a site).

@@ -78,14 +78,20 @@ class AccessStore:
             engine = _engine_from_url(engine_or_url)
         else:
             engine = engine_or_url
-        try:
-            AccessBase.metadata.create_all(engine)
-        except SQLAlchemyError as exc:
-            if owns:
-                engine.dispose()
-            raise ConfigurationError(
-                f"cannot initialise the access tables ({type(exc).__name__})"
-            ) from None
+        for attempt in (1, 2):
+            try:
+                AccessBase.metadata.create_all(engine)
+                break
+            except SQLAlchemyError as exc:
+                if attempt == 1:
+                    # Another process may have been creating them at the same instant
+                    # (PostgreSQL: a duplicate type or table): look again, once.
+                    continue
+                if owns:
+                    engine.dispose()
+                raise ConfigurationError(
+                    f"cannot initialise the access tables ({type(exc).__name__})"
+                ) from None
         logger.debug("access tables ready on %s", engine.dialect.name)
         return cls(engine, owns_engine=owns)
 

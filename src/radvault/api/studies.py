@@ -36,12 +36,12 @@ _UPLOAD_BODY: dict[str, Any] = {
             "properties": {
                 "file": {"type": "string", "format": "binary",
                          "description": "DICOM, PNG or JPEG"},
-                "modality": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,16}$",
+                "modality": {"type": "string",
                              "description": "Modality hint for PNG/JPEG: a DICOM defined "
                                             "term (PS3.3 C.7.3.1.1.1: DX, CR, CT, MR, US, "
                                             "MG, OT...), in any case; any other value is "
                                             "refused (400)"},
-                "body_part": {"type": "string", "pattern": "^[A-Za-z0-9_ -]{1,64}$",
+                "body_part": {"type": "string",
                               "description": "Body part hint for PNG/JPEG: a DICOM Body Part "
                                              "Examined defined term (PS3.16 Annex L: CHEST, "
                                              "HEAD, BRAIN, ABDOMEN...), in any case; any other "

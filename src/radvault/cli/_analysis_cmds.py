@@ -134,7 +134,8 @@ def analyze(
             console.print(table)
             if r["refer"]:
                 console.print(f"[yellow]refer to a radiologist[/] ({', '.join(r['reasons'])})")
-                unlabelled = path.is_file() and not (typed_modality and typed_body_part)
+                unlabelled = (path.is_file() and not (typed_modality and typed_body_part)
+                              and path.suffix.lower() in (".png", ".jpg", ".jpeg"))
                 if unlabelled and {"modality_not_trained", "body_part_unknown"} & set(
                         r["reasons"]):
                     console.print("[dim]a PNG or JPEG says nothing of what it shows: give "

@@ -455,6 +455,8 @@ def keys_passphrase(ctx: typer.Context) -> None:
     def run() -> None:
         from radvault.vault.vault import Vault
 
+        settings = settings_from_context(ctx)
+        Vault.ensure_exists(settings)  # before anyone types a new passphrase
         new = os.environ.get("RADVAULT_NEW_PASSPHRASE")
         if not new:
             if not sys.stdin.isatty():
@@ -462,7 +464,6 @@ def keys_passphrase(ctx: typer.Context) -> None:
                                          "run in a terminal to be asked")
             new = typer.prompt("New vault passphrase", hide_input=True,
                                confirmation_prompt=True)
-        settings = settings_from_context(ctx)
         current = read_passphrase(settings)
         if hmac.compare_digest(new.encode(), current.encode()):
             raise ConfigurationError("the new passphrase is the current one: nothing changed")

@@ -38,6 +38,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from radvault._diagnostics import log_unexpected
 from radvault.dicom._query import QueryError, find_matches
 from radvault.dicom._storage import (
     STORAGE_SOP_CLASSES,
@@ -52,7 +53,7 @@ from radvault.dicom.nodes import DicomNode, NodeRegistry, check_ae_title
 from radvault.dicom.tls import TlsConfig, server_context
 from radvault.errors import ConfigurationError
 from radvault.pipeline.ingest import IngestOutcome
-from radvault.pipeline.sites import require_site
+from radvault.pipeline.sites import DEFAULT_SITE, require_site, site_exists
 from radvault.vault.audit import Outcome
 from radvault.vault.vault import Vault
 
@@ -84,6 +85,7 @@ _REJECT_FLUSH_S = 2.0
 _REJECT_CALLING = (0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE not recognised
 _REJECT_CALLED = (0x01, 0x01, 0x07)  # ..., called AE title not recognised
 _REJECT_NO_REASON = (0x01, 0x01, 0x01)  # ..., no reason given (the node's site is unknown)
+_REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # rejected-transient: the site could not be checked
 
 
 @dataclass
@@ -302,8 +304,16 @@ class DicomServer:
             self._reject(assoc, _REJECT_CALLED, actor, address, "called AE title not ours")
             return
         try:  # what the node sends must go into a registered site (the default: made now)
-            require_site(self.vault, node.site)
-        except ConfigurationError:
+            known = site_exists(self.vault, node.site)
+            if not known and node.site == DEFAULT_SITE:
+                require_site(self.vault, node.site)
+                known = True
+        except Exception as exc:  # the database, not the node: the peer may try again later
+            log_unexpected(log, exc, "DICOM association site check")
+            self._reject(assoc, _REJECT_TRANSIENT, actor, address,
+                         "the node's site could not be checked")
+            return
+        if not known:
             self._reject(assoc, _REJECT_NO_REASON, actor, address, "the node's site is unknown")
             return
         receiver = StoreReceiver(self.vault, actor, node.site, self._ingest_lock,

@@ -62,7 +62,11 @@ def reason_text(report: ReportInput, reason: str) -> str:
     a = report.analysis
     if reason == REASON_LOW_CONFIDENCE:
         if a.refer_threshold is not None:
-            return f"confidence {percent(a.probability)} under {_threshold(a.refer_threshold)}"
+            shown, limit = percent(a.probability), _threshold(a.refer_threshold)
+            if shown == limit:  # 0.7996 reads 80.0 %: do not say "80.0 % under 80.0 %"
+                shown = f"just under {limit}"
+                return f"confidence {shown}"
+            return f"confidence {shown} under {limit}"
         return f"confidence {percent(a.probability)} under the referral threshold"
     if reason == REASON_MODALITY:
         modality = report.modality or "unknown"

@@ -183,9 +183,9 @@ def _owner_only_sqlite_file(url: URL) -> None:
     try:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         os.chmod(path, 0o600)
-    except PermissionError:  # not ours to change (a read-only copy, say): leave it
-        pass
-    except FileNotFoundError:  # no such folder: the engine reports it in its own words
+    except OSError:
+        # Not ours to change (a read-only copy or file system), no such folder, not a
+        # file: the engine then reports what matters in its own words.
         pass
 
 
