@@ -112,7 +112,8 @@ def demo(
             f"   user [bold]{login[0]}[/] (radiologist, granted the demo site); password in "
             f"{settings.home / LOGINS_FILE}\n"
             f"Also: `{env} {exe} ls`, `radvault show ID`, `radvault audit tail`, "
-            "`radvault --help`."
+            "`radvault --help`.",
+            soft_wrap=True,  # never break the commands a user copies
         )
         return 0 if report.ok else 1
 

@@ -231,7 +231,7 @@ def serve(
                     server_header=False, proxy_headers=False))
                 console.print(f"RadVault API on [bold]{plan.url}[/]")
                 console.print(f"log in: POST {plan.url}/auth/token (OAuth2 password flow); "
-                              f"OpenAPI: {plan.url}/openapi.json")
+                              f"OpenAPI: {plan.url}/openapi.json", soft_wrap=True)
                 console.print(f"web page: [bold]{plan.web_url}[/]")
                 if plan.cert is None:
                     console.print("[yellow]plain HTTP on loopback: for this machine only[/]")

@@ -145,7 +145,8 @@ def init(
             cert, key = make_self_signed(folder / "cert.pem", folder / "key.pem")
             console.print(f"self-signed certificate {cert} (key {key}, mode 0600)")
         console.print("next: `radvault users add NAME --role admin|technologist|radiologist|"
-                      "physician|auditor`, `radvault ingest FILES...`, `radvault serve`")
+                      "physician|auditor`, `radvault ingest FILES...`, `radvault serve`",
+                      soft_wrap=True)  # never break a command a user may copy
 
     run()
 
