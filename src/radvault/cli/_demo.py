@@ -150,6 +150,7 @@ def _analyse(vault: object, outcomes: list) -> None:
         console.print("2. analyse: the analysis engine is not installed; skipped")
         return
     from radvault.errors import ModelError
+    from radvault.reports import percent
 
     try:
         analyser = Analyser.default(vault, actor="demo")
@@ -164,7 +165,8 @@ def _analyse(vault: object, outcomes: list) -> None:
         if o.instance_id is None:
             continue
         result = analyser.analyse_instance(o.instance_id)
-        flag = "[yellow]refer to a radiologist[/]" if result.refer else "-"
+        flag = (f"[yellow]refer to a radiologist[/] ({', '.join(result.reasons)})"
+                if result.refer else "-")
         table.add_row(sample.path.name, sample.label or "?", result.predicted_class,
-                      f"{result.probability:.2f}", flag, result.model_id)
+                      percent(result.probability), flag, result.model_id)
     console.print(table)
