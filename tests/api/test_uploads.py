@@ -109,6 +109,7 @@ def test_files_that_are_not_readable_images_are_refused_and_audited(world, name,
     r = world.upload("tech-n", data, name)
     assert r.status_code == 422, r.text
     assert r.json()["code"] == "invalid_image"
+    assert [(e["loc"], e["type"]) for e in r.json()["errors"]] == [(["body", "file"], error)]
     assert "Jane" not in r.text and "1970" not in r.text
     refused = refused_upload(world, mark)
     assert [e.details["error"] for e in refused] == [error]

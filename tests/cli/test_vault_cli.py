@@ -210,6 +210,7 @@ def test_ingest_ls_show_export_verify_audit_rotate_and_shred(
     assert code == 0
     for action in ("init", "unlock", "ingest", "ingest_refused", "export", "verify"):
         assert action in out
+    assert "error=NotAnImage" in "".join(out.split())  # a refusal shows its class
 
     code, out, _ = run("keys", "rotate")
     assert code == 0

@@ -224,6 +224,8 @@ def _radvault_response(exc: RadVaultError) -> JSONResponse:
         errors = [{"loc": ["password"], "msg": p} for p in exc.problems]
     elif isinstance(exc, UnknownModel):  # shaped as a request validation error's
         errors = [{"loc": ["body", "model"], "msg": detail, "type": code}]
+    elif isinstance(exc, ImageInputError):  # which refusal: a class name, never a value
+        errors = [{"loc": ["body", "file"], "msg": detail, "type": type(exc).__name__}]
     return problem(status, code, detail, errors=errors, headers=headers)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from radvault.cli._common import (
@@ -414,14 +415,24 @@ def audit_tail(
         with opened_vault(settings_from_context(ctx)) as vault:
             entries = vault.audit.tail(n)
         table = Table(title="audit trail (oldest first)")
-        for col in ("seq", "time", "actor", "action", "outcome", "objects"):
+        for col in ("seq", "time", "actor", "action", "outcome", "objects", "details"):
             table.add_column(col, overflow="fold")
         for e in entries:
             table.add_row(str(e.seq), str(e.ts), e.actor, str(e.action), str(e.outcome),
-                          ", ".join(e.object_ids[:3]) + (" …" if len(e.object_ids) > 3 else ""))
+                          ", ".join(e.object_ids[:3]) + (" …" if len(e.object_ids) > 3 else ""),
+                          escape(_short_details(e.details)))
         console.print(table)
 
     run()
+
+
+def _short_details(details: object, limit: int = 80) -> str:
+    """An entry's details on one line, ``key=value``, cut at ``limit`` characters (the
+    trail holds no PHI by design: error classes, counts, keyed digests)."""
+    if not isinstance(details, dict) or not details:
+        return ""
+    text = " ".join(f"{k}={v}" for k, v in details.items())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 @keys_app.command("rotate")
