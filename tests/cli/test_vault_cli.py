@@ -376,3 +376,16 @@ def test_a_changed_passphrase_unlocks_and_the_old_one_no_longer_does(
     assert code == 0
     code, out, _ = run("audit", "tail", "-n", "5")
     assert "passphrase_change" in out
+
+
+def test_ingest_can_accept_or_refuse_burned_in_images_for_one_run(
+    vault_home: Path, run: Run, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    screen = CT_SMALL.parent / "SC_rgb_jpeg_dcmtk.dcm"  # a secondary capture: at risk
+    code, out, _ = run("ingest", screen)
+    assert code == 1 and "BurnedInAnnotationRefused" in out  # the vault's default: refuse
+    code, out, _ = run("ingest", screen, "--accept-burned-in")
+    assert code == 0 and "1 stored" in out
+    monkeypatch.setenv("RADVAULT_ACCEPT_BURNED_IN", "true")  # the vault accepts them...
+    code, out, _ = run("ingest", CT_SMALL.parent / "SC_rgb_jpeg.dcm", "--no-accept-burned-in")
+    assert code == 1 and "BurnedInAnnotationRefused" in out  # ...but not in this run

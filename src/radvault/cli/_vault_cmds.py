@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import os
@@ -165,11 +166,16 @@ def ingest(
     site: Annotated[str | None, typer.Option(
         help="Site the new studies belong to, one `radvault sites add` made "
              "(default: the site \"default\", which every vault has).")] = None,
+    accept_burned_in: Annotated[bool | None, typer.Option(
+        "--accept-burned-in/--no-accept-burned-in",
+        help="For this run, store (or refuse) images whose pixels may show text, whatever "
+             "the vault's setting accept_burned_in says (default: that setting).")] = None,
 ) -> None:
     """De-identify, preprocess, seal and store images; a bad file is reported and skipped."""
 
     @handle_errors
     def run() -> int:
+        from radvault.imaging.deid import DeidOptions
         from radvault.pipeline.ingest import Ingestor
         from radvault.pipeline.sites import DEFAULT_SITE
 
@@ -180,7 +186,11 @@ def ingest(
             raise ObjectNotFound("no files to ingest: the folders given hold none (hidden "
                                  "files are skipped)")
         with opened_vault(settings) as vault, progress_bar() as bar:
-            ingestor = Ingestor(vault, actor=ACTOR,
+            options = None
+            if accept_burned_in is not None:
+                options = dataclasses.replace(DeidOptions.from_settings(vault.settings),
+                                              accept_burned_in=accept_burned_in)
+            ingestor = Ingestor(vault, actor=ACTOR, options=options,
                                 site=DEFAULT_SITE if site is None else site)
             task = bar.add_task("ingesting", total=len(files))
             outcomes = ingestor.ingest_paths(
