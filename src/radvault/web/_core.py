@@ -30,8 +30,7 @@ from fastapi.routing import APIRoute
 
 from radvault.access.policy import ROLE_ACTIONS
 from radvault.access.principal import Principal, Role
-from radvault.api._deps import get_service
-from radvault.api._errors import status_of
+from radvault.api.shared import get_service, status_of
 from radvault.errors import AccessDenied, AuthenticationFailed, RadVaultError
 from radvault.pipeline.clinical import ClinicalService
 from radvault.reports import percent

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from radvault.api._upload import FormCollector, parse_form
+from radvault.api.shared import FormCollector, parse_form
 from radvault.errors import AccessDenied, InvalidRequest
 
 __all__ = ["PageUpload", "read_page_upload"]

@@ -18,8 +18,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 
 from radvault.access.principal import Role
-from radvault.api._deps import UserName, get_service
-from radvault.api._errors import status_of
+from radvault.api.shared import UserName, get_service, status_of
 from radvault.errors import (
     AccountError,
     InvalidRequest,

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from radvault.api._deps import get_service
+from radvault.api.shared import get_service
 from radvault.errors import InvalidRequest
 from radvault.pipeline.clinical import ClinicalService
 from radvault.web._core import WEB_PREFIX, CurrentUser, WebRoute, render

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from radvault.api._deps import get_service
+from radvault.api.shared import get_service
 from radvault.errors import AccessDenied, AuthenticationFailed
 from radvault.pipeline.clinical import ClinicalService
 from radvault.web._core import (

@@ -24,8 +24,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 
-from radvault.api._deps import InstanceId, JobId, StudyId, get_service
-from radvault.api.reports import file_response
+from radvault.api.shared import InstanceId, JobId, StudyId, file_response, get_service
 from radvault.errors import InvalidRequest, ObjectNotFound
 from radvault.pipeline.clinical import ClinicalService, ImageView, ReportFormat, ResultView
 from radvault.vault.catalog import StudyRecord

@@ -16,9 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from radvault.api._deps import get_service
-from radvault.api._errors import UploadBudgetExhausted, status_of
-from radvault.api._upload import check_declared_length
+from radvault.api.shared import UploadBudgetExhausted, check_declared_length, get_service, status_of
 from radvault.errors import (
     AccessDenied,
     DeidentificationError,
