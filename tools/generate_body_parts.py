@@ -99,6 +99,18 @@ def _text(element: ElementTree.Element) -> str:
     return " ".join("".join(element.itertext()).split())
 
 
+def _fill_carried(out: list[str], carried: dict[int, tuple[str, int]], column: int) -> int:
+    """Append the cells that rows above span into, from ``column`` on; the next column."""
+    while column in carried:
+        text, left = carried[column]
+        out.append(text)
+        carried[column] = (text, left - 1)
+        if left == 1:
+            del carried[column]
+        column += 1
+    return column
+
+
 def _grid(rows: Iterable[ElementTree.Element]) -> list[list[str]]:
     """The cells of ``rows`` as text, with ``rowspan``/``colspan`` (and ``morerows``) expanded."""
     grid: list[list[str]] = []
@@ -108,13 +120,7 @@ def _grid(rows: Iterable[ElementTree.Element]) -> list[list[str]]:
         out: list[str] = []
         column = 0
         for cell in cells:
-            while column in carried:
-                text, left = carried[column]
-                out.append(text)
-                carried[column] = (text, left - 1)
-                if left == 1:
-                    del carried[column]
-                column += 1
+            column = _fill_carried(out, carried, column)
             text = _text(cell)
             down = int(cell.get("rowspan") or 1) + int(cell.get("morerows") or 0)
             for _ in range(int(cell.get("colspan") or 1)):
@@ -122,13 +128,7 @@ def _grid(rows: Iterable[ElementTree.Element]) -> list[list[str]]:
                 if down > 1:
                     carried[column] = (text, down - 1)
                 column += 1
-        while column in carried:
-            text, left = carried[column]
-            out.append(text)
-            carried[column] = (text, left - 1)
-            if left == 1:
-                del carried[column]
-            column += 1
+        _fill_carried(out, carried, column)
         grid.append(out)
     return grid
 

@@ -566,6 +566,24 @@ def cam_spec(model: nn.Module) -> dict[str, Any]:
             "bias": fc.bias.detach().cpu().numpy().tolist()}
 
 
+def _model_to_update(out: Path) -> tuple[dict[str, Any], bytes]:
+    """A model folder's card and ONNX bytes, for a release step that rewrites the card.
+
+    Raises
+    ------
+    ModelError
+        If the folder is not a model, or its ONNX file is not the one its card names.
+    """
+    try:
+        card = json.loads((out / CARD_FILE).read_text(encoding="utf-8"))
+        onnx_bytes = (out / ONNX_FILE).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{out}: not a model folder ({type(exc).__name__})") from None
+    if hashlib.sha256(onnx_bytes).hexdigest() != card.get("onnx_sha256"):
+        raise ModelError(f"{out}: the ONNX file does not match its card")
+    return card, onnx_bytes
+
+
 def mark_release(model_dir: str | PathLike[str], *, refer_always: bool, why: str,
                  signer: Signer) -> dict[str, Any]:
     """Record the release maintainer's verdict in a model's card and sign it again.
@@ -581,16 +599,8 @@ def mark_release(model_dir: str | PathLike[str], *, refer_always: bool, why: str
         If the folder is not a model (its current signature is not checked here:
         the new one replaces it, so only run this on a model you trust).
     """
-    import json
-
     out = Path(model_dir)
-    try:
-        card = json.loads((out / CARD_FILE).read_text(encoding="utf-8"))
-        onnx_bytes = (out / ONNX_FILE).read_bytes()
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{out}: not a model folder ({type(exc).__name__})") from None
-    if hashlib.sha256(onnx_bytes).hexdigest() != card.get("onnx_sha256"):
-        raise ModelError(f"{out}: the ONNX file does not match its card")
+    card, onnx_bytes = _model_to_update(out)
     card["release"] = {"refer_always": bool(refer_always), "why": str(why)}
     return write_model(out, onnx_bytes, card, signer)
 
@@ -617,13 +627,7 @@ def record_class_pairs(model_dir: str | PathLike[str], manifest: str | PathLike[
     from radvault.errors import DatasetError
 
     out = Path(model_dir)
-    try:
-        card = json.loads((out / CARD_FILE).read_text(encoding="utf-8"))
-        onnx_bytes = (out / ONNX_FILE).read_bytes()
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{out}: not a model folder ({type(exc).__name__})") from None
-    if hashlib.sha256(onnx_bytes).hexdigest() != card.get("onnx_sha256"):
-        raise ModelError(f"{out}: the ONNX file does not match its card")
+    card, onnx_bytes = _model_to_update(out)
     training = card.get("training") or {}
     rows = load_manifest(manifest, verify_sha256=False, check_leak=False)
     if rows.sha256 != training.get("manifest_sha256"):

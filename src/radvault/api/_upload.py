@@ -19,11 +19,19 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from radvault.errors import ImageTooLarge
 from radvault.pipeline.clinical import InvalidRequest
 
-__all__ = ["FORM_SLACK", "FormCollector", "UploadForm", "check_declared_length", "parse_form",
-           "read_upload"]
+__all__ = ["FORM_SLACK", "LIMIT_RESPONSES", "FormCollector", "UploadForm",
+           "check_declared_length", "parse_form", "read_upload"]
 
 FORM_SLACK = 64 * 1024
 """Room a body may take beyond the upload cap: boundaries, part headers, text fields."""
+
+LIMIT_RESPONSES: dict[int | str, dict[str, str]] = {
+    408: {"description": "The body stalled or trickled while holding upload memory "
+                         "(upload_idle_timeout_s, upload_min_bytes_per_s)"},
+    413: {"description": "Over the upload cap"},
+    503: {"description": "Too many uploads in flight: try again after Retry-After seconds"},
+}
+"""The OpenAPI answers every upload route shares: the upload limits' refusals."""
 
 
 

@@ -37,7 +37,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from radvault.access.principal import Principal
 from radvault.api._deps import CurrentPrincipal, InstanceId, Service, StudyId, bearer_token
 from radvault.api._errors import UploadBudgetExhausted, problem
-from radvault.api._upload import check_declared_length
+from radvault.api._upload import LIMIT_RESPONSES, check_declared_length
 from radvault.errors import ImageTooLarge
 from radvault.pipeline._clinical_dicomweb import (
     COERCION_WARNING,
@@ -213,13 +213,8 @@ async def read_related(content_type: str | None, stream: AsyncIterator[bytes], *
                               "description": "Every instance stored"},
                         202: {"description": "Some stored, some refused"},
                         409: {"description": "None stored"},
-                        408: {"description": "The body stalled or trickled while holding "
-                                             "upload memory (upload_idle_timeout_s, "
-                                             "upload_min_bytes_per_s)"},
-                        413: {"description": "Over the upload cap"},
-                        415: {"description": "Not multipart/related application/dicom"},
-                        503: {"description": "Too many uploads in flight: try again after "
-                                             "Retry-After seconds"}})
+                        **LIMIT_RESPONSES,
+                        415: {"description": "Not multipart/related application/dicom"}})
 async def store_instances(request: Request, service: Service,
                           token: Annotated[str | None, Depends(bearer_token)]) -> Response:
     """STOW-RS: store DICOM instances into the caller's site (technologists).

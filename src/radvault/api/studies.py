@@ -18,7 +18,7 @@ from radvault.api._deps import (
 )
 from radvault.api._errors import UploadBudgetExhausted
 from radvault.api._schemas import StudyDetailOut, StudyOut, UploadOut
-from radvault.api._upload import check_declared_length, read_upload
+from radvault.api._upload import LIMIT_RESPONSES, check_declared_length, read_upload
 from radvault.errors import ImageTooLarge, RadVaultError
 from radvault.pipeline.clinical import ClinicalService, InvalidRequest
 
@@ -52,18 +52,13 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 
 @router.post(UPLOAD_PATH, status_code=201, response_model=UploadOut, openapi_extra=_UPLOAD_BODY,
-             responses={408: {"description": "The body stalled or trickled while holding "
-                                             "upload memory (upload_idle_timeout_s, "
-                                             "upload_min_bytes_per_s)"},
+             responses={**LIMIT_RESPONSES,
                         400: {"description": "A malformed form, file name, or a hint "
                                              "that is not a DICOM defined term"},
                         403: {"description": "The caller may not upload, their site is not "
                                              "registered, or the image belongs to a study "
                                              "of another site"},
-                        413: {"description": "Over the upload cap"},
-                        422: {"description": "Not a readable image, or refused by policy"},
-                        503: {"description": "Too many uploads in flight: try again after "
-                                             "Retry-After seconds"}})
+                        422: {"description": "Not a readable image, or refused by policy"}})
 async def upload(request: Request, response: Response,
                  service: Annotated[ClinicalService, Depends(get_service)],
                  token: Annotated[str | None, Depends(bearer_token)]) -> UploadOut:

@@ -53,7 +53,7 @@ from radvault.dicom.nodes import DicomNode, NodeRegistry, check_ae_title
 from radvault.dicom.tls import TlsConfig, server_context
 from radvault.errors import ConfigurationError
 from radvault.pipeline.ingest import IngestOutcome
-from radvault.pipeline.sites import DEFAULT_SITE, require_site, site_exists
+from radvault.pipeline.sites import DEFAULT_SITE, ensure_default_site, site_exists
 from radvault.vault.audit import Outcome
 from radvault.vault.vault import Vault
 
@@ -306,7 +306,7 @@ class DicomServer:
         try:  # what the node sends must go into a registered site (the default: made now)
             known = site_exists(self.vault, node.site)
             if not known and node.site == DEFAULT_SITE:
-                require_site(self.vault, node.site)
+                ensure_default_site(self.vault)  # registered on first use
                 known = True
         except Exception as exc:  # the database, not the node: the peer may try again later
             log_unexpected(log, exc, "DICOM association site check")

@@ -93,13 +93,8 @@ def modality_hint(value: str | None, *, field: str = "modality") -> str | None:
         If it is not a PS3.3 Modality defined term; the message names ``field``,
         never the value.
     """
-    term = (value or "").strip().upper()
-    if not term:
-        return None
-    if term not in MODALITIES:
-        raise InvalidRequest(f"{field} is not a DICOM Modality defined term (PS3.3 "
-                             "C.7.3.1.1.1), such as CT, MR, DX, CR, US, MG or OT")
-    return term
+    return _typed_term(value, MODALITIES, f"{field} is not a DICOM Modality defined term "
+                       "(PS3.3 C.7.3.1.1.1), such as CT, MR, DX, CR, US, MG or OT")
 
 
 def body_part_hint(value: str | None, *, field: str = "body part") -> str | None:
@@ -125,10 +120,17 @@ def body_part_hint(value: str | None, *, field: str = "body part") -> str | None
         If it is not a PS3.16 Annex L Body Part Examined defined term; the message
         names ``field``, never the value.
     """
+    return _typed_term(value, BODY_PARTS, f"{field} is not a DICOM Body Part Examined "
+                       "defined term (PS3.16 Annex L), such as CHEST, HEAD, BRAIN, ABDOMEN or "
+                       "KNEE")
+
+
+def _typed_term(value: str | None, terms: frozenset[str], refusal: str) -> str | None:
+    """A typed hint as the defined term it names, ``None`` when blank; else refused with
+    ``refusal`` (which names the field, never the value)."""
     term = (value or "").strip().upper()
     if not term:
         return None
-    if term not in BODY_PARTS:
-        raise InvalidRequest(f"{field} is not a DICOM Body Part Examined defined term "
-                             "(PS3.16 Annex L), such as CHEST, HEAD, BRAIN, ABDOMEN or KNEE")
+    if term not in terms:
+        raise InvalidRequest(refusal)
     return term
