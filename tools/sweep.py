@@ -7,7 +7,7 @@ Usage (``--`` separates the sweep's options from the ``train`` options every run
         -- --manifest ../shared/data/radbench/manifest.csv --task radbench6 \\
            --width 0.5 --epochs 30 --patience 8 --fp16-weights --cache-dir /tmp/cache
 
-Each run is ``python -m radvault.analysis.commands train`` in its own process
+Each run is ``python -m radvault.cli.models train`` in its own process
 (``OUT/<config>/seed<N>/``, log beside it). The preprocessed splits are built
 once per distinct setting before any run starts, so parallel runs do not all
 preprocess the same images. ``OUT/summary.json`` holds every run's validation
@@ -37,7 +37,7 @@ from typing import Any
 def _train_args(common: list[str], extra: list[str], out: str = "/nonexistent"
                 ) -> argparse.Namespace:
     """The ``train`` options of one run: the shared ones, then the recipe's."""
-    from radvault.analysis.commands import build_parser
+    from radvault.cli.models import build_parser
 
     return build_parser().parse_args(["train", *common, *extra, "--out", out])
 
@@ -56,7 +56,7 @@ def _prepare(common: list[str], extra: list[str], split: str) -> str:
     whose training options are wrong still has its images prepared (its runs
     then fail and say why).
     """
-    from radvault.analysis.commands import build_preprocess, build_source
+    from radvault.cli.models import build_preprocess, build_source
 
     args = _train_args(common, extra)
     args.no_verify_sha256 = True  # the parent process verified each manifest once
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    from radvault.analysis.commands import build_source
+    from radvault.cli.models import build_source
     from radvault.errors import RadVaultError
 
     # Each data source is checked once here (sha-256 of every file, unless the shared
@@ -238,7 +238,7 @@ def _launch(args: argparse.Namespace, extra: list[str], common: list[str], name:
     run_dir = args.out / name / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "model_card.json").unlink(missing_ok=True)  # no stale result counts
-    cmd = [sys.executable, "-m", "radvault.analysis.commands", "train", *common, *extra,
+    cmd = [sys.executable, "-m", "radvault.cli.models", "train", *common, *extra,
            "--seed", str(seed), "--out", str(run_dir), "--quiet", "--threads", "1",
            "--no-verify-sha256", "--overwrite"]  # a sweep run again replaces its own runs
     log = (args.out / name / f"seed{seed}.log").open("wb")

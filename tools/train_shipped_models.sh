@@ -84,7 +84,7 @@ COMMON=(--width 0.5 --threads "${THREADS:-2}" --fp16-weights --cache-dir "$CACHE
 run_task() {  # task seed epochs patience
   local task=$1 seed=$2
   echo "=== $task seed $seed ($(date -u +%H:%M:%S))"
-  "$PY" -m radvault.analysis.commands train --manifest "$RADBENCH" --task "$task" \
+  "$PY" -m radvault.cli.models train --manifest "$RADBENCH" --task "$task" \
     --out "$RUNS/$task/seed$seed" --seed "$seed" --size 128 --epochs "$3" --patience "$4" \
     --checkpoint-dir "$RUNS/.ckpt/$task-seed$seed" --resume "${COMMON[@]}"
 }
@@ -92,7 +92,7 @@ run_task() {  # task seed epochs patience
 run_medmnist() {  # name modality body_part seed
   local name=$1 seed=$4
   echo "=== $name seed $seed ($(date -u +%H:%M:%S))"
-  "$PY" -m radvault.analysis.commands train --medmnist "$MEDMNIST/$name.npz" \
+  "$PY" -m radvault.cli.models train --medmnist "$MEDMNIST/$name.npz" \
     --modality "$2" --body-part "$3" --out "$RUNS/$name/seed$seed" --seed "$seed" \
     --size 28 --stem small --epochs 20 --patience 6 --no-enhance --no-denoise \
     --checkpoint-dir "$RUNS/.ckpt/$name-seed$seed" --resume "${COMMON[@]}"
@@ -129,7 +129,7 @@ EOF
   echo "=== fine-tuning from $init"
   for task in kidney_ct lung_ct breast_us; do
     echo "=== $task from radbench6 ($(date -u +%H:%M:%S))"
-    "$PY" -m radvault.analysis.commands train --manifest "$RADBENCH" --task "$task" \
+    "$PY" -m radvault.cli.models train --manifest "$RADBENCH" --task "$task" \
       --out "$RUNS/$task/seed0ft" --seed 0 --size 128 --epochs 30 --patience 10 \
       --init-from "$init" --checkpoint-dir "$RUNS/.ckpt/$task-seed0ft" --resume "${COMMON[@]}"
   done
@@ -141,7 +141,7 @@ stage_hires() {
   for run in lung_ct:1 lung_ct:2 lung_ct:3 kidney_ct:1 kidney_ct:2; do
     local task=${run%%:*} seed=${run##*:}
     echo "=== $task seed $seed at 256 px ($(date -u +%H:%M:%S))"
-    "$PY" -m radvault.analysis.commands train --manifest "$RADBENCH" --task "$task" \
+    "$PY" -m radvault.cli.models train --manifest "$RADBENCH" --task "$task" \
       --out "$RUNS/$task/seed${seed}_256" --seed "$seed" --size 256 --epochs 30 --patience 10 \
       --checkpoint-dir "$RUNS/.ckpt/$task-seed${seed}_256" --resume "${COMMON[@]}"
   done
@@ -151,7 +151,7 @@ stage_plain() {  # without CLAHE and bilateral filter (as BASELINE.md): brain_mr
   for run in brain_mri:4 brain_mri:5 radbench6:4; do
     local task=${run%%:*} seed=${run##*:}
     echo "=== $task seed $seed plain ($(date -u +%H:%M:%S))"
-    "$PY" -m radvault.analysis.commands train --manifest "$RADBENCH" --task "$task" \
+    "$PY" -m radvault.cli.models train --manifest "$RADBENCH" --task "$task" \
       --out "$RUNS/$task/seed${seed}plain" --seed "$seed" --size 128 --epochs 20 --patience 6 \
       --no-enhance --no-denoise --checkpoint-dir "$RUNS/.ckpt/$task-seed${seed}plain" --resume \
       "${COMMON[@]}"
@@ -177,7 +177,7 @@ print("\n".join(str(d) for d in best))
 EOF
 )
     echo "=== $task ensemble of ${pair[*]} ($(date -u +%H:%M:%S))"
-    "$PY" -m radvault.analysis.commands ensemble "${pair[@]}" --manifest "$RADBENCH" \
+    "$PY" -m radvault.cli.models ensemble "${pair[@]}" --manifest "$RADBENCH" \
       --task "$task" --out "$RUNS/$task/ensemble" --cache-dir "$CACHE" --keys models/keys \
       --signing-key "$SIGNING_KEY" --overwrite
   done
@@ -209,7 +209,7 @@ stage_recalibrate() {
   # cross-validation inside val prefers class biases, ship the recalibrated card (the ONNX
   # file is unchanged). Test is only measured.
   for t in radbench6 chest_xray brain_mri lung_ct kidney_ct breast_us; do
-    "$PY" -m radvault.analysis.commands recalibrate "models/$t" --manifest "$RADBENCH" \
+    "$PY" -m radvault.cli.models recalibrate "models/$t" --manifest "$RADBENCH" \
       --task "$t" --out "$RUNS/$t/recalibrated" --cache-dir "$CACHE" \
       --signing-key "$SIGNING_KEY" --overwrite
     if grep -q '"method": *"bias_temperature"' "$RUNS/$t/recalibrated/model_card.json"; then
@@ -236,7 +236,7 @@ stage_breastlong() {
   # thread per run; docs/models.md "BreastMNIST: a longer epoch budget"); seed 3 ships.
   for seed in 1 2 3; do
     echo "=== breastmnist seed $seed, 60 epochs, class-weighted ($(date -u +%H:%M:%S))"
-    "$PY" -m radvault.analysis.commands train --medmnist "$MEDMNIST/breastmnist.npz" \
+    "$PY" -m radvault.cli.models train --medmnist "$MEDMNIST/breastmnist.npz" \
       --modality US --body-part BREAST --out "$RUNS/breastmnist/seed${seed}long" --seed "$seed" \
       --size 28 --stem small --epochs 60 --patience 20 --balance weights --no-enhance \
       --no-denoise --checkpoint-dir "$RUNS/.ckpt/breastmnist-seed${seed}long" --resume \

@@ -276,7 +276,7 @@ def exit_status(exc: RadVaultError) -> int:
     """The command-line exit status for an error: 2 configuration, 3 vault locked,
     4 access denied, 5 integrity, 6 not found, 7 bad image input, 1 anything else.
 
-    One table for every command (``radvault`` and ``python -m radvault.analysis.commands``)
+    One table for every command (``radvault`` and ``python -m radvault.cli.models``)
     so that scripts can tell, say, a tampered model from a missing one.
     """
     for cls, status in ((ConfigurationError, 2), (VaultLocked, 3), (AccessDenied, 4),

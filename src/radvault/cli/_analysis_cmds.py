@@ -39,28 +39,28 @@ def medmnist_url(name: str) -> str:
 
 def train(ctx: typer.Context) -> None:
     """Train, calibrate, export and sign a model (`radvault train --help` for options)."""
-    from radvault.analysis.commands import main as analysis_main
+    from radvault.cli.models import main as analysis_main
 
     raise typer.Exit(analysis_main(["train", *ctx.args], prog="radvault"))
 
 
 def ensemble(ctx: typer.Context) -> None:
     """Combine trained models of one task into one signed model (`radvault ensemble --help`)."""
-    from radvault.analysis.commands import main as analysis_main
+    from radvault.cli.models import main as analysis_main
 
     raise typer.Exit(analysis_main(["ensemble", *ctx.args], prog="radvault"))
 
 
 def recalibrate(ctx: typer.Context) -> None:
     """Fit a model's calibration again on validation data (`radvault recalibrate --help`)."""
-    from radvault.analysis.commands import main as analysis_main
+    from radvault.cli.models import main as analysis_main
 
     raise typer.Exit(analysis_main(["recalibrate", *ctx.args], prog="radvault"))
 
 
 def evaluate(ctx: typer.Context) -> None:
     """Metrics of a model on one split (`radvault evaluate --help` for options)."""
-    from radvault.analysis.commands import main as analysis_main
+    from radvault.cli.models import main as analysis_main
 
     raise typer.Exit(analysis_main(["evaluate", *ctx.args], prog="radvault"))
 

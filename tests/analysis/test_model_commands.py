@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from radvault.analysis.commands import main
 from radvault.analysis.export import Ed25519Signer
+from radvault.cli.models import main
 
 
 def test_train_then_evaluate_round_trip(toy_manifest, toy_task_file, tmp_path, capsys):

@@ -1,9 +1,11 @@
-"""Command-line entry for training and evaluation, usable before the main CLI wires them.
+"""The model commands' face: train, ensemble, recalibrate and evaluate (argparse).
 
-``python -m radvault.analysis.commands train ...`` and ``... evaluate ...``
-take the same options the ``radvault train`` / ``radvault evaluate`` commands
-expose; :func:`build_train_config` turns parsed options into a
-:class:`~radvault.analysis.training.TrainConfig` so that any face can reuse it.
+``radvault train|ensemble|recalibrate|evaluate`` pass their arguments here, and
+``python -m radvault.cli.models train ...`` runs the same without the rest of the CLI
+(``tools/sweep.py`` starts one per run). It parses options and calls the analysis
+layer; :func:`build_train_config` turns parsed options into a
+:class:`~radvault.analysis.training.TrainConfig` so that a tool can reuse it. Until
+session 10 it lived in the analysis layer as ``radvault.analysis.commands``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, help="cache of preprocessed public images")
 
 
-def build_parser(prog: str = "python -m radvault.analysis.commands") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m radvault.cli.models") -> argparse.ArgumentParser:
     """The argument parser (sub-commands ``train``, ``ensemble``, ``recalibrate``, ``evaluate``)."""
     parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
