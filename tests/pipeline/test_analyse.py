@@ -230,13 +230,18 @@ BRAIN = sorted(SAMPLE.parent.glob("brain_mri__*"))
 
 
 def test_an_image_without_a_body_part_is_referred_as_unknown_and_one_with_it_is_not(
-    vault: Vault,
+    vault: Vault, tmp_path: Path,
 ) -> None:
     # an MR image with no Body Part Examined, or one the vocabulary does not know, has no
     # specialist: radbench6 answers, and must refer it whatever its confidence
+    import pydicom
+
+    mr = pydicom.dcmread(Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm")
+    mr.BodyPartExamined = "SMITH"  # a header value, not a hint: normalised to unknown
+    mr.save_as(tmp_path / "mr.dcm")
     ingestor = Ingestor(vault, actor="tech")
     unknown = ingestor.ingest_file(BRAIN[0], modality="MR").instance_id
-    not_a_term = ingestor.ingest_file(BRAIN[1], modality="MR", body_part="SMITH").instance_id
+    not_a_term = ingestor.ingest_file(tmp_path / "mr.dcm").instance_id
     known = ingestor.ingest_file(SAMPLE, modality="DX", body_part="CHEST").instance_id
     assert vault.catalog.get_study(vault.catalog.get_instance(unknown).study_id).body_part in (
         None, "")

@@ -18,6 +18,7 @@ from radvault.errors import (
     BurnedInAnnotationRefused,
     ConcurrentWriteConflict,
     IntegrityError,
+    InvalidRequest,
 )
 from radvault.imaging.reading import read_image
 from radvault.pipeline.ingest import (
@@ -113,6 +114,39 @@ def test_a_modality_hint_never_overrides_the_dicom_header(
     assert outcome.modality == "CT"
     assert vault.catalog.get_study(outcome.study_id).modality == "CT"
     assert open_image(vault, iid, actor=ACTOR).modality == "CT"
+
+
+@pytest.mark.parametrize(("hints", "named"), [
+    ({"modality": "XX"}, "modality"), ({"body_part": "Doe_Jane"}, "body part"),
+    ({"modality": "mr", "body_part": "SMITH"}, "body part")])
+def test_the_use_case_refuses_a_hint_that_is_no_defined_term_before_reading_anything(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path,
+    hints: dict[str, str], named: str,
+) -> None:
+    # every way in refuses it, not only the faces: a typed hint is never stored as OT
+    # or an unknown body part; the message names the field, never the value
+    png = kit.make_raster(tmp_path / "a.png", seed=11)
+    calls = (lambda: ingestor.ingest_file(png, **hints),
+             lambda: ingestor.ingest_bytes(png.read_bytes(), "a.png", **hints),
+             lambda: ingestor.ingest_paths([png], **hints),
+             lambda: IngestItem(png, **hints))
+    for call in calls:
+        with pytest.raises(InvalidRequest, match=f"^{named} is not a DICOM ") as caught:
+            call()
+        assert not any(v in str(caught.value) for v in ("XX", "Doe", "SMITH"))
+    assert vault.catalog.list_studies() == []
+
+
+def test_hints_are_kept_as_defined_terms_whatever_their_case(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path,
+) -> None:
+    png = kit.make_raster(tmp_path / "a.png", seed=12)
+
+    outcome = ingestor.ingest_many([IngestItem(png, modality=" mr", body_part="brain ")])[0]
+
+    kit.stored(outcome)
+    study = vault.catalog.get_study(outcome.study_id)
+    assert (study.modality, study.body_part) == ("MR", "BRAIN")
 
 
 def test_the_same_image_twice_is_a_duplicate_and_nothing_is_stored_twice(

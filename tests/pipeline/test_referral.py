@@ -13,6 +13,7 @@ import pytest
 
 from radvault.analysis.export import Ed25519Signer, write_model
 from radvault.config import load_settings
+from radvault.errors import InvalidRequest
 from radvault.pipeline.analyse import Analyser
 from radvault.pipeline.file_analysis import analyse_file
 from radvault.pipeline.ingest import Ingestor
@@ -72,11 +73,13 @@ def test_a_file_with_a_modality_but_no_body_part_is_referred_as_unknown() -> Non
     assert "body_part_not_trained" not in pred.reasons
 
 
-def test_a_body_part_option_that_is_no_defined_term_reads_as_unknown() -> None:
-    # as at ingest: a surname typed as the body part is not kept, the part is unknown
-    pred = analyse_file(BRAIN, modality="MR", body_part="SMITH").prediction
-    assert pred.refer and "body_part_unknown" in pred.reasons
-    assert "body_part_not_trained" not in pred.reasons
+def test_a_body_part_option_that_is_no_defined_term_is_refused() -> None:
+    # as at ingest: a surname typed as the body part is refused, never used or echoed
+    with pytest.raises(InvalidRequest, match=r"^body part is not a DICOM") as caught:
+        analyse_file(BRAIN, modality="MR", body_part="SMITH")
+    assert "SMITH" not in str(caught.value)
+    with pytest.raises(InvalidRequest, match=r"^modality is not a DICOM"):
+        analyse_file(BRAIN, modality="XX")
     # a defined term in another case and with spaces is that term
     known = analyse_file(BRAIN, modality="mr", body_part=" brain ").prediction
     assert known.model_id.startswith("brain_mri")

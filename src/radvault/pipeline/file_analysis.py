@@ -21,7 +21,7 @@ from radvault.errors import ConfigurationError
 from radvault.imaging.preprocess import display_array
 from radvault.imaging.reading import read_image
 from radvault.imaging.records import SourceFormat
-from radvault.imaging.vocabulary import body_part_term, modality_term
+from radvault.imaging.vocabulary import body_part_hint, modality_hint
 
 __all__ = ["FileAnalysis", "analyse_file"]
 
@@ -48,9 +48,9 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
         The model folder; by default the registry's model for the image's modality
         and body part (the radbench6 model when none is more specific).
     modality, body_part : str, optional
-        What a PNG or JPEG shows (they carry no header). For a DICOM file the header
-        decides; an option that contradicts it is refused, or the wrong model would
-        answer without a referral.
+        What a PNG or JPEG shows (they carry no header): DICOM defined terms, any case.
+        For a DICOM file the header decides; an option that contradicts it is refused,
+        or the wrong model would answer without a referral.
     keys_dir : path-like, optional
         Trusted model-signing keys (default: those shipped beside the models).
     refer_threshold : float
@@ -68,6 +68,9 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
 
     Raises
     ------
+    InvalidRequest
+        If ``modality`` or ``body_part`` is not a DICOM defined term (the message
+        names the field, never the value).
     ImageInputError
         If the file cannot be read as an image.
     ConfigurationError
@@ -75,6 +78,9 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
     ModelIntegrityError
         If the model's signature, card or ONNX file does not verify.
     """
+    # hints a caller typed must be defined terms, as at ingest (the faces refuse them
+    # first, naming their own option); a surname typed as a body part is never used
+    modality, body_part = modality_hint(modality), body_part_hint(body_part, field="body part")
     header = read_image(path)
     if header.source_format is SourceFormat.DICOM:
         for option, given, found in (("--modality", modality, header.modality),
@@ -85,10 +91,7 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
             if given and found and given.upper() != found.upper():
                 raise ConfigurationError(f"{option} {given} contradicts the DICOM header "
                                          f"({found}); it is for PNG/JPEG files")
-    # hints pass the vocabulary the vault applies at ingest: a Modality that is no defined
-    # term reads as OT, a Body Part Examined that is none as unknown ("")
-    overrides = {k: term(v) for k, v, term in (("modality", modality, modality_term),
-                                               ("body_part", body_part, body_part_term)) if v}
+    overrides = {k: v for k, v in (("modality", modality), ("body_part", body_part)) if v}
     record = dataclasses.replace(header, **overrides) if overrides else header
     if model_dir is None:
         registry = ModelRegistry(keys_dir=keys_dir)

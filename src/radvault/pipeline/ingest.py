@@ -59,7 +59,12 @@ from radvault.imaging.reading import (
     sniff_format,
 )
 from radvault.imaging.records import ImageRecord, SourceFormat
-from radvault.imaging.vocabulary import body_part_term, modality_term
+from radvault.imaging.vocabulary import (
+    body_part_hint,
+    body_part_term,
+    modality_hint,
+    modality_term,
+)
 from radvault.pipeline.model_input import encode_model_input
 from radvault.pipeline.sites import DEFAULT_SITE, require_site
 from radvault.vault.audit import Action, EntryDraft, Outcome
@@ -87,18 +92,29 @@ MIN_BATCH_IMAGES = 8
 BATCH_LINGER_S = 0.05
 
 
+def _typed_hints(modality: str | None, body_part: str | None) -> tuple[str | None, str | None]:
+    """Modality and body-part hints as defined terms (``None`` for none); refused otherwise.
+
+    Raises
+    ------
+    InvalidRequest
+        If either is not a DICOM defined term (the message names the field only).
+    """
+    return modality_hint(modality), body_part_hint(body_part)
+
+
 @dataclass(frozen=True)
 class IngestItem:
     """One input of :meth:`Ingestor.ingest_many`: a file, or an image's bytes.
 
     ``name`` is only for messages to the user (default: the path, or
     ``"upload"``); ``modality`` and ``body_part`` are hints (they fill what a
-    DICOM header leaves unsaid, and label PNG/JPEG), normalised here as header
-    values are (what is not a defined term reads as ``OT`` or an unknown body
-    part): the faces that take hints a person typed (upload, ``radvault ingest``)
-    refuse those first (:func:`~radvault.imaging.vocabulary.modality_hint`);
-    ``patient_key`` links PNG/JPEG images of one patient (see
-    :meth:`Ingestor.ingest_bytes`).
+    DICOM header leaves unsaid, and label PNG/JPEG): DICOM defined terms in any
+    case, kept upper case; anything else is refused here with
+    :class:`~radvault.errors.InvalidRequest` (naming the field, never the value),
+    so that no caller can store a typed hint as ``OT`` or an unknown body part
+    (header values, unlike hints, are normalised); ``patient_key`` links PNG/JPEG
+    images of one patient (see :meth:`Ingestor.ingest_bytes`).
     """
 
     source: Path | bytes
@@ -106,6 +122,11 @@ class IngestItem:
     modality: str | None = None
     body_part: str | None = None
     patient_key: str | None = None
+
+    def __post_init__(self) -> None:
+        modality, body_part = _typed_hints(self.modality, self.body_part)
+        object.__setattr__(self, "modality", modality)
+        object.__setattr__(self, "body_part", body_part)
 
     @property
     def label(self) -> str:
@@ -218,7 +239,9 @@ class Ingestor:
     ) -> list[IngestOutcome]:
         """Ingest files in order; a bad file is refused and reported, the rest go in.
 
-        Same as :meth:`ingest_many` with one :class:`IngestItem` per path.
+        Same as :meth:`ingest_many` with one :class:`IngestItem` per path; a hint that
+        is not a DICOM defined term raises :class:`~radvault.errors.InvalidRequest`
+        before any file is read.
         """
         return self.ingest_many(
             (IngestItem(Path(p), modality=modality, body_part=body_part) for p in paths),
@@ -281,14 +304,28 @@ class Ingestor:
 
     def ingest_file(self, path: Path, *, modality: str | None = None,
                     body_part: str | None = None) -> IngestOutcome:
-        """Read one file (size-capped before reading) and ingest it."""
+        """Read one file (size-capped before reading) and ingest it.
+
+        Raises
+        ------
+        InvalidRequest
+            If a hint is not a DICOM defined term (see :class:`IngestItem`).
+        """
+        modality, body_part = _typed_hints(modality, body_part)
         step = self._read_and_prepare(path, modality, body_part, None)
         return step if isinstance(step, IngestOutcome) else self._store_batch([step])[0]
 
     def ingest_bytes(self, data: bytes, name: str, *, modality: str | None = None,
                      body_part: str | None = None, patient_key: str | None = None
                      ) -> IngestOutcome:
-        """Ingest one image given as bytes (``name`` is only for messages)."""
+        """Ingest one image given as bytes (``name`` is only for messages).
+
+        Raises
+        ------
+        InvalidRequest
+            If a hint is not a DICOM defined term (see :class:`IngestItem`).
+        """
+        modality, body_part = _typed_hints(modality, body_part)
         step = self._check_and_prepare(data, name, modality, body_part, patient_key)
         return step if isinstance(step, IngestOutcome) else self._store_batch([step])[0]
 
