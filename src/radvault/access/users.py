@@ -42,7 +42,7 @@ from radvault.access.store import AccessStore
 from radvault.errors import AuthenticationFailed, ConfigurationError, ObjectNotFound
 
 __all__ = ["DEFAULT_SITE", "LOGIN_FAILED", "Accounts", "Grant", "LockoutPolicy", "Site", "User",
-           "ensure_site"]
+           "ensure_site", "is_site_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -843,8 +843,14 @@ def _check_name(name: str, what: str) -> None:
         )
 
 
+def is_site_name(name: object) -> bool:
+    """Whether ``name`` is a well-formed site name (1-64 letters, digits, ``.``, ``_``,
+    ``-``, starting with a letter or digit), as :meth:`Accounts.add_site` requires."""
+    return isinstance(name, str) and _SITE.fullmatch(name) is not None
+
+
 def _check_site_name(name: str) -> None:
-    if not isinstance(name, str) or not _SITE.fullmatch(name):
+    if not is_site_name(name):
         raise AccountError(
             "invalid site name: use 1-64 letters, digits, '.', '_' or '-',"
             " starting with a letter or digit"

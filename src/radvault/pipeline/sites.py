@@ -16,18 +16,15 @@ already holding studies of it), audited as ``site.add`` by ``system``.
 from __future__ import annotations
 
 import logging
-import re
 
 from radvault.access.store import AccessStore
-from radvault.access.users import DEFAULT_SITE, ensure_site
+from radvault.access.users import DEFAULT_SITE, ensure_site, is_site_name
 from radvault.errors import ConfigurationError
 from radvault.vault.vault import Vault
 
 __all__ = ["DEFAULT_SITE", "ensure_default_site", "require_site", "site_exists"]
 
 log = logging.getLogger(__name__)
-
-_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as Accounts.add_site's
 
 
 def site_exists(vault: Vault, site: str) -> bool:
@@ -103,7 +100,7 @@ def require_site(vault: Vault, site: str) -> str:
     if site == DEFAULT_SITE:
         ensure_default_site(vault)
         return site
-    if not isinstance(site, str) or not _SITE_NAME.fullmatch(site):
+    if not is_site_name(site):
         raise ConfigurationError(f"unknown site {site!r}: a site's name is 1-64 letters, "
                                  "digits, '.', '_' or '-', starting with a letter or digit")
     raise ConfigurationError(
