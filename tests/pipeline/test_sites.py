@@ -10,7 +10,7 @@ import pytest
 
 from radvault.access.policy import scopes_for
 from radvault.access.principal import Principal, Role
-from radvault.errors import AccessDenied, ConfigurationError, InvalidRequest
+from radvault.errors import AccessDenied, AccountError, ConfigurationError, InvalidRequest
 from radvault.pipeline.clinical import ClinicalService, ServiceSettings, operator_principal
 from radvault.pipeline.ingest import Ingestor
 from radvault.pipeline.sites import DEFAULT_SITE, ensure_default_site, require_site, site_exists
@@ -85,6 +85,26 @@ def test_a_vault_without_default_studies_does_not_get_the_site_from_the_service(
     service = _service(vault)
     assert service.sites(operator_principal("cli:t")) == []
     assert _site_adds(vault) == []
+
+
+@pytest.mark.parametrize("step", ["grant", "add_user"])
+def test_an_older_vault_gets_the_default_site_when_an_admin_names_it(
+        vault: Vault, step: str) -> None:
+    service, operator = _service(vault), operator_principal("cli:t")
+    assert not site_exists(vault, DEFAULT_SITE)  # a vault without it, as before session 9
+
+    if step == "grant":
+        service.add_site(operator, "north")
+        service.add_user(operator, "dr.lee", "radiologist", site="north", password=PASSWORD)
+        service.grant(operator, "dr.lee", site=DEFAULT_SITE)
+        assert [g.site for g in service.grants(operator, "dr.lee")] == [DEFAULT_SITE]
+    else:
+        service.add_user(operator, "dr.lee", "radiologist", site=DEFAULT_SITE,
+                         password=PASSWORD)
+
+    assert ("system", "ok", ["site:default"]) in _site_adds(vault)
+    with pytest.raises(AccountError, match="unknown site"):  # only that one name
+        service.grant(operator, "dr.lee", site="nowhere")
 
 
 # --------------------------------------------------------------------------- unknown sites

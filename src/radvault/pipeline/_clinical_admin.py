@@ -15,7 +15,7 @@ from datetime import datetime
 
 from radvault.access.policy import Action
 from radvault.access.principal import Principal, Role
-from radvault.access.users import Grant, Site, User
+from radvault.access.users import DEFAULT_SITE, Grant, Site, User
 from radvault.errors import ObjectNotFound
 from radvault.pipeline._clinical_base import (
     AUDIT_ACTION_RE,
@@ -23,6 +23,7 @@ from radvault.pipeline._clinical_base import (
     InvalidRequest,
     ServiceCore,
 )
+from radvault.pipeline.sites import ensure_default_site
 from radvault.vault.audit import AuditEntry, AuditReport, Outcome
 
 __all__ = ["AdminCases"]
@@ -138,6 +139,7 @@ class AdminCases(ServiceCore):
             If the password breaks the policy.
         """
         self.policy.authorize(principal, Action.MANAGE_USERS)
+        self._register_default_site_if_named(site)
         return self.accounts.add_user(principal.username, username, role, site=site,
                                       password=password)
 
@@ -197,6 +199,15 @@ class AdminCases(ServiceCore):
             raise self._refuse(principal, Action.MANAGE_USERS, "an admin may not remove itself")
         self.accounts.remove(principal.username, username)
 
+    def _register_default_site_if_named(self, site: str | None) -> None:
+        """Register the site ``default`` when an admin names it and an older vault lacks it.
+
+        Every vault since session 9 has it from ``init``; an older one got it only when
+        something was ingested without a site, so until then granting it was refused.
+        """
+        if site == DEFAULT_SITE and not self.vault.read_only:
+            ensure_default_site(self.vault)
+
     def grants(self, principal: Principal, username: str) -> list[Grant]:
         """An account's grants (admins).
 
@@ -226,6 +237,7 @@ class AdminCases(ServiceCore):
             id malformed, or the grant exists.
         """
         self.policy.authorize(principal, Action.MANAGE_GRANTS)
+        self._register_default_site_if_named(site)
         if site is None and self._unknown_study(study_id):
             raise ObjectNotFound("no such study: a study is granted by id only once the "
                                  "catalog holds it")
