@@ -71,7 +71,10 @@ def toy_task_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("task") / "toy.json"
     path.write_text(json.dumps({
         "format": "radvault-task/1", "name": "toy", "augment": {"hflip": True},
-        "classes": [{"name": c, "select": {"dataset": "toy", "label": c}} for c in CLASSES]}))
+        # "disc" is the toy data's "no disease", so that the toy models can answer
+        # without the no_normal_class referral every answer would otherwise carry
+        "classes": [{"name": c, "select": {"dataset": "toy", "label": c},
+                     **({"normal": True} if c == "disc" else {})} for c in CLASSES]}))
     return path
 
 

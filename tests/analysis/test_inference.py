@@ -62,9 +62,7 @@ def test_refer_flag_on_untrained_modality_or_body_part(loaded, test_images):
 
 
 def test_refer_reasons_table():
-    card = ModelCard(model_id="m", task="t", classes=("a", "b"), size=8, preprocessing={},
-                     temperature=1.0, trained_on=(("DX", "CHEST"), ("MR", "BRAIN")),
-                     onnx_sha256="0" * 64, raw={})
+    card = _card()
     assert refer_reasons(0.79, 0.80, card, None, None) == ("low_confidence",)
     assert refer_reasons(0.80, 0.80, card, None, None) == ()
     assert refer_reasons(0.95, 0.80, card, "mr", "brain") == ()
@@ -74,10 +72,32 @@ def test_refer_reasons_table():
 
 
 def _card(**fields) -> ModelCard:
-    return ModelCard(**{"model_id": "m", "task": "t", "classes": ("a", "b"), "size": 8,
+    # by default the last class means "no disease", as the task file says
+    classes = fields.pop("classes", ("a", "b"))
+    raw = fields.pop("raw", {"task_definition": {"classes": [
+        {"name": c, "normal": c == classes[-1]} for c in classes]}})
+    return ModelCard(**{"model_id": "m", "task": "t", "classes": classes, "size": 8,
                         "preprocessing": {}, "temperature": 1.0,
                         "trained_on": (("DX", "CHEST"), ("MR", "BRAIN")),
-                        "onnx_sha256": "0" * 64, "raw": {}, **fields})
+                        "onnx_sha256": "0" * 64, "raw": raw, **fields})
+
+
+def test_a_model_without_a_normal_class_refers_every_answer():
+    # radbench6 names one of six diseases for every image, a normal one too
+    diseases = _card(classes=("pneumonia", "glioma"), raw={})
+    assert diseases.normal_classes == ()
+    assert refer_reasons(0.99, 0.80, diseases, "DX", "CHEST") == ("no_normal_class",)
+    assert refer_reasons(0.99, 0.80, diseases, None, None) == ("no_normal_class",)
+    # cards before session 10 say nothing: a class named as a shipped "normal" counts
+    for name in ("normal", "notumor", "normal_or_benign", "chest_xray/normal"):
+        assert _card(classes=("a", name), raw={}).normal_classes == (name,)
+    # a task file's marks win over names, both ways
+    marked = _card(classes=("healthy-ish", "normal"), raw={"task_definition": {"classes": [
+        {"name": "healthy-ish", "normal": True}, {"name": "normal", "normal": False}]}})
+    assert marked.normal_classes == ("healthy-ish",)
+    unmarked = _card(classes=("a", "normal"), raw={"task_definition": {"classes": [
+        {"name": "a", "normal": False}, {"name": "normal", "normal": False}]}})
+    assert refer_reasons(0.99, 0.80, unmarked, None, None) == ("no_normal_class",)
 
 
 def test_an_unknown_body_part_is_referred_when_the_card_names_the_trained_ones():
@@ -137,8 +157,8 @@ def test_every_reason_given_is_listed_in_order():
     card = _card(class_trained_on={"a": (("DX", "CHEST"),), "b": (("MR", "BRAIN"),)},
                  raw={"release": {"refer_always": True, "why": "x"}})
     given = refer_reasons(0.1, 0.80, card, "MR", "", "a")
-    assert given == ("model_not_validated", "low_confidence", "body_part_unknown",
-                     "class_not_trained_for_modality")
+    assert given == ("model_not_validated", "no_normal_class", "low_confidence",
+                     "body_part_unknown", "class_not_trained_for_modality")
     assert set(given) < set(REFER_REASONS)
     assert [r for r in REFER_REASONS if r in given] == list(given)
 

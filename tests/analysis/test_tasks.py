@@ -46,6 +46,22 @@ def test_user_task_file_round_trips(tmp_path):
     assert load_task(str(path)).hflip
 
 
+def test_a_task_file_may_say_which_class_means_no_disease(tmp_path):
+    marks = {name: [c.normal for c in load_task(name).classes]
+             for name in ("chest_xray", "brain_mri", "radbench6")}
+    assert marks == {"chest_xray": [True, None], "brain_mri": [None, None, True, None],
+                     "radbench6": [None] * 6}  # radbench6 has none: every answer refers
+    task = Task("mine", (TaskClass("healthy", {"label": "h"}, normal=True),
+                         TaskClass("ill", {"label": "i"}, normal=False)))
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(task.to_dict()))
+    assert load_task(path) == task and load_task(path).classes[0].normal is True
+    with pytest.raises(DatasetError, match="normal must be true or false"):
+        Task.from_dict({"name": "t", "classes": [
+            {"name": "a", "select": {"label": "a"}, "normal": "yes"},
+            {"name": "b", "select": {"label": "b"}}]})
+
+
 @pytest.mark.parametrize("name", ["nonexistent", "missing/file.json"])
 def test_unknown_task_is_refused(name):
     with pytest.raises(DatasetError):

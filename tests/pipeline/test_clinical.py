@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -289,6 +290,29 @@ def test_signoffs_are_signed_and_their_comments_sealed(clinic, kit, tmp_path):
     with pytest.raises(IntegrityError):
         s.latest_result(rad, study, instance)
     assert s.vault.audit.query(action="integrity_failure")
+
+
+@pytest.mark.parametrize("finding", ["no_finding", "not_assessable"])
+def test_a_radiologist_may_sign_a_finding_that_is_none_of_the_models_classes(
+        clinic, kit, tmp_path, finding):
+    # a model without a normal class could otherwise only be overridden with a disease
+    study = clinic.upload_png(kit, tmp_path, 7)
+    s, rad = clinic.service, clinic.p["rad-n"]
+    instance = s.start_analysis(rad, study).instance_ids[0]
+    s.run_pending_jobs()
+
+    signed = s.sign_off(rad, study, instance, decision="overridden", label=finding)
+
+    assert (signed.decision, signed.final_label) == ("overridden", finding)
+    report = s.report(rad, study, "fhir", instance_id=instance)
+    diagnostic = json.loads(report.content)
+    words = {"no_finding": "no finding of the model's classes",
+             "not_assessable": "not assessable by this model"}[finding]
+    assert diagnostic["status"] == "final"
+    assert diagnostic["conclusionCode"][0]["coding"][0]["code"] == finding
+    assert f"radiologist's finding {words}" in diagnostic["conclusion"]
+    with pytest.raises(InvalidRequest, match="another class of the model, or one of"):
+        s.sign_off(rad, study, instance, decision="overridden", label="anything_else")
 
 
 def test_reidentification_seals_the_reason_and_audits_its_length(clinic, kit, tmp_path):

@@ -145,3 +145,9 @@ def test_a_resource_that_does_not_validate_is_refused(report, monkeypatch):
     monkeypatch.setattr(_fhir, "_refer_observation", broken)
     with pytest.raises(ReportInputError, match=r"contained\.\d+\.code"):
         render_fhir(report)
+
+
+def test_the_conclusion_says_how_much_of_the_study_it_covers(report):
+    fhir = render_fhir(with_(report, study_images=4))
+    assert fhir["conclusion"].startswith("This report covers 1 of the study's 4 images (")
+    assert "covers" not in render_fhir(report)["conclusion"]

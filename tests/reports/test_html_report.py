@@ -113,3 +113,10 @@ def test_sign_off_is_shown(report, accepted, overridden):
     assert "Awaiting radiologist sign-off" not in html
     html = render_html(with_(report, sign_off=overridden))
     assert "prediction overridden, radiologist&#39;s finding covid" in html
+
+
+def test_a_report_of_one_image_of_several_says_so(report):
+    # a study report covers one analysed image: the reader must not take it for the study
+    html = render_html(with_(report, study_images=3))
+    assert "This report covers 1 of the study&#39;s 3 images" in html
+    assert "Coverage" not in render_html(with_(report, study_images=1))

@@ -54,6 +54,13 @@ def test_a_radiologist_reads_analyses_signs_off_and_downloads(
     assert predicted in {"normal", "pneumonia", "tumour"}
     flag = page.locator("#decision-support").inner_text()
     assert flag.startswith(("Refer to a radiologist", "No referral flag"))
+    if flag.startswith("Refer"):  # its reasons in the reports' words, never raw codes
+        assert "_" not in flag and "not confident enough" not in flag
+        assert "because:" in flag
+    # an override may be another class or the radiologist's own finding
+    findings = page.locator("#override-label optgroup[label='Your own finding'] option")
+    assert findings.all_inner_texts() == ["No finding of the model's classes",
+                                          "Not assessable by this model"]
 
     # The heatmap toggles in place, from the keyboard too.
     page.get_by_role("button", name="Show heatmap").focus()

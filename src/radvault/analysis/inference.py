@@ -9,8 +9,9 @@ Each :class:`Prediction` carries the calibrated probability of every class and
 a decision-support flag, ``refer``, set ("refer to a radiologist") when the top
 probability is under the threshold (default ``Settings.refer_threshold``,
 0.80), when the image's modality/body part is not one the model was trained on
-or is not known, or when the predicted class was never trained on an image of
-the image's modality (cards that record ``class_trained_on``). The reasons are
+or is not known, when the predicted class was never trained on an image of
+the image's modality (cards that record ``class_trained_on``), or always when the
+model has no class for a normal image (it can only name a disease). The reasons are
 the ``REASON_*`` codes below; :func:`refer_reasons` applies them.
 """
 
@@ -44,8 +45,8 @@ from radvault.config import PreprocessSettings, Settings
 from radvault.errors import IntegrityError, ModelError, ModelIntegrityError
 from radvault.imaging.records import ImageRecord
 
-__all__ = ["REFER_REASONS", "LoadedModel", "ModelCard", "Prediction", "load_model",
-           "onnx_logits", "onnx_session", "refer_reasons", "trusted_keys_dir"]
+__all__ = ["NORMAL_CLASS_NAMES", "REFER_REASONS", "LoadedModel", "ModelCard", "Prediction",
+           "load_model", "onnx_logits", "onnx_session", "refer_reasons", "trusted_keys_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,18 @@ REASON_CLASS_MODALITY = "class_not_trained_for_modality"
 REASON_CLASS_BODY_PART = "class_not_trained_for_body_part"
 #: The release maintainer marked the model as failing on held-out data.
 REASON_NOT_VALIDATED = "model_not_validated"
+#: The model has no class for a normal image (:attr:`ModelCard.normal_classes` is
+#: empty): it names one of its diseases for every image, a normal one too.
+REASON_NO_NORMAL_CLASS = "no_normal_class"
 #: Every reason :func:`refer_reasons` can give, in the order it gives them.
-REFER_REASONS = (REASON_NOT_VALIDATED, REASON_LOW_CONFIDENCE, REASON_MODALITY,
-                 REASON_BODY_PART_UNKNOWN, REASON_BODY_PART, REASON_CLASS_MODALITY,
-                 REASON_CLASS_BODY_PART)
+REFER_REASONS = (REASON_NOT_VALIDATED, REASON_NO_NORMAL_CLASS, REASON_LOW_CONFIDENCE,
+                 REASON_MODALITY, REASON_BODY_PART_UNKNOWN, REASON_BODY_PART,
+                 REASON_CLASS_MODALITY, REASON_CLASS_BODY_PART)
+#: Class names read as "no disease" in a card whose task definition marks no class
+#: ``"normal"`` (every card written before session 10): the shipped specialists'
+#: ``normal``, ``notumor`` and BreastMNIST's ``normal_or_benign``.
+NORMAL_CLASS_NAMES = frozenset({"normal", "notumor", "no_tumor", "normal_or_benign",
+                                "no_finding", "healthy"})
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,23 @@ class ModelCard:
         """Modalities seen in training."""
         return tuple(sorted({m for m, _ in self.trained_on}))
 
+    @property
+    def normal_classes(self) -> tuple[str, ...]:
+        """The classes that mean "no disease" (empty: the model cannot call an image normal).
+
+        The task definition's ``"normal": true`` marks when any class of it carries the
+        key; otherwise (cards written before session 10) the classes whose name is one
+        of :data:`NORMAL_CLASS_NAMES`.
+        """
+        definition = self.raw.get("task_definition")
+        marked = [c for c in (definition or {}).get("classes", ())
+                  if isinstance(c, Mapping) and "normal" in c]
+        if marked:
+            return tuple(str(c["name"]) for c in marked
+                         if c.get("normal") is True and str(c["name"]) in self.classes)
+        return tuple(c for c in self.classes
+                     if c.lower().rsplit("/", 1)[-1] in NORMAL_CLASS_NAMES)
+
 
 def _pairs(items: Any) -> tuple[tuple[str, str], ...]:
     """``[{"modality": ..., "body_part": ...}, ...]`` as upper-case (modality, body part) pairs."""
@@ -179,9 +205,10 @@ class Prediction:
         Decision-support flag: "refer to a radiologist".
     reasons : tuple of str
         Why ``refer`` is set (:data:`REFER_REASONS`: ``model_not_validated``,
-        ``low_confidence``, ``modality_not_trained``, ``body_part_unknown``,
-        ``body_part_not_trained``, ``class_not_trained_for_modality``); empty when
-        it is not.
+        ``no_normal_class``, ``low_confidence``, ``modality_not_trained``,
+        ``body_part_unknown``, ``body_part_not_trained``,
+        ``class_not_trained_for_modality``, ``class_not_trained_for_body_part``);
+        empty when it is not.
     model_id : str
     """
 
@@ -247,8 +274,9 @@ def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
     top_probability, threshold : float
         ``low_confidence`` when the first is under the second.
     card : ModelCard
-        ``release.refer_always`` gives ``model_not_validated``; ``trained_on`` and
-        ``class_trained_on`` are what the image is checked against.
+        ``release.refer_always`` gives ``model_not_validated``, no normal class
+        ``no_normal_class``; ``trained_on`` and ``class_trained_on`` are what the
+        image is checked against.
     modality, body_part : str or None
         What the image is, as the vault keeps it: a DICOM defined term, or ``""``
         when unknown (``OT`` also counts as an unknown modality). ``None`` means the
@@ -263,7 +291,7 @@ def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
     -------
     tuple of str
         In the order of :data:`REFER_REASONS`. When the card lists no ``trained_on``
-        pairs (it does not say what the model was trained on), only the first two
+        pairs (it does not say what the model was trained on), only the first three
         reasons can be given.
     """
     reasons = []
@@ -271,6 +299,10 @@ def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
         # The release maintainer marked the model as failing on held-out data: every
         # answer goes to a radiologist, however confident it looks.
         reasons.append(REASON_NOT_VALIDATED)
+    if not card.normal_classes:
+        # Its answer is "which of these diseases", never "none": a normal image, or one
+        # of a disease it does not know, still gets one of them, often confidently.
+        reasons.append(REASON_NO_NORMAL_CLASS)
     if top_probability < threshold:
         reasons.append(REASON_LOW_CONFIDENCE)
     if modality is None or not card.trained_on:

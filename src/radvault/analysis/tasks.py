@@ -8,7 +8,9 @@ A task is a JSON file, so that a hospital can define its own without code::
                   "select": {"dataset": "chest_xray", "label": "pneumonia"}}, ...]}
 
 Each class selects the manifest rows whose columns equal all the given values;
-rows no class selects are not used. ``augment.hflip`` says whether a
+rows no class selects are not used. A class may say ``"normal": true`` (it means
+"no disease"; model cards keep it, and a model with no such class refers every
+answer: ``no_normal_class``). ``augment.hflip`` says whether a
 left-right flip is anatomically acceptable for the task (it is not for chest
 radiographs, where the heart's side matters).
 
@@ -45,10 +47,15 @@ class TaskClass:
 
     name: str
     select: Mapping[str, str]
+    #: ``True`` for a class that means "no disease", ``False`` for one that does not,
+    #: ``None`` when the task file does not say (the model card then goes by the name).
+    normal: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise DatasetError("a task class needs a non-empty name")
+        if self.normal is not None and not isinstance(self.normal, bool):
+            raise DatasetError(f"task class {self.name!r}: normal must be true or false")
         if not self.select:
             raise DatasetError(f"task class {self.name!r} selects nothing")
         object.__setattr__(self, "select", {str(k): str(v) for k, v in self.select.items()})
@@ -137,7 +144,8 @@ class Task:
         if data.get("format", _FORMAT) != _FORMAT:
             raise DatasetError(f"{source or 'task'}: unknown task format {data.get('format')!r}")
         try:
-            classes = tuple(TaskClass(str(c["name"]), dict(c["select"])) for c in data["classes"])
+            classes = tuple(TaskClass(str(c["name"]), dict(c["select"]), c.get("normal"))
+                            for c in data["classes"])
             augment = dict(data.get("augment", {}))
             return cls(name=str(data["name"]), classes=classes,
                        description=str(data.get("description", "")),
@@ -149,7 +157,9 @@ class Task:
         """The JSON form of the task (round-trips through :meth:`from_dict`)."""
         return {"format": _FORMAT, "name": self.name, "description": self.description,
                 "augment": {"hflip": self.hflip},
-                "classes": [{"name": c.name, "select": dict(c.select)} for c in self.classes]}
+                "classes": [{"name": c.name, "select": dict(c.select),
+                             **({} if c.normal is None else {"normal": c.normal})}
+                            for c in self.classes]}
 
 
 def builtin_task_names() -> list[str]:

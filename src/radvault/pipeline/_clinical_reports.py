@@ -72,8 +72,10 @@ class ReportCases(ServiceCore):
         decision : {"accepted", "overridden"}
             What the radiologist did with the prediction.
         label : str, optional
-            The radiologist's class; required to override, and must be another
-            class of the model.
+            The radiologist's class; required to override: another class of the
+            model, or a finding of :data:`~radvault.reports.RADIOLOGIST_FINDINGS`
+            (``no_finding``, ``not_assessable``), since a model may have no class
+            for what the radiologist sees (radbench6 has no "normal").
         comment : str
             Free text (sealed at rest; at most 4000 characters).
         result_id : str, optional
@@ -105,8 +107,12 @@ class ReportCases(ServiceCore):
         if decision not in {"accepted", "overridden"}:
             raise InvalidRequest("decision must be 'accepted' or 'overridden'")
         if decision == "overridden":
-            if label is None or label not in classes or label == predicted:
-                raise InvalidRequest("an override needs a label: another class of the model")
+            from radvault.reports import RADIOLOGIST_FINDINGS
+
+            if label is None or label == predicted or (
+                    label not in classes and label not in RADIOLOGIST_FINDINGS):
+                raise InvalidRequest("an override needs a label: another class of the model, "
+                                     f"or one of {', '.join(RADIOLOGIST_FINDINGS)}")
             final = label
         else:
             if label is not None and label != predicted:
@@ -221,6 +227,7 @@ class ReportCases(ServiceCore):
         )
 
         instances = self.vault.catalog.instances_of_study(study.study_id)
+        study_images = len(instances)
         if instance_id is not None:
             instance_id = self._check_id(principal, Action.DOWNLOAD_REPORT, instance_id,
                                          "instance")
@@ -263,7 +270,7 @@ class ReportCases(ServiceCore):
             modality=study.modality or "", body_part=study.body_part or "",
             analysis=analysis, model=ModelSummary.from_card(card), heatmap_png=heatmap,
             heatmap_over_image=may_view,
-            sign_off=sign, identity=identity)
+            sign_off=sign, identity=identity, study_images=study_images)
 
     def _render(self, fmt: ReportFormat, data: Any, study: StudyRecord,
                 actor: str) -> ReportFile:

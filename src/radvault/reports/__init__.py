@@ -23,6 +23,7 @@ every format then marks as such. See ``docs/reports.md``.
 from radvault.reports._fhir import render_fhir, render_fhir_json
 from radvault.reports._html import render_html
 from radvault.reports._model import (
+    RADIOLOGIST_FINDINGS,
     AnalysisSummary,
     Identity,
     ModelSummary,
@@ -33,9 +34,10 @@ from radvault.reports._model import (
 )
 from radvault.reports._pdf import render_pdf
 from radvault.reports._sr import render_sr
-from radvault.reports._text import percent
+from radvault.reports._text import percent, reason_in_words
 
 __all__ = [
+    "RADIOLOGIST_FINDINGS",
     "AnalysisSummary",
     "Identity",
     "ModelSummary",
@@ -44,6 +46,7 @@ __all__ = [
     "SignOff",
     "SignOffDecision",
     "percent",
+    "reason_in_words",
     "render_fhir",
     "render_fhir_json",
     "render_html",

@@ -266,8 +266,8 @@ def render_fhir(report: ReportInput) -> dict[str, Any]:
         "conclusion": _text.conclusion(report),
         "conclusionCode": [{"coding": [{"system": SYSTEM_CLASS,
                                         "code": _code(report.final_class),
-                                        "display": report.final_class}],
-                            "text": report.final_class}],
+                                        "display": _text.finding_text(report.final_class)}],
+                            "text": _text.finding_text(report.final_class)}],
     }
     if a.result_id:
         resource["identifier"] = [{"system": SYSTEM_RESULT, "value": a.result_id}]

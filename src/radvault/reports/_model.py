@@ -65,6 +65,15 @@ class SignOffDecision(StrEnum):
     OVERRIDDEN = "overridden"
 
 
+#: Findings a radiologist may sign instead of one of the model's classes, with their
+#: words: a model without a normal class (radbench6) could otherwise only be overridden
+#: with another disease, and a signed report would state one for a normal image.
+RADIOLOGIST_FINDINGS: Mapping[str, str] = MappingProxyType({
+    "no_finding": "no finding of the model's classes",
+    "not_assessable": "not assessable by this model",
+})
+
+
 class _CardLike(Protocol):
     """What :meth:`ModelSummary.from_card` reads (``radvault.analysis.inference.ModelCard``)."""
 
@@ -498,6 +507,8 @@ class ReportInput:
     sign_off: SignOff | None = None
     identity: Identity | None = field(default=None, repr=False)
     generated_at: datetime = field(default_factory=_now)
+    #: How many images the study holds, when the report covers fewer (it then says so).
+    study_images: int | None = None
 
     def __post_init__(self) -> None:
         _require_text("study_id", self.study_id)
@@ -539,6 +550,11 @@ class ReportInput:
         if self.identity is not None and not isinstance(self.identity, Identity):
             raise ReportInputError("identity must be an Identity")
         _require_aware("generated_at", self.generated_at)
+        if self.study_images is not None and (
+                not isinstance(self.study_images, int) or isinstance(self.study_images, bool)
+                or self.study_images < len(instance_ids)):
+            raise ReportInputError("study_images must be a count of at least the instances "
+                                   "reported")
         for name in ("modality", "body_part"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

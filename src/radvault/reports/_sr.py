@@ -89,6 +89,7 @@ _REASON_WORDS = {
     _text.REASON_BODY_PART_UNKNOWN: "Body part not recorded",
     _text.REASON_CLASS_MODALITY: "Predicted class not trained for this modality",
     _text.REASON_CLASS_BODY_PART: "Predicted class not trained for this body part",
+    _text.REASON_NO_NORMAL_CLASS: "Model has no class for a normal image",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -118,7 +119,7 @@ def _concept(value: str, meaning: str) -> Any:
 
 
 def _class_concept(name: str) -> Any:
-    return _concept(name, name)
+    return _concept(name, _text.finding_text(name))
 
 
 def _check_sources(report: ReportInput, sources: Sequence[Dataset]) -> None:

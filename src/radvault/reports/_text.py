@@ -6,6 +6,7 @@ from datetime import date, datetime
 
 from radvault.reports._model import (
     HEADLINE_METRICS,
+    RADIOLOGIST_FINDINGS,
     ReportInput,
     SignOffDecision,
 )
@@ -17,6 +18,7 @@ REASON_NOT_VALIDATED = "model_not_validated"
 REASON_BODY_PART_UNKNOWN = "body_part_unknown"
 REASON_CLASS_MODALITY = "class_not_trained_for_modality"
 REASON_CLASS_BODY_PART = "class_not_trained_for_body_part"
+REASON_NO_NORMAL_CLASS = "no_normal_class"
 
 AWAITING_SIGN_OFF = "Awaiting radiologist sign-off"
 
@@ -60,34 +62,44 @@ def _threshold(p: float) -> str:
 def reason_text(report: ReportInput, reason: str) -> str:
     """One referral reason in words."""
     a = report.analysis
+    return reason_in_words(reason, predicted_class=a.predicted_class,
+                           probability=a.probability, refer_threshold=a.refer_threshold,
+                           modality=report.modality, body_part=report.body_part)
+
+
+def reason_in_words(reason: str, *, predicted_class: str, probability: float,
+                    refer_threshold: float | None, modality: str | None,
+                    body_part: str | None) -> str:
+    """A referral reason code in words, for a result of that class, probability and image.
+
+    Reports and the web pages share it, so a clinician reads the same sentence in both.
+    An unknown code is given back with spaces for underscores.
+    """
     if reason == REASON_LOW_CONFIDENCE:
-        if a.refer_threshold is not None:
-            shown, limit = percent(a.probability), _threshold(a.refer_threshold)
+        if refer_threshold is not None:
+            shown, limit = percent(probability), _threshold(refer_threshold)
             if shown == limit:  # 0.7996 reads 80.0 %: do not say "80.0 % under 80.0 %"
-                shown = f"just under {limit}"
-                return f"confidence {shown}"
+                return f"confidence just under {limit}"
             return f"confidence {shown} under {limit}"
-        return f"confidence {percent(a.probability)} under the referral threshold"
+        return f"confidence {percent(probability)} under the referral threshold"
+    if reason == REASON_NO_NORMAL_CLASS:
+        return ("the model has no class for a normal image: it names one of its diseases "
+                "for every image, a normal one too")
     if reason == REASON_MODALITY:
-        modality = report.modality or "unknown"
-        return f"the model was not trained on {modality} images"
+        return f"the model was not trained on {modality or 'unknown'} images"
     if reason == REASON_BODY_PART:
-        part = report.body_part or "unknown"
-        modality = report.modality or "this modality"
-        return f"the model was not trained on body part {part} for {modality}"
+        return (f"the model was not trained on body part {body_part or 'unknown'} for "
+                f"{modality or 'this modality'}")
     if reason == REASON_NOT_VALIDATED:
         return "the model failed validation on held-out data and is not fit for decisions"
     if reason == REASON_BODY_PART_UNKNOWN:
-        modality = report.modality or "this modality"
-        return (f"the image's body part is not recorded, and the model knows {modality} "
-                "images only of named body parts")
+        return (f"the image's body part is not recorded, and the model knows "
+                f"{modality or 'this modality'} images only of named body parts")
     if reason == REASON_CLASS_MODALITY:
-        modality = report.modality or "these"
-        return f"the model never saw the class {a.predicted_class} on {modality} images"
+        return f"the model never saw the class {predicted_class} on {modality or 'these'} images"
     if reason == REASON_CLASS_BODY_PART:
-        part = report.body_part or "this body part"
-        return (f"the model never saw the class {a.predicted_class} on images of the "
-                f"{part}")
+        return (f"the model never saw the class {predicted_class} on images of the "
+                f"{body_part or 'this body part'}")
     return reason.replace("_", " ")
 
 
@@ -145,15 +157,31 @@ def sign_off_sentence(report: ReportInput) -> str:
     if s.decision is SignOffDecision.ACCEPTED:
         return f"Signed off by {s.radiologist} at {when}: prediction accepted"
     return (f"Signed off by {s.radiologist} at {when}: prediction overridden, "
-            f"radiologist's finding {s.radiologist_class}")
+            f"radiologist's finding {finding_text(str(s.radiologist_class))}")
+
+
+def finding_text(name: str) -> str:
+    """A class or a radiologist's own finding (``no_finding``...) as reports print it."""
+    return RADIOLOGIST_FINDINGS.get(name, name)
 
 
 def conclusion(report: ReportInput) -> str:
     """The report's conclusion: prediction, flag, sign-off and comment."""
     parts = [prediction_sentence(report), flag_sentence(report), sign_off_sentence(report)]
+    if coverage := coverage_sentence(report):
+        parts.insert(0, coverage)
     if report.sign_off is not None and report.sign_off.comment.strip():
         parts.append(f"Radiologist comment: {report.sign_off.comment.strip()}")
     return ". ".join(p.rstrip(".") for p in parts) + "."
+
+
+def coverage_sentence(report: ReportInput) -> str:
+    """Which part of the study the report covers, when not all of it ("" otherwise)."""
+    total, covered = report.study_images, len(report.instance_ids)
+    if total is None or total <= covered:
+        return ""
+    return (f"This report covers {covered} of the study's {total} images "
+            f"({', '.join(report.instance_ids)}); the others have reports of their own")
 
 
 def metric_rows(report: ReportInput) -> list[tuple[str, str]]:
@@ -194,7 +222,10 @@ def study_rows(report: ReportInput) -> list[tuple[str, str]]:
         rows += [("Patient name", ident.display_name), ("Patient id", ident.patient_id),
                  ("Birth date", date_text(ident.birth_date))]
     rows += [("Patient pseudonym", report.patient_pseudonym), ("Study", report.study_id),
-             ("Instances", ", ".join(report.instance_ids)), ("Site", report.site),
+             ("Instances", ", ".join(report.instance_ids))]
+    if coverage := coverage_sentence(report):
+        rows.append(("Coverage", coverage))
+    rows += [("Site", report.site),
              ("Modality", report.modality or "unknown"),
              ("Body part", report.body_part or "unknown"),
              ("Study date (shifted)", date_text(report.study_date))]

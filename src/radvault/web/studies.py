@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from radvault.api.shared import InstanceId, JobId, StudyId, file_response, get_service
 from radvault.errors import InvalidRequest, ObjectNotFound
 from radvault.pipeline.clinical import ClinicalService, ImageView, ReportFormat, ResultView
+from radvault.reports import RADIOLOGIST_FINDINGS, reason_in_words
 from radvault.vault.catalog import StudyRecord
 from radvault.web._core import (
     WEB_PREFIX,
@@ -191,6 +192,14 @@ def study_page(
         "report_formats": _report_formats(record.source_format),
         "report_instance": record.instance_id if latest else None,
         "notice": notice, "done": _DONE.get(done or ""),
+        # the referral reasons in the reports' own words, and what a radiologist may sign
+        # besides the model's classes (radbench6 has no "normal" class)
+        "reason_texts": [reason_in_words(
+            r, predicted_class=latest.predicted_class, probability=latest.probability,
+            refer_threshold=latest.refer_threshold, modality=detail.study.modality,
+            body_part=detail.study.body_part) for r in latest.reasons] if latest else [],
+        "findings": list(RADIOLOGIST_FINDINGS.items()),
+        "finding_words": RADIOLOGIST_FINDINGS,
     }
     return render(request, "study.html", context)
 
