@@ -269,7 +269,7 @@ def show(
                     console.print(f"    object {obj.object_id}  {obj.kind}  {obj.plain_size} B"
                                   f" -> {obj.sealed_size} B sealed  kek {obj.kek_id}"
                                   f"{'  SHREDDED' if obj.shredded else ''}")
-                for res in catalog.results_of_instance(inst.instance_id):
+                for res in vault.results_of_instance(inst.instance_id, actor=ACTOR):
                     console.print(f"    result {res.result_id}  model {res.model_id}  "
                                   f"{json.dumps(res.payload.get('summary', res.payload))}")
             vault.audit.append(ACTOR, "show", object_ids=[study.study_id])

@@ -186,7 +186,7 @@ class AnalysisCases(ServiceCore):
             If the instance is not in the study.
         """
         study, inst = self._instance(principal, Action.VIEW_RESULT, study_id, instance_id)
-        records = self.vault.catalog.results_of_instance(inst.instance_id)
+        records = self.vault.results_of_instance(inst.instance_id, actor=principal.username)
         signoffs = {s.result_id: s for s in self._signoffs(inst.instance_id)}
         views = [_result_view(study.study_id, r, signoffs.get(r.result_id)) for r in records]
         self.vault.audit.append(principal.username, "result.read", Outcome.OK,
@@ -268,8 +268,8 @@ class AnalysisCases(ServiceCore):
         out = []
         for instance_id in instance_ids:
             done = runs[instance_id]
-            record = next((r for r in self.vault.catalog.results_of_instance(instance_id)
-                           if r.result_id == done), None)
+            record = next((r for r in self.vault.results_of_instance(
+                instance_id, actor=principal.username) if r.result_id == done), None)
             if record is None:
                 raise IntegrityError(f"result {done} of job {info.job_id} is missing")
             out.append({"instance_id": instance_id, "result_id": record.result_id,

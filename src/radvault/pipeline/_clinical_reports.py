@@ -96,7 +96,7 @@ class ReportCases(ServiceCore):
             If the decision, label or comment is invalid.
         """
         study, inst = self._instance(principal, Action.SIGN_REPORT, study_id, instance_id)
-        results = self.vault.catalog.results_of_instance(inst.instance_id)
+        results = self.vault.results_of_instance(inst.instance_id, actor=principal.username)
         if result_id is not None:
             results = [r for r in results if r.result_id == result_id]
         if not results:
@@ -236,7 +236,8 @@ class ReportCases(ServiceCore):
                 raise ObjectNotFound(f"study {study.study_id} has no instance {instance_id}")
         latest: tuple[InstanceRecord, ResultRecord] | None = None
         for inst in instances:
-            results = self.vault.catalog.results_of_instance(inst.instance_id)
+            results = self.vault.results_of_instance(inst.instance_id,
+                                                     actor=principal.username)
             if results and (latest is None or results[-1].created_at >= latest[1].created_at):
                 latest = (inst, results[-1])
         if latest is None:

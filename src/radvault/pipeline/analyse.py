@@ -232,7 +232,7 @@ class Analyser:
         """
         if result_id is not None:
             instance = self.vault.catalog.get_instance(instance_id)
-            for earlier in self.vault.catalog.results_of_instance(instance_id):
+            for earlier in self.vault.results_of_instance(instance_id, actor=self.actor):
                 if earlier.result_id == result_id:
                     return _from_record(earlier, instance.study_id)
         opened, refused = self._prepare_chunk([instance_id], model_name)  # one catalog read
@@ -443,7 +443,8 @@ class Analyser:
         with self.vault.audit.appending() as chain, self.vault.catalog.writing() as writer:
             records = writer.add_results([
                 (r.instance_id, r.model_id, r.as_payload(), result_id)
-                for r, result_id in zip(results, result_ids, strict=True)])
+                for r, result_id in zip(results, result_ids, strict=True)],
+                signer=self.vault.signer)
             chain.append_many(writer.connection, [
                 EntryDraft(self.actor, Action.ANALYSE, Outcome.OK,
                            object_ids=[r.study_id, r.instance_id, record.result_id],

@@ -165,6 +165,10 @@ class ResultRow(Base):
     model_id: Mapped[str] = mapped_column(String(128))
     payload: Mapped[Any] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: The vault's signature over :func:`result_record_message` (added in session 10;
+    #: a vault opened since signs its older rows once, so none stays unsigned).
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    signer_key_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class AuditEntryRow(Base):

@@ -19,6 +19,7 @@ from radvault.vault.signing import canonical_json  # the one canonical encoding
 __all__ = [
     "OBJECT_RECORD_TYPE",
     "OBJECT_RECORD_TYPE_V1",
+    "RESULT_RECORD_TYPE",
     "STUDY_ACTIVE",
     "STUDY_SHREDDED",
     "AddInstanceResult",
@@ -36,7 +37,9 @@ __all__ = [
     "object_record_message",
     "record_message",
     "record_message_v2",
+    "result_record_message",
     "verify_object_record",
+    "verify_result_record",
 ]
 
 OBJECT_RECORD_TYPE: Final = "radvault.object-record/2"
@@ -45,6 +48,8 @@ OBJECT_RECORD_TYPE: Final = "radvault.object-record/2"
 Version 2 also binds where the object belongs: its instance's study, series
 and geometry, and its study's patient, site, modality and body part.
 """
+RESULT_RECORD_TYPE: Final = "radvault.result-record/1"
+"""Domain-separation tag of signed analysis results (session 10)."""
 OBJECT_RECORD_TYPE_V1: Final = "radvault.object-record/1"
 """The tag of the first record format (object fields only); still verified, never signed."""
 
@@ -197,13 +202,15 @@ class ObjectRecord:
 
 @dataclass(frozen=True)
 class ResultRecord:
-    """An analysis result."""
+    """An analysis result; ``signature`` is the vault's over :func:`result_record_message`."""
 
     result_id: str
     instance_id: str
     model_id: str
     payload: Any
     created_at: datetime
+    signature: bytes = b""
+    signer_key_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -457,6 +464,37 @@ def object_record_message(obj: ObjectRecord) -> bytes:
         cols=obj.cols,
         frames=obj.frames,
     )
+
+
+def result_record_message(result: ResultRecord) -> bytes:
+    """The canonical bytes a result row's signature covers.
+
+    The result, instance and model ids and the whole payload (class, probabilities,
+    flag and reasons): an edited diagnosis, or a result moved to another image, no
+    longer verifies. The creation time is left out (databases round it differently);
+    it only orders an instance's genuine results.
+    """
+    return canonical_json({"type": RESULT_RECORD_TYPE, "result_id": result.result_id,
+                           "instance_id": result.instance_id, "model_id": result.model_id,
+                           "payload": result.payload})
+
+
+def verify_result_record(result: ResultRecord, verifier: Verifier) -> None:
+    """Check a result row's signature.
+
+    Raises
+    ------
+    IntegrityError
+        When the row was altered or carries no signature of the vault's; the
+        message names the result id only.
+    """
+    if not result.signature:
+        raise IntegrityError(f"result {result.result_id}: the row carries no signature")
+    try:
+        verifier.verify(result_record_message(result), result.signature)
+    except IntegrityError:
+        raise IntegrityError(f"result {result.result_id}: catalog row signature does not "
+                             "verify (the result was altered)") from None
 
 
 def _object_record_message_v1(obj: ObjectRecord) -> bytes:

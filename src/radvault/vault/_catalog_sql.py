@@ -83,7 +83,8 @@ def to_object(row: Any, inst: Any, study: Any) -> ObjectRecord:
 
 
 def to_result(row: ResultRow) -> ResultRecord:
-    return ResultRecord(row.result_id, row.instance_id, row.model_id, row.payload, row.created_at)
+    return ResultRecord(row.result_id, row.instance_id, row.model_id, row.payload, row.created_at,
+                        row.signature or b"", row.signer_key_id or "")
 
 
 PATIENTS: Table = PatientRow.__table__  # type: ignore[assignment]

@@ -40,6 +40,7 @@ from radvault.vault._catalog_records import (
     StudyBinding,
     canonical_json,
     check,
+    result_record_message,
 )
 from radvault.vault._catalog_sql import (
     INSERT_IGNORE,
@@ -178,7 +179,7 @@ class CatalogWriter:
         return self._conn
 
     def add_result(self, instance_id: str, model_id: str, payload: Mapping[str, Any], *,
-                   result_id: str | None = None) -> ResultRecord:
+                   result_id: str | None = None, signer: Signer | None = None) -> ResultRecord:
         """Store an analysis result in this transaction (see :meth:`Catalog.add_result`).
 
         Raises
@@ -188,15 +189,19 @@ class CatalogWriter:
         ValueError
             When the payload is not JSON data or an id is malformed.
         """
-        return self.add_results([(instance_id, model_id, payload, result_id)])[0]
+        return self.add_results([(instance_id, model_id, payload, result_id)],
+                                signer=signer)[0]
 
     def add_results(
-        self, results: Sequence[tuple[str, str, Mapping[str, Any], str | None]]
+        self, results: Sequence[tuple[str, str, Mapping[str, Any], str | None]],
+        *, signer: Signer | None = None,
     ) -> list[ResultRecord]:
         """Store several ``(instance_id, model_id, payload, result_id)`` results at once.
 
         As :meth:`add_result` for each, in one look-up and one multi-row insert;
         any error and none of them is stored (the caller's transaction rolls back).
+        With ``signer`` (the vault's: every result the vault stores) each row is signed
+        over :func:`result_record_message`, and reads check it.
         """
         records: list[ResultRecord] = []
         created = utcnow()
@@ -205,7 +210,11 @@ class CatalogWriter:
             check(ID, "result_id", result_id)
             check(ID, "model_id", model_id)
             body = json.loads(canonical_json(dict(payload)))
-            records.append(ResultRecord(result_id, instance_id, model_id, body, created))
+            record = ResultRecord(result_id, instance_id, model_id, body, created)
+            if signer is not None:
+                record = replace(record, signature=signer.sign(result_record_message(record)),
+                                 signer_key_id=signer.key_id)
+            records.append(record)
         wanted = {r.instance_id for r in records}
         known = {row.instance_id for row in rows_where_in(
             self._conn, select(INSTANCES.c.instance_id), INSTANCES.c.instance_id, wanted)}
@@ -214,7 +223,9 @@ class CatalogWriter:
         if records:
             self._conn.execute(INSERT_RESULT, [
                 {"result_id": r.result_id, "instance_id": r.instance_id, "model_id": r.model_id,
-                 "payload": r.payload, "created_at": r.created_at} for r in records])
+                 "payload": r.payload, "created_at": r.created_at,
+                 "signature": r.signature or None, "signer_key_id": r.signer_key_id or None}
+                for r in records])
         return records
 
     def add_instance_with_objects(

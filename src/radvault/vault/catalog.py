@@ -78,7 +78,9 @@ from radvault.vault._catalog_records import (
     object_record_message,
     record_message,
     record_message_v2,
+    result_record_message,
     verify_object_record,
+    verify_result_record,
 )
 from radvault.vault._catalog_sql import (
     INSTANCE_BY_SOURCE,
@@ -114,7 +116,9 @@ __all__ = [
     "object_record_message",
     "record_message",
     "record_message_v2",
+    "result_record_message",
     "verify_object_record",
+    "verify_result_record",
 ]
 
 logger = logging.getLogger(__name__)
@@ -265,10 +269,59 @@ class Catalog:
         """
         try:
             Base.metadata.create_all(self._write_engine)
+            self._add_result_signature_columns()
         except sa_exc.OperationalError as exc:
             raise VaultError(
                 f"catalog database cannot be opened ({type(exc.orig).__name__})"
             ) from None
+
+    def iter_results(self, batch_size: int = 500) -> Iterator[ResultRecord]:
+        """Yield every analysis result by id, a batch per short transaction (for verify)."""
+        check_size("batch_size", batch_size, minimum=1)
+        after = ""
+        while True:
+            with self._reading() as session:
+                batch = [to_result(r) for r in session.scalars(
+                    select(ResultRow).where(ResultRow.result_id > after)
+                    .order_by(ResultRow.result_id).limit(batch_size))]
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after = batch[-1].result_id
+
+    def unsigned_results(self) -> list[ResultRecord]:
+        """Results stored without a signature (by a RadVault before session 10)."""
+        with self._reading() as session:
+            rows = session.scalars(select(ResultRow).where(ResultRow.signature.is_(None)))
+            return [to_result(r) for r in rows]
+
+    def sign_results(self, signatures: Sequence[tuple[str, bytes, str]]) -> None:
+        """Store ``(result_id, signature, signer_key_id)`` for results stored unsigned."""
+        from sqlalchemy import update
+
+        with self._write_engine.begin() as conn:
+            for result_id, signature, key_id in signatures:
+                conn.execute(update(ResultRow).where(ResultRow.result_id == result_id,
+                                                     ResultRow.signature.is_(None))
+                             .values(signature=signature, signer_key_id=key_id))
+
+    def _add_result_signature_columns(self) -> None:
+        """Give a catalog made before session 10 the results' signature columns.
+
+        ``create_all`` makes missing tables only; this is the one column change the
+        schema has had, so it is written out here rather than with a migration tool.
+        """
+        from sqlalchemy import inspect, text
+
+        present = {c["name"] for c in inspect(self._write_engine).get_columns("results")}
+        binary = "BYTEA" if self.dialect_name == "postgresql" else "BLOB"
+        missing = [(name, kind) for name, kind in (("signature", binary),
+                                                   ("signer_key_id", "VARCHAR(128)"))
+                   if name not in present]
+        if missing:
+            with self._write_engine.begin() as conn:
+                for name, kind in missing:
+                    conn.execute(text(f"ALTER TABLE results ADD COLUMN {name} {kind}"))
 
     @property
     def engine(self) -> Engine:
@@ -758,7 +811,8 @@ class Catalog:
             raise VaultError(f"result {result_id} already exists") from None
 
     def results_of_instance(self, instance_id: str) -> list[ResultRecord]:
-        """Return the instance's results, oldest first."""
+        """Return the instance's results, oldest first, as stored (signatures unchecked:
+        :meth:`~radvault.vault.vault.Vault.results_of_instance` checks them)."""
         with self._reading() as session:
             rows = session.scalars(
                 select(ResultRow)

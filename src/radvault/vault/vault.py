@@ -50,7 +50,10 @@ from radvault.vault.catalog import (
     InstanceRecord,
     NewObject,
     ObjectRecord,
+    ResultRecord,
+    result_record_message,
     verify_object_record,
+    verify_result_record,
 )
 from radvault.vault.keys import KdfParams, LocalKeyFile, WrappedKey
 from radvault.vault.sealing import open_sealed, seal
@@ -231,10 +234,45 @@ class Vault:
             return vault
         try:
             vault.audit.append("system", Action.UNLOCK)
+            vault._sign_older_results()
         except BaseException:  # e.g. AuditChainError: a trail cut below its checkpoint
             vault._release(checkpoint=False)
             raise
         return vault
+
+    def _sign_older_results(self) -> None:
+        """Sign, once, the results a RadVault before session 10 stored unsigned (audited).
+
+        From then on every result row must carry the vault's signature, so stripping
+        one (to pass an edited row off as an old unsigned one) is refused like an edit.
+        """
+        older = self.catalog.unsigned_results()
+        if not older:
+            return
+        self.catalog.sign_results([(r.result_id, self.signer.sign(result_record_message(r)),
+                                    self.signer.key_id) for r in older])
+        self.audit.append("system", "results.sign_older", Outcome.OK,
+                          details={"count": len(older)})
+
+    def results_of_instance(self, instance_id: str, *, actor: str) -> list[ResultRecord]:
+        """The instance's results, oldest first, each row's signature checked.
+
+        Raises
+        ------
+        IntegrityError
+            A result row was altered, or its signature removed (audited as an
+            integrity failure naming the result id, refused).
+        """
+        results = self.catalog.results_of_instance(instance_id)
+        for result in results:
+            try:
+                verify_result_record(result, self.verifier)
+            except IntegrityError:
+                self.audit.append(actor, Action.INTEGRITY_FAILURE, Outcome.REFUSED,
+                                  object_ids=[instance_id, result.result_id],
+                                  details={"error": "IntegrityError", "what": "result"})
+                raise
+        return results
 
     @classmethod
     def _assemble(

@@ -1,0 +1,127 @@
+"""Analysis results are signed rows: an edited diagnosis is refused on every read."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from radvault.config import load_settings
+from radvault.errors import IntegrityError
+from radvault.pipeline.analyse import Analyser
+from radvault.pipeline.ingest import Ingestor
+from radvault.vault.keys import KdfParams
+from radvault.vault.vault import Vault
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "src" / "radvault" / "samples" / "images" / (
+    "chest_xray__pneumonia__person117_bacteria_553.jpeg")
+PASSPHRASE = "result signatures passphrase"
+pytestmark = pytest.mark.skipif(not (REPO / "models" / "radbench6").is_dir(),
+                                reason="no shipped models in this checkout")
+
+
+@pytest.fixture
+def analysed(tmp_path: Path):
+    settings = load_settings(env={}, home=tmp_path / "vault")
+    vault = Vault.init(settings, PASSPHRASE, kdf=KdfParams.fast())
+    instance = Ingestor(vault, actor="tech").ingest_file(
+        SAMPLE, modality="DX", body_part="CHEST").instance_id
+    result = Analyser.default(vault, actor="dr").analyse_instance(instance)
+    yield vault, instance, result
+    vault.close()
+
+
+def _sql(vault: Vault, statement: str, params: tuple = ()) -> list[tuple]:
+    db = sqlite3.connect(vault.settings.home / "catalog.sqlite3")
+    try:
+        rows = db.execute(statement, params).fetchall()
+        db.commit()
+        return rows
+    finally:
+        db.close()
+
+
+def test_a_stored_result_carries_the_vaults_signature_and_reads_back(analysed) -> None:
+    vault, instance, result = analysed
+    (record,) = vault.results_of_instance(instance, actor="dr")
+    assert record.result_id == result.result_id and record.signature
+    assert record.signer_key_id == vault.signer.key_id
+
+
+@pytest.mark.parametrize("edit", ["diagnosis", "moved", "signature removed"])
+def test_an_edited_result_row_is_refused_and_audited(analysed, edit: str) -> None:
+    vault, instance, result = analysed
+    if edit == "diagnosis":  # the review's attack: a confident "normal" with no referral
+        (payload,) = _sql(vault, "SELECT payload FROM results")[0]
+        body = json.loads(payload)
+        body["summary"]["predicted_class"] = "kidney_stone"
+        body["summary"]["refer"] = False
+        _sql(vault, "UPDATE results SET payload = ?", (json.dumps(body),))
+    elif edit == "moved":
+        other = Ingestor(vault, actor="tech").ingest_file(
+            SAMPLE.with_name("chest_xray__normal__IM-0009-0001.jpeg"), modality="DX",
+            body_part="CHEST").instance_id
+        _sql(vault, "UPDATE results SET instance_id = ?", (other,))
+        instance = other
+    else:
+        _sql(vault, "UPDATE results SET signature = NULL, signer_key_id = NULL")
+
+    with pytest.raises(IntegrityError, match=f"result {result.result_id}"):
+        vault.results_of_instance(instance, actor="dr")
+
+    refused = vault.audit.query(action="integrity_failure", limit=5)
+    assert refused and list(refused[0].object_ids) == [instance, result.result_id]
+    assert refused[0].actor == "dr"
+
+
+def test_results_stored_before_signing_are_signed_once_when_the_vault_opens(
+        analysed) -> None:
+    vault, instance, result = analysed
+    _sql(vault, "UPDATE results SET signature = NULL, signer_key_id = NULL")  # as before
+    settings = vault.settings
+    vault.close()
+
+    reopened = Vault.open(settings, PASSPHRASE)
+    try:
+        (record,) = reopened.results_of_instance(instance, actor="dr")
+        assert record.result_id == result.result_id
+        signed = reopened.audit.query(action="results.sign_older", limit=5)
+        assert [(e.actor, e.details) for e in signed] == [("system", {"count": 1})]
+    finally:
+        reopened.close()
+    again = Vault.open(settings, PASSPHRASE)  # nothing left to sign
+    try:
+        assert len(again.audit.query(action="results.sign_older", limit=5)) == 1
+    finally:
+        again.close()
+
+
+def test_a_catalog_made_before_result_signatures_gets_the_columns(tmp_path: Path) -> None:
+    settings = load_settings(env={}, home=tmp_path / "vault")
+    Vault.init(settings, PASSPHRASE, kdf=KdfParams.fast()).close()
+    db = sqlite3.connect(settings.home / "catalog.sqlite3")
+    db.execute("ALTER TABLE results DROP COLUMN signature")
+    db.execute("ALTER TABLE results DROP COLUMN signer_key_id")
+    db.commit()
+    db.close()
+
+    vault = Vault.open(settings, PASSPHRASE)
+    try:
+        columns = {r[1] for r in _sql(vault, "PRAGMA table_info(results)")}
+        assert {"signature", "signer_key_id"} <= columns
+    finally:
+        vault.close()
+
+
+def test_verify_reports_an_edited_result(analysed) -> None:
+    from radvault.pipeline.maintenance import verify_vault
+
+    vault, _, result = analysed
+    assert verify_vault(vault).ok
+    _sql(vault, "UPDATE results SET model_id = 'another-model'")
+    report = verify_vault(vault)
+    assert not report.ok
+    assert any(p.startswith(f"result {result.result_id}:") for p in report.problems)
