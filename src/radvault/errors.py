@@ -18,12 +18,14 @@ also subclasses the builtin it resembles, so callers may catch either::
     │   ├── VaultLocked(PermissionError)      wrong passphrase, missing or corrupt key file
     │   ├── KeyProviderError                  a key could not be wrapped, unwrapped or found
     │   ├── ObjectShredded                    the object's data key was destroyed
-    │   └── ConcurrentWriteConflict           another writer changed what a batch relied on
+    │   ├── ConcurrentWriteConflict           another writer changed what a batch relied on
+    │   └── UidConflict                       an image's study or series UID is taken
     ├── IntegrityError                        tampering detected (digest, signature, AEAD tag)
     │   ├── AuditChainError                   the audit trail was altered
     │   └── ModelIntegrityError               a model file or card does not match its signature
     ├── AccessDenied(PermissionError)         the caller may not do this
-    │   └── AuthenticationFailed              the caller could not be identified
+    │   ├── AuthenticationFailed              the caller could not be identified
+    │   └── StudySiteConflict                 an image's study belongs to another site
     ├── AccountError(ValueError)              a user, site or grant change is invalid
     │   └── PasswordPolicyError               a password fails the password policy
     ├── JobError                              the job runner cannot do what was asked
@@ -82,7 +84,9 @@ __all__ = [
     "PullError",
     "RadVaultError",
     "ReportInputError",
+    "StudySiteConflict",
     "TransientError",
+    "UidConflict",
     "UnknownModel",
     "UnsupportedTransferSyntax",
     "VaultError",
@@ -163,6 +167,12 @@ class ConcurrentWriteConflict(VaultError):
     """
 
 
+class UidConflict(VaultError):
+    """An image's Study or Series Instance UID is already another patient's or study's,
+    or its study was shredded: the image is refused (the sender's data, not a vault failure).
+    """
+
+
 class VaultLocked(VaultError, PermissionError):
     """The vault could not be unlocked: wrong passphrase, missing or corrupt key file."""
 
@@ -197,6 +207,14 @@ class AccessDenied(RadVaultError, PermissionError):
 
 class AuthenticationFailed(AccessDenied):
     """The caller could not be identified."""
+
+
+class StudySiteConflict(AccessDenied):
+    """An image's study already belongs to another site: refused, never merged into it.
+
+    Each study belongs to one site, and a site's users and nodes see only its
+    studies; an image of another site's study would cross that line.
+    """
 
 
 class AccountError(RadVaultError, ValueError):

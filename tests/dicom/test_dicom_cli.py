@@ -94,3 +94,53 @@ def test_dicom_serve_runs_until_sigterm(home: Path, tmp_path: Path) -> None:
     with Vault.open(load_settings(env={}, home=home), PASSPHRASE) as vault:
         (study,) = vault.catalog.list_studies(site="north")
         assert study.n_instances == 2
+
+
+def test_adding_a_node_that_exists_is_refused_unless_replace_says_what_changed(
+        home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--home", str(home), "dicom", "nodes", "add", "CT01",
+                 "--host", "127.0.0.1", "--site", "north"]) == 0
+    capsys.readouterr()
+
+    refused = main(["--home", str(home), "dicom", "nodes", "add", "CT01",
+                    "--host", "127.0.0.2", "--site", "south"])
+    err = capsys.readouterr().err
+    (node,) = NodeRegistry.load(home / "dicom_nodes.toml")
+    assert refused == 2
+    assert "CT01 is already allowed (from 127.0.0.1 for site north): give --replace" in err
+    assert (node.host, node.site) == ("127.0.0.1", "north")
+
+    replaced = main(["--home", str(home), "dicom", "nodes", "add", "CT01",
+                     "--host", "127.0.0.2", "--site", "south", "--replace"])
+    out = capsys.readouterr().out
+    (node,) = NodeRegistry.load(home / "dicom_nodes.toml")
+    assert replaced == 0
+    assert "replaced CT01: host 127.0.0.1 -> 127.0.0.2; site north -> south" in out
+    assert (node.host, node.site) == ("127.0.0.2", "south")
+    entries = _audit(home, "dicom_node_add")
+    assert [(str(e.outcome), e.details.get("replaced")) for e in entries] == [
+        ("ok", None), ("refused", None), ("ok", ["host", "site"])]
+
+
+@pytest.mark.parametrize("where", ["taken", "999.1.1.1", "8.8.8.8"])
+def test_dicom_serve_that_cannot_listen_says_why_in_one_line(
+        home: Path, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        host, port = ("127.0.0.1", taken.getsockname()[1]) if where == "taken" else (where, 11112)
+        code = main(["--home", str(home), "dicom", "serve", "--host", host, "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(f"error: cannot listen on {host}:{port}: ")
+    assert "Traceback" not in err
+
+
+def test_dicom_serve_without_a_vault_prints_only_that_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--home", str(tmp_path / "nowhere"), "dicom", "serve"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.strip().startswith("error:") and "allow-list" not in err

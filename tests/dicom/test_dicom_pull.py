@@ -58,7 +58,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, in
         by_uid = {s["MainDicomTags"]["StudyInstanceUID"]:
                   len(orthanc.get_json(f"/studies/{s['ID']}/instances")) for s in studies}
         held = {"generated": str(sop_instance_uid(generated[0])), "by_uid": by_uid,
-                "study_a": _study_of(generated[0])}
+                "study_a": _study_of(generated[0]), "j2k_study": _study_of(real[1])}
         yield orthanc, move_port, held
 
 
@@ -185,3 +185,106 @@ def test_a_pull_into_an_unknown_site_is_refused_before_the_pacs_is_asked(
                  "--port", str(port), "--study", "1.2.3", "--site", "nowhere"])
     assert code == 2
     assert "unknown site 'nowhere'" in capsys.readouterr().err
+
+
+def test_pull_by_dicomweb_fetches_a_jpeg_2000_study_as_stored(pacs: tuple, home: Path) -> None:
+    orthanc, _port, held = pacs
+    code = main(["--home", str(home), "pull", "--dicomweb", orthanc.dicomweb,
+                 "--study", held["j2k_study"], "--study", held["study_a"], "--site", "south"])
+    assert code == 0
+    with _open(home) as vault:
+        _check_stored(vault, "south", held["by_uid"][held["j2k_study"]] + 5)
+
+
+class _FailingStudyServer:
+    """A DICOMweb client whose server fails every request about one study."""
+
+    def __init__(self, failing: str, good: Path) -> None:
+        self.failing, self.good = failing, good
+
+    def _check(self, study_instance_uid: str) -> None:
+        import requests
+
+        if study_instance_uid == self.failing:
+            response = requests.Response()
+            response.status_code = 500
+            raise requests.HTTPError("500 Server Error", response=response)
+
+    def search_for_instances(self, study_instance_uid: str) -> list[dict]:
+        self._check(study_instance_uid)
+        return [{}]
+
+    def iter_study(self, study_instance_uid: str, media_types: object = None) -> Iterator:
+        import pydicom
+
+        self._check(study_instance_uid)
+        assert media_types == (("application/dicom", "*"),)  # any syntax, as stored
+        yield pydicom.dcmread(self.good)
+
+
+def test_a_dicomweb_study_that_fails_does_not_stop_the_others_and_is_audited_as_an_error(
+        home: Path, tmp_path: Path) -> None:
+    good = write_series(tmp_path / "good", "CT", 1)[0]
+    client = _FailingStudyServer("1.2.3.4", good)
+    with _open(home) as vault:
+        report = pull_dicomweb(vault, "http://127.0.0.1:9/dicom-web", site="south",
+                               actor="tester", study_uids=["1.2.3.4", _study_of(good)],
+                               client=client)
+        (entry,) = [e for e in vault.audit.tail(200) if str(e.action) == PULL_ACTION]
+    assert not report.ok
+    assert report.problems == ["a study failed: DICOMweb server http://127.0.0.1:9/dicom-web "
+                               "failed the request (HTTP 500)"]
+    assert report.counts["stored"] == 1
+    assert str(entry.outcome) == "error"
+    assert (entry.details["problems"], entry.details["stored"]) == (1, 1)
+
+
+def test_a_c_move_the_pacs_cannot_deliver_is_an_audited_error_naming_the_destination(
+        pacs: tuple, home: Path) -> None:
+    orthanc, move_port, held = pacs
+    elsewhere = free_port()  # not where the PACS sends RADVAULT's instances
+    assert elsewhere != move_port
+    with _open(home) as vault:
+        report = pull_dimse(vault, peer_ae=orthanc.aet, host="127.0.0.1",
+                            port=orthanc.dicom_port, site="west", actor="tester",
+                            study_uids=[held["study_a"]], method="move",
+                            ae_title=RADVAULT_AE, listen_port=elsewhere)
+        (entry,) = [e for e in vault.audit.tail(200) if str(e.action) == PULL_ACTION]
+    assert not report.ok and report.counts["stored"] == 0
+    (problem,) = report.problems
+    assert "retrieve ended with status 0x" in problem
+    assert (f"the PACS may not know RadVault's move destination: AE title {RADVAULT_AE} "
+            f"at 127.0.0.1:{elsewhere}") in problem
+    assert str(entry.outcome) == "error"
+
+
+def test_a_c_move_whose_listen_port_is_taken_fails_in_one_line_and_is_audited(
+        pacs: tuple, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    orthanc, _port, held = pacs
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["--home", str(home), "pull", "--from-ae", orthanc.aet,
+                     "--host", "127.0.0.1", "--port", str(orthanc.dicom_port),
+                     "--study", held["study_a"], "--method", "move",
+                     "--listen-port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert "Traceback" not in err
+    with _open(home) as vault:
+        (entry,) = [e for e in vault.audit.tail(200) if str(e.action) == PULL_ACTION]
+    assert str(entry.outcome) == "error"
+
+
+def test_pull_a_jpeg_2000_study_by_c_get(pacs: tuple, home: Path) -> None:
+    orthanc, _port, held = pacs
+    with _open(home) as vault:
+        report = pull_dimse(vault, peer_ae=orthanc.aet, host="127.0.0.1",
+                            port=orthanc.dicom_port, site="east", actor="tester",
+                            study_uids=[held["j2k_study"]])
+        assert report.ok, report.problems
+        _check_stored(vault, "east", held["by_uid"][held["j2k_study"]])

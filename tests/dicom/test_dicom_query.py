@@ -83,6 +83,14 @@ def test_hidden_attributes_come_back_empty_and_cannot_be_matched(
         assert list(find_matches(vault.catalog, "north", _query("STUDY", **constraint))) == []
 
 
+def test_a_lone_asterisk_is_universal_matching_even_on_hidden_attributes(
+        vault: Vault, studies: dict[str, str]) -> None:
+    everything = list(find_matches(vault.catalog, "north", _query("STUDY")))
+    for key in ("AccessionNumber", "StudyDescription", "StudyID"):
+        answers = list(find_matches(vault.catalog, "north", _query("STUDY", **{key: "*"})))
+        assert len(answers) == len(everything) == 2, key
+
+
 def test_shredded_studies_are_gone(vault: Vault, studies: dict[str, str]) -> None:
     shred_study(vault, studies["north-MR"], actor="tester")
     answers = find_matches(vault.catalog, "north", _query("STUDY", StudyInstanceUID=""))

@@ -265,6 +265,35 @@ def test_refusals_carry_the_failure_status_of_their_reason(server: DicomServer,
     assert len(_entries(vault, "ingest_refused")) == 2
 
 
+def test_an_instance_of_another_sites_study_is_refused_not_merged(
+        server: DicomServer, vault: Vault, tmp_path: Path) -> None:
+    files = write_series(tmp_path / "ct", "CT", 4)  # one study, four instances
+    first = dcmtk("storescu", *_scu_args(server, NORTH.ae_title), *files[:2])
+    assert first.returncode == 0, first.stderr
+
+    second = dcmtk("storescu", "-v", *_scu_args(server, SOUTH.ae_title), files[2])
+    ds = pydicom.dcmread(files[3])
+    ds.SOPInstanceUID = generate_uid()
+    ae = AE(ae_title=SOUTH.ae_title)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate(*server.address, ae_title=server.ae_title)
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+
+    assert second.returncode != 0
+    assert "Received Store Response (Unknown Status: 0x124)" in second.stderr
+    assert (status.Status, status.ErrorComment) == (0x0124, "StudySiteConflict")
+    (study,) = vault.catalog.list_studies()
+    assert (study.site, study.n_instances) == ("north", 2)
+    refused = _entries(vault, "ingest_refused", server)
+    assert [(e.actor, e.details, list(e.object_ids)) for e in refused] == [
+        ("dicom:MR_SOUTH", {"error": "StudySiteConflict"}, [study.study_id])] * 2
+    ends = [e for e in _entries(vault, ASSOCIATION_END_ACTION) if e.actor == "dicom:MR_SOUTH"]
+    assert sum(e.details["refused"] for e in ends) == 2
+
+
 def test_success_comes_after_the_instance_is_sealed_signed_and_audited(
         server: DicomServer, vault: Vault) -> None:
     ds = make_dataset("CT", study_uid=generate_uid(), series_uid=generate_uid())

@@ -52,3 +52,14 @@ def test_spooling_received_images_to_disk_is_refused(monkeypatch: pytest.MonkeyP
         check_in_memory_receive()
     with pytest.raises(ConfigurationError):
         DicomServer(vault, nodes=None)  # type: ignore[arg-type]
+
+
+def test_c_get_proposes_compressed_syntaxes_each_on_its_own_within_the_context_limit() -> None:
+    from radvault.dicom._storage import retrieve_contexts
+
+    contexts = retrieve_contexts()
+    assert len(contexts) <= 127  # and one for C-GET itself: pynetdicom's 128
+    ct = [syntaxes for uid, syntaxes in contexts if uid == "1.2.840.10008.5.1.4.1.1.2"]
+    assert ["1.2.840.10008.1.2.4.90"] in ct and ["1.2.840.10008.1.2.4.91"] in ct
+    assert "1.2.840.10008.1.2.1" in ct[0]  # the native syntaxes share one context
+    assert all(len(s) == 1 for s in ct[1:])

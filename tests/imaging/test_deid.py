@@ -848,3 +848,17 @@ def test_a_series_keeps_one_study_and_series_and_differs_under_another_secret():
     assert other.dataset.StudyInstanceUID != outs[0].StudyInstanceUID
     assert other.dataset.SeriesInstanceUID != outs[0].SeriesInstanceUID
     assert other.pseudonym != results[0].pseudonym
+
+
+def test_identity_text_the_table_does_not_list_is_emptied():
+    # found by a security review: alternative-calendar birth and death dates and the
+    # contact's name and URI survived, being LO/UR attributes the table has no row for
+    ds = synthetic()
+    ds.add_new(0x00100033, "LO", "1359/01/23")  # Patient's Birth Date in Alternative Calendar
+    ds.add_new(0x00100034, "LO", "1402/07/21")  # Patient's Death Date in Alternative Calendar
+    ds.add_new(0x0074100C, "LO", "Jane Doe")  # Contact Display Name
+    ds.add_new(0x0074100A, "UR", "mailto:jane.doe@example.org")  # Contact URI
+    out = deid(ds).dataset
+    for tag in (0x00100033, 0x00100034, 0x0074100C, 0x0074100A):
+        assert tag not in out or out[tag].is_empty, hex(tag)
+    assert b"Jane" not in to_bytes(out) and b"1359" not in to_bytes(out)

@@ -428,7 +428,7 @@ def test_a_conflicting_image_is_refused_without_failing_its_batch(
                                                                    modality="DX")])
 
     assert [o.status for o in outcomes] == ["refused", "stored"]
-    assert outcomes[0].error == "VaultError" and "another patient" in (outcomes[0].reason or "")
+    assert outcomes[0].error == "UidConflict" and "another patient" in (outcomes[0].reason or "")
     assert outcomes[1].name == "ok.png"
     assert kit.count_rows(vault.settings.home, "instances") == 2
     assert len(kit.blob_files(vault.settings.home)) == 4
@@ -508,3 +508,57 @@ def test_small_batches_wait_briefly_for_more_images_but_never_past_the_end(
     assert [o.status for o in outcomes] == ["stored"] * 12
     assert len(commits) == 2  # 8 images, then the last 4 at the end of the input
     assert time.monotonic() - started < 20
+
+
+def _second_site_ingestor(vault: Vault) -> Ingestor:
+    from radvault.pipeline.clinical import ClinicalService, ServiceSettings, operator_principal
+
+    service = ClinicalService.build(vault, ServiceSettings(argon2=(1, 8, 1), start_workers=False))
+    service.add_site(operator_principal("cli:t"), "st-mary")
+    return Ingestor(vault, actor="dicom:CT01", site="st-mary")
+
+
+def _instance_of_the_same_study(kit: Kit, tmp_path: Path, n: int) -> Path:
+    ds = pydicom.dcmread(kit.ct_small())
+    ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{n}"
+    path = tmp_path / f"i{n}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_an_image_of_a_study_of_another_site_is_refused_never_merged(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    files = [_instance_of_the_same_study(kit, tmp_path, n) for n in range(4)]
+    first = ingestor.ingest_paths(files[:2])  # site default creates the study
+    other = _second_site_ingestor(vault)
+
+    later = other.ingest_paths(files[2:])  # one batch, both of the study of "default"
+    copy = other.ingest_file(files[0])  # a copy of an image of that study
+
+    assert [o.status for o in first] == ["stored"] * 2
+    study_id = first[0].study_id
+    assert [(o.status, o.error) for o in [*later, copy]] == [("refused", "StudySiteConflict")] * 3
+    assert vault.catalog.get_study(study_id).site == "default"  # type: ignore[arg-type]
+    assert kit.count_rows(vault.settings.home, "instances") == 2
+    assert len(kit.blob_files(vault.settings.home)) == 4  # the refused images' blobs are gone
+    refusals = _audit(vault, Action.INGEST_REFUSED)
+    assert [(e.actor, e.outcome, e.details, list(e.object_ids)) for e in refusals] == [
+        ("dicom:CT01", Outcome.REFUSED, {"error": "StudySiteConflict"}, [study_id])] * 3
+    assert vault.audit.verify().ok
+
+
+def test_a_batch_that_meets_another_sites_study_stores_its_other_images(
+    kit: Kit, vault: Vault, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    kit.stored(ingestor.ingest_file(_instance_of_the_same_study(kit, tmp_path, 0)))
+    other = _second_site_ingestor(vault)
+    png = kit.make_raster(tmp_path / "ok.png", seed=800)
+
+    outcomes = other.ingest_many([IngestItem(_instance_of_the_same_study(kit, tmp_path, 1)),
+                                  IngestItem(png, modality="DX")])
+
+    assert [(o.status, o.error) for o in outcomes] == [("refused", "StudySiteConflict"),
+                                                       ("stored", None)]
+    assert vault.catalog.get_study(outcomes[1].study_id).site == "st-mary"  # type: ignore[arg-type]
+    assert kit.count_rows(vault.settings.home, "instances") == 2

@@ -234,6 +234,82 @@ def test_verify_reports_a_shredded_objects_row_edit(
     assert any(obj.object_id in p and "signature invalid" in p for p in report.problems)
 
 
+def _fake_shred(kit: Kit, home: Path, *, instance_id: str | None = None,
+                study_id: str | None = None) -> None:
+    """What an attacker with write access to the catalog does to hide a study."""
+    if instance_id is not None:
+        kit.sql(home, "UPDATE objects SET wrapped_key = NULL WHERE instance_id = ?",
+                (instance_id,))
+    if study_id is not None:
+        kit.sql(home, "UPDATE studies SET shredded_at = '2026-01-01 00:00:00.000000' "
+                "WHERE study_id = ?", (study_id,))
+
+
+def test_verify_reports_a_shred_faked_in_the_catalog(
+    kit: Kit, vault: Vault, filled: dict[str, str]
+) -> None:
+    instance = filled["png"]
+    study = vault.catalog.get_instance(instance).study_id
+    objects = {o.object_id for o in vault.catalog.objects_of_instance(instance)}
+
+    _fake_shred(kit, vault.settings.home, instance_id=instance, study_id=study)
+    report = verify_vault(vault, actor=ACTOR)
+
+    assert not report.ok
+    assert report.objects_shredded == 2
+    unaudited = [p for p in report.problems if "no audit entry records its shredding" in p]
+    assert {o for o in objects if any(o in p for p in unaudited)} == objects
+    assert any(p.startswith(f"study {study}:") for p in unaudited)
+    assert len(unaudited) == 3
+    entry = [e for e in vault.audit if e.action == Action.VERIFY][-1]
+    assert entry.outcome == "error" and entry.details["problems"] == len(report.problems)
+
+
+def test_verify_reports_erased_keys_alone_and_a_shredded_mark_alone(
+    kit: Kit, vault: Vault, filled: dict[str, str]
+) -> None:
+    home = vault.settings.home
+    dicom_study = vault.catalog.get_instance(filled["dicom"]).study_id
+    jpeg_study = vault.catalog.get_instance(filled["jpeg"]).study_id
+
+    _fake_shred(kit, home, instance_id=filled["dicom"])
+    _fake_shred(kit, home, study_id=jpeg_study)
+    problems = verify_vault(vault, actor=ACTOR).problems
+
+    assert len(problems) == 3, problems
+    assert sum(f"(instance {filled['dicom']}" in p for p in problems) == 2
+    assert any(p.startswith(f"study {jpeg_study}: marked shredded") for p in problems)
+    assert not any(dicom_study in p for p in problems)
+
+
+def test_a_real_shred_does_not_vouch_for_a_faked_one(
+    kit: Kit, vault: Vault, filled: dict[str, str]
+) -> None:
+    shred_study(vault, vault.catalog.get_instance(filled["dicom"]).study_id, actor=ACTOR)
+    faked = vault.catalog.get_instance(filled["png"]).study_id
+
+    _fake_shred(kit, vault.settings.home, instance_id=filled["png"], study_id=faked)
+    report = verify_vault(vault, actor=ACTOR)
+
+    assert report.objects_shredded == 4
+    assert len(report.problems) == 3, report.problems
+    assert all(filled["png"] in p or faked in p for p in report.problems)
+
+
+def test_an_audited_delete_accounts_for_a_shred(
+    kit: Kit, vault: Vault, filled: dict[str, str]
+) -> None:
+    study = vault.catalog.get_instance(filled["png"]).study_id
+    vault.catalog.shred_study(study)  # the catalog's own shred, as a delete use case calls it
+    assert not verify_vault(vault, actor=ACTOR).ok
+
+    vault.audit.append(ACTOR, Action.DELETE, "ok", object_ids=[study])
+
+    report = verify_vault(vault, actor=ACTOR)
+    assert report.ok, report.problems
+    assert report.objects_shredded == 2
+
+
 def test_a_new_passphrase_opens_everything_and_the_old_one_nothing(
     kit: Kit, vault: Vault, filled: dict[str, str], settings,
 ) -> None:

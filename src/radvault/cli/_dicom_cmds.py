@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -16,6 +16,9 @@ from rich.table import Table
 from radvault.cli._common import console, err_console, handle_errors, settings_from_context
 from radvault.cli._vault_cmds import ACTOR, opened_vault
 from radvault.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from radvault.dicom.nodes import DicomNode
 
 __all__ = ["dicom_app", "nodes_app", "pull", "register"]
 
@@ -70,12 +73,12 @@ def serve(
             if not (tls_cert and tls_key):
                 raise ConfigurationError("DICOM TLS needs both --tls-cert and --tls-key")
             tls = TlsConfig(tls_cert, tls_key, tls_ca)
-        if not len(nodes):
-            err_console.print(f"[yellow]warning:[/] the allow-list {nodes_path(settings)} is "
-                              "empty: every association will be rejected "
-                              "(add nodes with `radvault dicom nodes add`)")
         stop = threading.Event()
-        with opened_vault(settings) as vault:
+        with opened_vault(settings) as vault:  # no vault: that error alone, no warnings
+            if not len(nodes):
+                err_console.print(f"[yellow]warning:[/] the allow-list {nodes_path(settings)} "
+                                  "is empty: every association will be rejected "
+                                  "(add nodes with `radvault dicom nodes add`)")
             for node in nodes:
                 if node.site != DEFAULT_SITE and not site_exists(vault, node.site):
                     err_console.print(
@@ -111,26 +114,51 @@ def nodes_add(
     port: Annotated[
         int | None, typer.Option(help="Where the node listens (for `radvault pull`).")
     ] = None,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Replace the node of this AE title (its host, site, port).")] = False,
 ) -> None:
-    """Allow a node (or change an allowed node); audited."""
+    """Allow a node, or change one with --replace; audited."""
 
     @handle_errors
     def run() -> None:
         from radvault.dicom.nodes import DicomNode, NodeRegistry, nodes_path
         from radvault.pipeline.sites import require_site
+        from radvault.vault.audit import Outcome
 
         settings = settings_from_context(ctx)
         node = DicomNode(ae_title, host, site, port)
         path = nodes_path(settings)
         with opened_vault(settings) as vault:
             require_site(vault, node.site)  # what a node sends must go into a real site
-            NodeRegistry.load(path).with_node(node).save(path)
-            vault.audit.append(ACTOR, NODE_ADD_ACTION,
-                               details={"ae_title": node.ae_title[:16], "host": node.host[:64],
-                                        "site": node.site})
-        console.print(f"allowed {node.ae_title} from {node.host} for site {node.site}")
+            registry = NodeRegistry.load(path)
+            old = registry.get(node.ae_title)
+            details: dict[str, object] = {"ae_title": node.ae_title[:16],
+                                          "host": node.host[:64], "site": node.site}
+            if old is not None and not replace:  # never a silent change of who sends where
+                vault.audit.append(ACTOR, NODE_ADD_ACTION, Outcome.REFUSED,
+                                   details={**details, "reason": "AE title already allowed"})
+                raise ConfigurationError(
+                    f"{node.ae_title} is already allowed (from {old.host} for site "
+                    f"{old.site}): give --replace to change it")
+            registry.with_node(node).save(path)
+            changed = _node_changes(old, node) if old is not None else {}
+            if old is not None:
+                details["replaced"] = sorted(changed)  # the fields that changed
+            vault.audit.append(ACTOR, NODE_ADD_ACTION, details=details)
+        if old is None:
+            console.print(f"allowed {node.ae_title} from {node.host} for site {node.site}")
+        else:
+            console.print(f"replaced {node.ae_title}: " + ("; ".join(
+                f"{name} {was} -> {now}" for name, (was, now) in changed.items())
+                or "nothing changed"))
 
     run()
+
+
+def _node_changes(old: DicomNode, new: DicomNode) -> dict[str, tuple[object, object]]:
+    """The fields replacing ``old`` by ``new`` changes: ``{name: (old value, new value)}``."""
+    return {name: (getattr(old, name), getattr(new, name)) for name in ("host", "site", "port")
+            if getattr(old, name) != getattr(new, name)}
 
 
 @nodes_app.command("remove")

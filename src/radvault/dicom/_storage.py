@@ -44,6 +44,7 @@ __all__ = [
     "accepted_transfer_syntaxes",
     "actor_for",
     "check_in_memory_receive",
+    "retrieve_contexts",
     "set_nodelay",
     "set_nodelay_on_event",
 ]
@@ -93,12 +94,14 @@ _COMPRESSED = (
 #: C-STORE failure status per refusal (the ingest error's class name), PS3.4 B.2.3 / PS3.7 C.
 STATUS_BY_ERROR: Final[dict[str, int]] = {
     "BurnedInAnnotationRefused": 0x0124,  # Refused: Not Authorised (the policy refuses it)
+    "StudySiteConflict": 0x0124,  # Refused: Not Authorised (the study is another site's)
     "ImageTooLarge": 0xA700,  # Refused: Out of Resources
     "MissingPixelData": 0xA900,  # Data Set Does Not Match SOP Class
     "NotAnImage": 0xC001,  # Cannot Understand: not a DICOM image
     "CorruptImage": 0xC001,
     "UnsupportedTransferSyntax": 0xC002,  # Cannot Understand: no decoder
     "DeidentificationError": 0xC003,  # Cannot Understand: profile cannot be applied
+    "UidConflict": 0xC000,  # Cannot Understand: its study or series UID is another's
     "ImageInputError": 0xC000,
 }
 _INTERNAL_FAILURE = 0x0110  # Processing Failure (a vault or catalog error)
@@ -120,6 +123,41 @@ def accepted_transfer_syntaxes() -> list[UID]:
         except NotImplementedError:  # pragma: no cover - pydicom knows all of these
             continue
     return accepted
+
+
+#: The compressed syntaxes C-GET proposes, most wanted first, as far as they fit.
+_RETRIEVE_ORDER = (
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.4.202",
+)
+
+
+def retrieve_contexts(limit: int = 127) -> list[tuple[UID, list[UID]]]:
+    """Storage contexts to propose when a PACS sends on our own association (C-GET).
+
+    The PACS accepts one transfer syntax per proposed context and must convert every
+    instance of that class to it: a single context listing every syntax ends up
+    uncompressed, and a PACS that cannot decompress JPEG 2000 fails the retrieve.
+    So each class gets one context of the native syntaxes, then one per compressed
+    syntax RadVault decodes here (:func:`accepted_transfer_syntaxes`), the most
+    common first across all classes, while fewer than ``limit`` are proposed
+    (pynetdicom allows 128 contexts in all; the caller keeps one for C-GET).
+
+    Returns
+    -------
+    list of (SOP class UID, transfer syntax UIDs)
+    """
+    native = [UID(u) for u in _NATIVE]
+    decodable = {str(u) for u in accepted_transfer_syntaxes()}
+    contexts = [(uid, native) for uid in STORAGE_SOP_CLASSES][:limit]
+    for syntax in (UID(u) for u in _RETRIEVE_ORDER if u in decodable):
+        for uid in STORAGE_SOP_CLASSES:
+            if len(contexts) >= limit:
+                return contexts
+            contexts.append((uid, [syntax]))
+    return contexts
 
 
 def actor_for(ae_title: str) -> str:

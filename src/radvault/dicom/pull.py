@@ -39,17 +39,18 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationSocket
 
+from radvault.dicom._logs import redact_library_logs
 from radvault.dicom._storage import (
     STORAGE_SOP_CLASSES,
     StoreReceiver,
-    accepted_transfer_syntaxes,
     actor_for,
     check_in_memory_receive,
+    retrieve_contexts,
     set_nodelay_on_event,
 )
 from radvault.dicom.nodes import DicomNode, NodeRegistry, check_ae_title
 from radvault.dicom.scp import DicomServer
-from radvault.errors import ConfigurationError, PullError
+from radvault.errors import ConfigurationError, PullError, RadVaultError
 from radvault.pipeline.ingest import Ingestor, IngestOutcome
 from radvault.pipeline.sites import require_site
 from radvault.vault.audit import Outcome
@@ -98,7 +99,8 @@ def _audit_pull(vault: Vault, actor: str, report: PullReport, source: str) -> No
         actor, PULL_ACTION, Outcome.OK if report.ok else Outcome.ERROR,
         object_ids=sorted({o.study_id for o in report.outcomes if o.study_id})[:1000],
         details={"method": report.method, "source": source[:128],
-                 "studies": len(report.studies), "failed": report.failed, **counts},
+                 "studies": len(report.studies), "failed": report.failed,
+                 "problems": len(report.problems), **counts},
     )
 
 
@@ -184,7 +186,11 @@ def _final_status(responses: Iterable[tuple[Dataset, Any]]) -> Dataset:
     return final
 
 
-def _check_final(final: Dataset, peer: _Peer, report: PullReport) -> None:
+def _check_final(final: Dataset, peer: _Peer, report: PullReport, hint: str = "") -> None:
+    """Count the failed sub-operations and record a problem unless the retrieve succeeded.
+
+    ``hint`` (what may have gone wrong) follows the problem of a failed retrieve.
+    """
     code = final.get("Status")
     report.failed += int(final.get("NumberOfFailedSuboperations", 0) or 0)
     if code is None:
@@ -192,7 +198,7 @@ def _check_final(final: Dataset, peer: _Peer, report: PullReport) -> None:
                                "(timeout or abort)")
     elif code not in (0x0000, 0xB000):
         report.problems.append(f"{peer.node.ae_title}: retrieve ended with status "
-                               f"0x{int(code):04X}")
+                               f"0x{int(code):04X}" + (f" ({hint})" if hint else ""))
     # the PACS's own study UID is an original identifier: never logged
     log.info("retrieve of a study from %s ended with status %s", peer.node.ae_title,
              "none" if code is None else f"0x{int(code):04X}")
@@ -203,8 +209,7 @@ def _pull_get(vault: Vault, ae_title: str, peer: _Peer, study_uids: list[str], s
     ae = _ClientAE(ae_title=ae_title)
     ae.maximum_pdu_size = 1024 * 1024
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    syntaxes = accepted_transfer_syntaxes()
-    for uid in STORAGE_SOP_CLASSES:
+    for uid, syntaxes in retrieve_contexts():  # compressed ones too, each on its own
         ae.add_requested_context(uid, syntaxes)
     roles = [build_role(uid, scp_role=True) for uid in STORAGE_SOP_CLASSES]
     receiver = StoreReceiver(vault, actor_for(peer.node.ae_title), site, threading.Lock(),
@@ -230,13 +235,15 @@ def _pull_move(vault: Vault, ae_title: str, peer: _Peer, study_uids: list[str], 
                            on_outcome=on_outcome)
     ae = _ClientAE(ae_title=ae_title)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    hint = (f"the PACS may not know RadVault's move destination: AE title {ae_title} "
+            f"at {listen_host}:{listen_port}")
     with listener:
         assoc = _associate(ae, peer, [])
         try:
             for study_uid in study_uids:
                 responses = assoc.send_c_move(_study_identifier("STUDY", study_uid), ae_title,
                                               StudyRootQueryRetrieveInformationModelMove)
-                _check_final(_final_status(responses), peer, report)
+                _check_final(_final_status(responses), peer, report, hint)
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -287,11 +294,14 @@ def pull_dimse(
     Raises
     ------
     ConfigurationError
-        When an argument is invalid, or ``site`` is not registered.
+        When an argument is invalid, ``site`` is not registered, or (C-MOVE) the
+        listen address cannot be bound.
     PullError
         When the PACS cannot be reached or refuses the association or the query.
+        Either way once the pull has begun, it is audited as an error first.
     """
     check_in_memory_receive()
+    redact_library_logs()
     if method not in METHODS:
         raise ConfigurationError(f"pull method must be one of {', '.join(METHODS)}")
     if not 1 <= port <= 65535:
@@ -314,6 +324,9 @@ def pull_dimse(
         else:
             _pull_move(vault, ae_title, peer, uids, site, report, record,
                        listen_host, listen_port)
+    except RadVaultError as exc:  # the pull stopped: audited as an error, then raised
+        report.problems.append(f"the pull stopped ({type(exc).__name__})")
+        raise
     finally:
         _audit_pull(vault, actor, report, f"dicom:{peer.node.ae_title}@{host}:{port}")
     return report
@@ -370,6 +383,7 @@ def pull_dicomweb(
     import requests
     from dicomweb_client import DICOMwebClient
 
+    redact_library_logs()
     if client is None:
         client = DICOMwebClient(url=url, headers=headers or {})
     report = PullReport(method="dicomweb")
@@ -382,22 +396,49 @@ def pull_dicomweb(
                     if item.get("0020000D", {}).get("Value")]
         report.studies = uids
         for study_uid in uids:
-            instances = client.search_for_instances(study_instance_uid=study_uid)
-            if not instances:
-                report.problems.append("a requested study was not found on the server")
-                continue
-            for ds in client.iter_study(study_uid):
-                data = _dataset_bytes(ds)
-                del ds
-                outcome = ingestor.ingest_bytes(data, f"DICOMweb instance of {url}")
-                report.outcomes.append(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
+            try:
+                _pull_web_study(client, study_uid, ingestor, url, report, on_outcome)
+            except requests.RequestException as exc:  # this study failed: on to the next
+                report.problems.append(f"a study failed: {_request_failure(url, exc)}")
     except requests.RequestException as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        raise PullError(f"DICOMweb server {url} failed the request"
-                        + (f" (HTTP {status})" if status else f" ({type(exc).__name__})")
-                        ) from None
+        raise PullError(_request_failure(url, exc)) from None
     finally:
         _audit_pull(vault, actor, report, url)
     return report
+
+
+#: WADO-RS media type: instances in any transfer syntax the server holds (no transcoding).
+_ANY_SYNTAX = (("application/dicom", "*"),)
+
+
+def _pull_web_study(client: Any, study_uid: str, ingestor: Ingestor, url: str,
+                    report: PullReport, on_outcome: Callable[[IngestOutcome], None] | None
+                    ) -> None:
+    """Fetch one study's instances as stored (``transfer-syntax=*``) and ingest each.
+
+    Asking without a transfer syntax means Explicit VR Little Endian, which makes
+    the server decompress (Orthanc fails a JPEG 2000 study with HTTP 500); as
+    stored, every syntax the ingest can decode arrives, and the rest is refused there.
+
+    Raises
+    ------
+    requests.RequestException
+        When the server fails a request for this study.
+    """
+    if not client.search_for_instances(study_instance_uid=study_uid):
+        report.problems.append("a requested study was not found on the server")
+        return
+    for ds in client.iter_study(study_uid, media_types=_ANY_SYNTAX):
+        data = _dataset_bytes(ds)
+        del ds
+        outcome = ingestor.ingest_bytes(data, f"DICOMweb instance of {url}")
+        report.outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+
+def _request_failure(url: str, exc: Exception) -> str:
+    """A failed HTTP request in words: the server and the HTTP status (or the error type)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return (f"DICOMweb server {url} failed the request"
+            + (f" (HTTP {status})" if status else f" ({type(exc).__name__})"))

@@ -39,6 +39,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Ver
 from pynetdicom.transport import ThreadedAssociationServer
 
 from radvault._diagnostics import log_unexpected
+from radvault.dicom._logs import redact_library_logs
 from radvault.dicom._query import QueryError, find_matches
 from radvault.dicom._storage import (
     STORAGE_SOP_CLASSES,
@@ -203,11 +204,13 @@ class DicomServer:
 
         Raises
         ------
-        OSError
-            When the address cannot be bound (port in use, no such interface).
+        ConfigurationError
+            When the address cannot be bound (port in use, not this machine's, no such
+            host): one line naming the address and the reason.
         """
         if self._server is not None:
             return self.address
+        redact_library_logs()  # pynetdicom and pydicom log the values they find invalid
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay_on_event),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -217,10 +220,14 @@ class DicomServer:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
         ]
-        server = self._ae.make_server(
-            (self.host, self.port), ae_title=self.ae_title, ssl_context=self._ssl,
-            evt_handlers=handlers, server_class=_AssociationServer,
-        )
+        try:
+            server = self._ae.make_server(
+                (self.host, self.port), ae_title=self.ae_title, ssl_context=self._ssl,
+                evt_handlers=handlers, server_class=_AssociationServer,
+            )
+        except OSError as exc:  # in use, not this machine's address, or no such host
+            raise ConfigurationError(f"cannot listen on {self.host}:{self.port}: "
+                                     f"{exc.strerror or type(exc).__name__}") from None
         server.on_tls_failure = self._on_tls_failure
         self._ae._servers.append(server)
         self._server = server

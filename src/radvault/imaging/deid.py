@@ -45,6 +45,7 @@ from radvault.imaging._deid_values import (
     shift_da,
     shift_dt,
 )
+from radvault.imaging.reading import values_unvalidated
 from radvault.imaging.vocabulary import modality_term
 
 if TYPE_CHECKING:
@@ -111,6 +112,11 @@ _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "CS"})
 # sequence that is itself cleaned (a descriptor under Clean Descriptors), all
 # text that can hold words.
 _FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+# Text the table does not list in the Patient (0010), Visit (0038) and contact (0074)
+# groups is emptied: Patient's Birth Date in Alternative Calendar (0010,0033), Contact
+# Display Name (0074,100C) and Contact URI (0074,100A) are LO/UR and name the patient.
+_IDENTITY_GROUPS = frozenset({0x0010, 0x0038, 0x0074})
+_IDENTITY_TEXT_VRS = frozenset({"LO", "SH", "UC", "UR", "LT", "ST", "UT", "PN"})
 _DESCRIPTOR_TEXT_VRS = frozenset({"LO", "SH", "UC", "LT", "ST", "UT"})
 # Code Sequence Macro (PS3.3 Table 8.8-1) attributes that hold codes, not words:
 # Code Value, Coding Scheme Designator, Coding Scheme Version, Long Code Value.
@@ -552,7 +558,8 @@ class _Walk:
     ) -> None:
         """Defence in depth for attributes Table E.1-1 does not list.
 
-        Sequences are searched; dates and date-times are shifted (or emptied);
+        Sequences are searched; text of the Patient, Visit and contact groups (0010,
+        0038, 0074) is emptied; dates and date-times are shifted (or emptied);
         person names become a dummy; long free text (LT, ST, UT) is cleaned. Inside
         the items of a cleaned sequence (``descriptor``), short text (LO, SH, UC,
         e.g. a Code Meaning) is cleaned as well, except the code attributes of the
@@ -564,6 +571,9 @@ class _Walk:
             self.items(elem, descriptor)
             return
         if elem.is_empty:
+            return
+        if elem.tag.group in _IDENTITY_GROUPS and vr in _IDENTITY_TEXT_VRS:
+            self.set(elem, empty_value_for_VR(vr), top)
             return
         if vr in ("DA", "DT"):
             moved = self.clean(elem)
@@ -598,9 +608,18 @@ class _Walk:
         self.removed[keyword] = text
 
     def file_meta(self, out: Dataset) -> None:
+        """Drop the identifying file meta elements and point the meta at the new SOP UID.
+
+        Without value validation: the elements are decoded here for the first time,
+        and pydicom's warning and log record about an invalid one would quote it.
+        """
         meta = getattr(out, "file_meta", None)
         if meta is None:
             return
+        with values_unvalidated():
+            self._file_meta(out, meta)
+
+    def _file_meta(self, out: Dataset, meta: Dataset) -> None:
         for tag in _FILE_META_REMOVED:
             if tag in meta:
                 self.record(meta[tag], True)

@@ -56,6 +56,7 @@ __all__ = [
     "read_image_bytes",
     "record_from_dataset",
     "sniff_format",
+    "values_unvalidated",
 ]
 
 logger = logging.getLogger(__name__)
@@ -373,6 +374,18 @@ def _looks_like_text(head: bytes) -> bool:
 
 def _size_reason(size: int, limits: ImagingLimits) -> str:
     return f"the file has {size:,} bytes, over the cap of {limits.max_file_bytes:,}"
+
+
+@contextlib.contextmanager
+def values_unvalidated() -> Iterator[None]:
+    """Decode and set DICOM values without pydicom's value validation: nothing warned or logged.
+
+    pydicom's warning and log record about an invalid value quote the value (a UID
+    may hold a record number), so code that touches values outside the reader does
+    it in here. Serialised with the reader: pydicom's validation mode is global.
+    """
+    with _LOCK, config.disable_value_validation():
+        yield
 
 
 @contextlib.contextmanager

@@ -27,14 +27,21 @@ from radvault.pipeline._clinical_base import (
     InvalidRequest,
     ServiceCore,
 )
+from radvault.pipeline.wildcard import wildcard_match
 from radvault.vault.audit import Outcome
 from radvault.vault.catalog import InstanceRecord, StudyRecord
 
-__all__ = ["QIDO_LEVELS", "DicomWebQueryCases", "SearchResult"]
+__all__ = ["MAX_QUERY_VALUE_LENGTH", "QIDO_LEVELS", "DicomWebQueryCases", "SearchResult"]
 
 
 QIDO_LEVELS = ("study", "series", "instance")
 """The levels a QIDO-RS search can be made at."""
+
+MAX_QUERY_VALUE_LENGTH = 64
+"""The longest query value (one alternative) a search accepts: a UID's 64 characters.
+
+Longer values are refused: no disclosed attribute is longer, and wild card
+matching costs time in proportion to the pattern's length."""
 
 
 # --------------------------------------------------------------------------- answers
@@ -100,17 +107,20 @@ def _key(name: str) -> _Key:
     return _Key(keyword, tag, vr)
 
 
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    """PS3.4 C.2.2.2.4 wild card matching: ``*`` any run, ``?`` one character."""
-    parts = (".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
-    return re.compile("".join(parts), re.DOTALL)
-
-
 def _values(raw: Sequence[str]) -> list[str]:
-    """The alternatives a query value lists (comma- or backslash-separated)."""
+    """The alternatives a query value lists (comma- or backslash-separated).
+
+    Raises
+    ------
+    InvalidRequest
+        If an alternative is longer than :data:`MAX_QUERY_VALUE_LENGTH`.
+    """
     out = []
     for value in raw:
         out.extend(v.strip() for v in re.split(r"[,\\]", value) if v.strip())
+    if any(len(v) > MAX_QUERY_VALUE_LENGTH for v in out):
+        raise InvalidRequest(
+            f"a query value is longer than {MAX_QUERY_VALUE_LENGTH} characters")
     return out
 
 
@@ -121,7 +131,7 @@ def _matches(key: _Key, wanted: list[str], have: Any) -> bool:
     text = str(have)
     if key.vr == "UI":  # list of UID matching, no wild cards
         return text in wanted
-    return any(_wildcard(w).fullmatch(text) for w in wanted)
+    return any(wildcard_match(w, text) for w in wanted)
 
 
 class _StudyRow:
@@ -193,7 +203,8 @@ class DicomWebQueryCases(ServiceCore):
         filters : mapping of str to sequence of str, optional
             Query keys (DICOM keywords or 8-digit tags) and their values:
             alternatives separated by commas, ``*`` and ``?`` wild cards
-            (not for UIDs), an empty value asking for the attribute only.
+            (not for UIDs; :func:`~radvault.pipeline.wildcard.wildcard_match`),
+            an empty value asking for the attribute only.
         study_id, series_id : str, optional
             Search within one study (and one of its series), as the URL says.
         include : sequence of str
@@ -215,7 +226,8 @@ class DicomWebQueryCases(ServiceCore):
         ObjectNotFound
             If the series in the URL is not in the study.
         InvalidRequest
-            If the level, a key or the page is malformed.
+            If the level, a key or the page is malformed, or a query value is
+            longer than :data:`MAX_QUERY_VALUE_LENGTH` characters.
         """
         if level not in QIDO_LEVELS:
             raise InvalidRequest("the search level must be study, series or instance")

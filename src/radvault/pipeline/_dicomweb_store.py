@@ -30,6 +30,8 @@ from radvault.errors import (
     NotAnImage,
     ObjectNotFound,
     RadVaultError,
+    StudySiteConflict,
+    UidConflict,
     UnsupportedTransferSyntax,
 )
 from radvault.imaging.deid import replacement_uid
@@ -50,6 +52,7 @@ __all__ = [
 FAILURE_REASONS: dict[type[RadVaultError], int] = {
     BurnedInAnnotationRefused: 0x0124,  # Refused: Not Authorised (the policy refuses it)
     AccessDenied: 0x0124,  # e.g. the instance belongs to a study of another site
+    StudySiteConflict: 0x0124,  # the same, found by ingest (a race with another site's upload)
     ImageTooLarge: 0xA700,  # Refused: Out of Resources
     MissingPixelData: 0xA900,  # Data Set Does Not Match SOP Class
     UnsupportedTransferSyntax: 0xC122,  # Referenced Transfer Syntax not supported
@@ -57,6 +60,7 @@ FAILURE_REASONS: dict[type[RadVaultError], int] = {
     CorruptImage: 0xC001,
     DeidentificationError: 0xC003,  # Cannot Understand: the profile cannot be applied
     ImageInputError: 0xC000,
+    UidConflict: 0xC000,  # Cannot Understand: its study or series UID is another's
 }
 PROCESSING_FAILURE = 0x0110
 """Failure reason of a part refused by a vault or catalog failure (not the data's fault)."""

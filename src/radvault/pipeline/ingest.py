@@ -48,10 +48,13 @@ from radvault.errors import (
     ImageTooLarge,
     ObjectNotFound,
     RadVaultError,
+    StudySiteConflict,
+    UidConflict,
     VaultError,
 )
 from radvault.imaging.deid import Deidentifier, DeidOptions, pseudonym_for
 from radvault.imaging.preprocess import Preprocessor, settings_to_dict
+from radvault.imaging.raster_metadata import strip_raster_metadata
 from radvault.imaging.reading import (
     read_dicom_dataset,
     read_image_bytes,
@@ -68,7 +71,7 @@ from radvault.imaging.vocabulary import (
 from radvault.pipeline.model_input import encode_model_input
 from radvault.pipeline.sites import DEFAULT_SITE, require_site
 from radvault.vault.audit import Action, EntryDraft, Outcome
-from radvault.vault.catalog import CatalogWriter, NewInstance, NewObject
+from radvault.vault.catalog import AddInstanceResult, CatalogWriter, NewInstance, NewObject
 from radvault.vault.secure_memory import zeroize
 from radvault.vault.vault import Vault
 
@@ -355,6 +358,8 @@ class Ingestor:
         source_sha256 = hashlib.sha256(data).hexdigest()
         existing = self.vault.find_instance_by_source(data, sha256=source_sha256)
         if existing is not None:
+            if self._site_of(existing.study_id) not in (None, self.site):
+                return self._refused(name, _site_conflict(), [existing.study_id])
             return self._duplicate(name, existing.study_id, existing.instance_id)
         try:
             return self._prepare(data, name, source_sha256, modality, body_part, patient_key)
@@ -396,7 +401,9 @@ class Ingestor:
         else:
             record = read_image_bytes(data, name, limits=limits, modality=modality,
                                       body_part=body_part)
-            stored_bytes = bytearray(data)
+            # the file's own text chunks, EXIF, XMP and comments can name the patient:
+            # the stored source keeps the pixels, bit for bit, and none of those
+            stored_bytes = bytearray(strip_raster_metadata(data))
             kind = SOURCE_KIND
             key = patient_key or f"unlinked:{source_sha256}"
             pseudonym = pseudonym_for(self._secret, key)
@@ -445,9 +452,10 @@ class Ingestor:
         objects = [sealed[2 * i:2 * i + 2] for i in range(len(batch))]
         try:
             outcomes, drop = self._catalog_batch(batch, objects)
-        except (sa_exc.IntegrityError, ConcurrentWriteConflict):
-            # A concurrent writer (PostgreSQL) got in first: nothing of the batch was
-            # written; catalog the images one by one, which resolves such races.
+        except (sa_exc.IntegrityError, ConcurrentWriteConflict, StudySiteConflict):
+            # A concurrent writer (PostgreSQL) got in first, or an image would join
+            # another site's study: nothing of the batch was written; catalog the
+            # images one by one, which resolves such races and refuses only that image.
             log.debug("batch insert refused; cataloging %d images one at a time", len(batch))
             outcomes, drop = [], []
             for prepared, objs in zip(batch, objects, strict=True):
@@ -475,13 +483,20 @@ class Ingestor:
             entries: list[EntryDraft] = []
             added_all = writer.add_many([(p.instance, objs) for p, objs in zip(
                 batch, objects, strict=True)], signer=vault.signer)
+            self._check_sites(added_all)
             for prepared, objs, added in zip(batch, objects, added_all, strict=True):
                 instance = prepared.instance
-                if isinstance(added, VaultError):  # a conflict: nothing of this image written
+                # A conflict (nothing of this image written), or a copy of an image of
+                # another site's study: refused.
+                if isinstance(added, VaultError) or _bound_site(added) not in (None, self.site):
+                    refusal = (UidConflict(str(added)) if isinstance(added, VaultError)
+                               else _site_conflict())
                     drop += objs
-                    entries.append(EntryDraft(self.actor, Action.INGEST_REFUSED, Outcome.REFUSED,
-                                              details=_refusal_details(added)))
-                    outcomes.append(_refusal(prepared.name, added))
+                    entries.append(EntryDraft(
+                        self.actor, Action.INGEST_REFUSED, Outcome.REFUSED,
+                        object_ids=[] if isinstance(added, VaultError) else [instance.study_id],
+                        details=_refusal_details(refusal)))
+                    outcomes.append(_refusal(prepared.name, refusal))
                     continue
                 if not added.created:  # a duplicate of a cataloged image, or of one in this batch
                     drop += objs
@@ -511,12 +526,42 @@ class Ingestor:
             log.info("ingested instance %s", outcome.instance_id)
         return outcomes, drop
 
+    def _check_sites(self, added_all: Sequence[AddInstanceResult | VaultError]) -> None:
+        """Raise if a new image went into a study of another site (the batch rolls back).
+
+        The catalog binds a new image to its study as that study's row holds it; on
+        SQLite the write lock makes that row final. On PostgreSQL a concurrent batch
+        may have created the study (for its own site) after this batch looked, so the
+        committed rows are read again.
+
+        Raises
+        ------
+        StudySiteConflict
+            When a new image's study belongs to another site.
+        """
+        created = [a for a in added_all if isinstance(a, AddInstanceResult) and a.created]
+        if any(_bound_site(a) not in (None, self.site) for a in created):
+            raise _site_conflict()
+        if self.vault.catalog.dialect_name == "postgresql":
+            for study_id in {a.instance.study_id for a in created}:
+                if self._site_of(study_id) not in (None, self.site):
+                    raise _site_conflict()
+
+    def _site_of(self, study_id: str) -> str | None:
+        """The site of a committed study (``None`` when there is none)."""
+        try:
+            return self.vault.catalog.get_study(study_id).site
+        except ObjectNotFound:
+            return None
+
     def _catalog_one(self, prepared: _Prepared, objs: Sequence[NewObject]
                      ) -> tuple[IngestOutcome, list[NewObject]]:
         """Catalog one image on its own (race-safe), as the batch's fallback."""
         try:
             outcomes, drop = self._catalog_batch([prepared], [objs])
             return outcomes[0], drop
+        except StudySiteConflict as exc:  # its study belongs to another site
+            return self._refused(prepared.name, exc, [prepared.instance.study_id]), list(objs)
         except ConcurrentWriteConflict as exc:  # its study or series went to another
             return self._refused(prepared.name, exc), list(objs)
         except sa_exc.IntegrityError:
@@ -580,9 +625,10 @@ class Ingestor:
                                 details={"duplicate": True})
         return IngestOutcome(name, "duplicate", study_id, instance_id)
 
-    def _refused(self, name: str, exc: RadVaultError) -> IngestOutcome:
+    def _refused(self, name: str, exc: RadVaultError,
+                 object_ids: Sequence[str] = ()) -> IngestOutcome:
         self.vault.audit.append(self.actor, Action.INGEST_REFUSED, Outcome.REFUSED,
-                                details=_refusal_details(exc))
+                                object_ids=list(object_ids), details=_refusal_details(exc))
         return _refusal(name, exc)
 
 
@@ -592,6 +638,17 @@ def _refusal_details(exc: RadVaultError) -> dict[str, str]:
     if isinstance(exc, BurnedInAnnotationRefused):
         details["policy"] = "burned_in_annotation"
     return details
+
+
+def _site_conflict() -> StudySiteConflict:
+    """The refusal of an image whose study belongs to another site (names no site or id)."""
+    return StudySiteConflict("the image's study belongs to another site: it is not merged "
+                             "into it")
+
+
+def _bound_site(added: AddInstanceResult) -> str | None:
+    """The site of the study an image is (or would be) cataloged in, as its rows say."""
+    return added.objects[0].site if added.objects else None
 
 
 def _refusal(name: str, exc: RadVaultError) -> IngestOutcome:

@@ -4,12 +4,14 @@
 its blob (present, size, sha-256, header naming the same object), that its
 data key still unwraps, that every object the audit trail records as ingested
 still has its catalog row (rows are never deleted, only their keys shredded)
-and every instance is still in the study it was ingested into, and the audit
-chain; it reports each problem precisely.
+and every instance is still in the study it was ingested into, that every
+shredded object and study was shredded by an audited ``shred`` (or ``delete``),
+and the audit chain; it reports each problem precisely.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +19,12 @@ from typing import Any
 
 from radvault.errors import IntegrityError, KeyProviderError, ObjectNotFound, RadVaultError
 from radvault.vault.audit import Action, Outcome
-from radvault.vault.catalog import ObjectRecord, verify_object_record
+from radvault.vault.catalog import (
+    STUDY_SHREDDED,
+    ObjectRecord,
+    verify_object_record,
+    verify_result_record,
+)
 from radvault.vault.keys import WrappedKey, rewrap
 from radvault.vault.sealing import key_context, read_header
 from radvault.vault.secure_memory import zeroize
@@ -88,10 +95,14 @@ def _check_object(vault: Vault, obj: ObjectRecord, report: VerifyReport) -> list
 
 @dataclass
 class _Audited:
-    """What the audit trail's ingest entries say was stored (ids only)."""
+    """What the audit trail's ingest and shred entries say (ids only)."""
 
     objects: dict[str, tuple[int, str]] = field(default_factory=dict)  # -> (seq, instance)
     studies: dict[str, tuple[int, str]] = field(default_factory=dict)  # instance -> (seq, study)
+    shredded: dict[str, int] = field(default_factory=dict)  # id named -> seq of its last shred
+
+
+_ERASING = (Action.SHRED, Action.DELETE)
 
 
 def _audited_ingests(vault: Vault) -> _Audited:
@@ -100,7 +111,8 @@ def _audited_ingests(vault: Vault) -> _Audited:
     The catalog never deletes object rows (shredding only erases the wrapped
     key), and an instance never changes study, so each must still be there as
     recorded: anything else was changed behind the vault's back. Ingest entries
-    list ``[study, instance, *objects]``.
+    list ``[study, instance, *objects]``. Successful ``shred`` and ``delete``
+    entries are collected too (they name the study: :func:`shred_study`).
     """
     out = _Audited()
     for entry in vault.audit:
@@ -110,6 +122,9 @@ def _audited_ingests(vault: Vault) -> _Audited:
             out.studies[instance_id] = (entry.seq, study_id)
             for object_id in entry.object_ids[2:]:
                 out.objects[object_id] = (entry.seq, instance_id)
+        elif entry.action in _ERASING and entry.outcome == Outcome.OK:
+            for named in entry.object_ids:
+                out.shredded[named] = entry.seq
     return out
 
 
@@ -134,6 +149,45 @@ def _check_audited(vault: Vault, audited: _Audited, cataloged: set[str]) -> list
     return problems
 
 
+def _check_shredded(vault: Vault, audited: _Audited,
+                    shredded: list[tuple[str, str]]) -> list[str]:
+    """Every erased data key and every study marked shredded must have an audited shred.
+
+    A shredded object counts as audited when an ok ``shred`` or ``delete`` entry
+    names it, its instance or its study, later than the entry that ingested it;
+    otherwise the catalog was edited to hide it (``wrapped_key`` nulled by hand),
+    or a shred was interrupted before it was audited.
+    """
+    problems: list[str] = []
+    study_of: dict[str, set[str]] = {}
+    for object_id, instance_id in shredded:
+        if instance_id not in study_of:
+            studies: set[str] = set()
+            with contextlib.suppress(ObjectNotFound):  # no instance row: the audited study counts
+                studies.add(vault.catalog.get_instance(instance_id).study_id)
+            if instance_id in audited.studies:
+                studies.add(audited.studies[instance_id][1])
+            study_of[instance_id] = studies
+        ingested = audited.objects.get(object_id, (0, instance_id))[0]
+        if not any(audited.shredded.get(named, -1) > ingested
+                   for named in (object_id, instance_id, *study_of[instance_id])):
+            problems.append(
+                f"object {object_id} (instance {instance_id}): data key erased but no audit "
+                "entry records its shredding (catalog edited, or a shred not audited)"
+            )
+    offset = 0
+    while page := vault.catalog.list_studies(limit=500, offset=offset):
+        offset += len(page)
+        for study in page:
+            if ((study.shredded_at is not None or study.status == STUDY_SHREDDED)
+                    and study.study_id not in audited.shredded):
+                problems.append(
+                    f"study {study.study_id}: marked shredded but no audit entry records its "
+                    "shredding (catalog edited, or a shred not audited)"
+                )
+    return problems
+
+
 def verify_vault(vault: Vault, *, actor: str = "system",
                  on_object: Callable[[], None] | None = None) -> VerifyReport:
     """Check every object, blob and the audit chain; never modifies data (but audits the run).
@@ -152,17 +206,25 @@ def verify_vault(vault: Vault, *, actor: str = "system",
     report = VerifyReport()
     referenced: set[str] = set()
     cataloged: set[str] = set()  # objects whose instance row exists too (reads reach them)
+    shredded: list[tuple[str, str]] = []  # (object, instance) whose data key is erased
     for obj in vault.catalog.iter_objects():
         report.objects_checked += 1
         referenced.add(obj.blob_key)
         cataloged.add(obj.object_id)
         if obj.wrapped_key is None:
             report.objects_shredded += 1
+            shredded.append((obj.object_id, obj.instance_id))
         report.problems.extend(_check_object(vault, obj, report))
         if on_object:
             on_object()
+    for result in vault.catalog.iter_results():
+        try:
+            verify_result_record(result, vault.verifier)
+        except IntegrityError as exc:  # an edited diagnosis, or its signature removed
+            report.problems.append(str(exc))
     audited = _audited_ingests(vault)
     report.problems.extend(_check_audited(vault, audited, cataloged))
+    report.problems.extend(_check_shredded(vault, audited, shredded))
     if report.legacy_records:
         report.notes.append(
             f"{report.legacy_records} object record(s) signed in format 1 (before study, "

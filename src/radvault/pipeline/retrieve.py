@@ -7,7 +7,6 @@ de-identified pixels' sha-256 against the digest recorded at ingest.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from radvault.imaging.reading import read_image_bytes
 from radvault.imaging.records import ImageRecord
 from radvault.pipeline.ingest import DICOM_KIND, MODEL_INPUT_KIND, SOURCE_KIND
 from radvault.pipeline.model_input import decode_model_input
+from radvault.vault._atomic import atomic_write
 from radvault.vault.audit import Action, Outcome
 from radvault.vault.catalog import InstanceRecord, ObjectRecord
 from radvault.vault.secure_memory import zeroize
@@ -121,11 +121,14 @@ def export_study(vault: Vault, study_id: str, out_dir: Path, *, actor: str) -> l
 
     Each instance is back-verified first; files are named by their pseudonymous
     instance id. Nothing is written for an instance that fails verification.
+    Exported files, and the temporary files they are written through, are
+    readable by their owner alone (mode 0600, whatever the umask); a folder
+    created for them is 0700.
     """
     study = vault.catalog.get_study(study_id)
     if study.shredded_at is not None:
         raise ObjectNotFound(f"study {study_id} was crypto-shredded")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     exported: list[ExportedFile] = []
     for instance in vault.catalog.instances_of_study(study_id):
         obj = _object(vault, instance.instance_id, (DICOM_KIND, SOURCE_KIND), actor=actor)
@@ -134,12 +137,7 @@ def export_study(vault: Vault, study_id: str, out_dir: Path, *, actor: str) -> l
         try:
             suffix = ".dcm" if obj.kind == DICOM_KIND else _raster_suffix(plain)
             target = out_dir / f"{instance.instance_id}{suffix}"
-            tmp = target.with_name(f".{target.name}.partial")
-            with open(tmp, "wb") as fh:
-                fh.write(plain)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            atomic_write(target, plain, mode=0o600)  # a 0600 temporary file, then renamed
         finally:
             zeroize(plain)
         exported.append(ExportedFile(instance.instance_id, target))
