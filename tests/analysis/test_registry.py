@@ -37,6 +37,19 @@ def test_default_otherwise(registry, tmp_path):
     assert registry.select("CT", "KIDNEY") == tmp_path / "radbench6"
 
 
+def test_a_model_is_found_by_its_folder_name_or_its_model_id(registry, tmp_path):
+    # a result names the model id that made it; asking for that id gets that model
+    card = tmp_path / "chest_xray" / "model_card.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()),
+                                "model_id": "chest_xray-0eb703d244bc"}))
+    assert registry.get("chest_xray-0eb703d244bc").path == tmp_path / "chest_xray"
+    assert registry.get("chest_xray").model_id == "chest_xray-0eb703d244bc"
+    with pytest.raises(ModelError, match="no model"):
+        registry.get("chest_xray-ffffffffffff")  # another version: not installed
+    with pytest.raises(ModelError, match="no model"):
+        registry.get("")
+
+
 def test_no_default_is_an_error(tmp_path):
     fake_model(tmp_path, "lung_ct", [("CT", "CHEST")])
     with pytest.raises(ModelError, match="no model 'radbench6'"):

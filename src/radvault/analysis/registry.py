@@ -46,6 +46,7 @@ class ModelEntry:
     task: str
     classes: tuple[str, ...]
     trained_on: tuple[tuple[str, str], ...]
+    model_id: str = ""
 
     @property
     def is_specialist(self) -> bool:
@@ -98,21 +99,29 @@ class ModelRegistry:
                     classes=tuple(card["classes"]),
                     trained_on=tuple((str(p["modality"]).upper(),
                                       str(p.get("body_part", "")).upper())
-                                     for p in card.get("trained_on", []))))
+                                     for p in card.get("trained_on", [])),
+                    model_id=str(card.get("model_id", ""))))
             except (OSError, ValueError, KeyError, TypeError):
                 log.warning("skipping an unreadable model card in %s", card_path.parent.name)
         return out
 
     def get(self, name: str) -> ModelEntry:
-        """The model folder called ``name``.
+        """The model folder called ``name``, or whose card's model id is ``name``.
+
+        A result names the model id that made it (``chest_xray-0eb703d244bc``); asking
+        for that id again gets that model while it is the one installed.
 
         Raises
         ------
         ModelError
             If there is none.
         """
-        for e in self.entries():
+        entries = self.entries()
+        for e in entries:
             if e.name == name:
+                return e
+        for e in entries:
+            if name and e.model_id == name:
                 return e
         raise ModelError(f"no model {name!r} in {self.root}")
 
