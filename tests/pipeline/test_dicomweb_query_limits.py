@@ -86,3 +86,18 @@ def test_a_query_value_longer_than_the_cap_is_a_bad_request(
                     {"StudyInstanceUID": ["1." * 40]}):
         with pytest.raises(InvalidRequest, match="longer than 64"):
             service.dicomweb_search(rad, "study", filters)
+
+
+def test_a_refused_query_is_audited_by_its_error_class_only(
+        searchable: tuple[ClinicalService, Principal, str]) -> None:
+    service, rad, _ = searchable
+    for filters in ({"PatientName": ["Doe" + "*" * MAX_QUERY_VALUE_LENGTH]},
+                    {"NoSuchKeywordDoe": ["x"]}):
+        with pytest.raises(InvalidRequest):
+            service.dicomweb_search(rad, "study", filters)
+    refused = [e for e in service.vault.audit.query(action="dicomweb.search", limit=10)
+               if e.outcome == "refused"]
+    assert [(e.actor, e.details) for e in refused] == [
+        ("rad-n", {"error": "InvalidRequest"})] * 2
+    trail = (service.vault.settings.home / "audit.log").read_text(encoding="utf-8")
+    assert "Doe" not in trail

@@ -96,6 +96,8 @@ def test_a_radiologist_reads_analyses_signs_off_and_downloads(
 
     page.goto("/web/")
     assert "Signed off" in page.locator("tr", has=page.get_by_role("link", name=study)).inner_text()
+    row = page.locator("tr", has=page.get_by_role("link", name=study)).inner_text()
+    assert "RV-" in row  # the patient's pseudonym groups a patient's studies
     links = page.locator("table.worklist tbody th a").all_inner_texts()
     assert links.index(analysed_xray["study_id"]) < links.index(study)  # unread first
     web.shoot(page, "worklist")

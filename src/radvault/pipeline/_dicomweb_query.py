@@ -229,14 +229,19 @@ class DicomWebQueryCases(ServiceCore):
             If the level, a key or the page is malformed, or a query value is
             longer than :data:`MAX_QUERY_VALUE_LENGTH` characters.
         """
-        if level not in QIDO_LEVELS:
-            raise InvalidRequest("the search level must be study, series or instance")
-        if not 1 <= limit <= 1000 or offset < 0:
-            raise InvalidRequest("limit must be within 1..1000 and offset not negative")
-        if study_id is None and series_id is not None:
-            raise InvalidRequest("a series is searched within its study")
         self._require_role(principal, Action.VIEW_STUDY)
-        constraints, fields = self._qido_keys(level, filters or {}, include)
+        try:
+            if level not in QIDO_LEVELS:
+                raise InvalidRequest("the search level must be study, series or instance")
+            if not 1 <= limit <= 1000 or offset < 0:
+                raise InvalidRequest("limit must be within 1..1000 and offset not negative")
+            if study_id is None and series_id is not None:
+                raise InvalidRequest("a series is searched within its study")
+            constraints, fields = self._qido_keys(level, filters or {}, include)
+        except InvalidRequest:  # every refusal is audited: by its class, never the query
+            self.vault.audit.append(principal.username, "dicomweb.search", Outcome.REFUSED,
+                                    details={"error": "InvalidRequest"})
+            raise
         uids = [w for key, wanted in constraints if key.keyword == "StudyInstanceUID"
                 for w in wanted]
         if study_id is not None:
