@@ -18,7 +18,7 @@ from radvault.imaging.reading import read_image_bytes
 from radvault.imaging.records import ImageRecord
 from radvault.pipeline.ingest import DICOM_KIND, MODEL_INPUT_KIND, SOURCE_KIND
 from radvault.pipeline.model_input import decode_model_input
-from radvault.vault._atomic import atomic_write
+from radvault.vault import atomic_write
 from radvault.vault.audit import Action, Outcome
 from radvault.vault.catalog import InstanceRecord, ObjectRecord
 from radvault.vault.secure_memory import zeroize

@@ -5,6 +5,7 @@ Knows nothing of models or HTTP. :class:`Vault` composes the parts found in
 implementation for tests.
 """
 
+from radvault.vault._atomic import atomic_write
 from radvault.vault.audit import Action, AuditEntry, AuditLog, Outcome
 from radvault.vault.blobstore import BlobStore, InMemoryBlobStore, LocalFolderBlobStore
 from radvault.vault.catalog import Catalog, InstanceRecord, ObjectRecord, StudyRecord
@@ -43,6 +44,7 @@ __all__ = [
     "VaultPaths",
     "Verifier",
     "WrappedKey",
+    "atomic_write",
     "canonical_json",
     "open_sealed",
     "rewrap",
