@@ -235,8 +235,11 @@ def test_search_matches_filters_pages_and_returns_asked_fields(
     ct_only = rad.search_for_studies(search_filters={"ModalitiesInStudy": "CT"})
     assert ids["ct"]["study"] in {s["0020000D"]["Value"][0] for s in ct_only}
     assert {s["00080061"]["Value"][0] for s in ct_only} == {"CT"}
-    # A constraint on what RadVault does not disclose matches nothing: no probing.
-    assert rad.search_for_studies(search_filters={"PatientBirthDate": "*"}) == []
+    # A constraint on what RadVault does not disclose matches nothing: no probing. A lone
+    # "*" is universal matching (PS3.4): it constrains nothing and reveals nothing.
+    assert rad.search_for_studies(search_filters={"PatientBirthDate": "19*"}) == []
+    assert len(rad.search_for_studies(search_filters={"PatientBirthDate": "*"})) == len(
+        rad.search_for_studies())
     first, second = (rad.search_for_studies(limit=2, offset=o) for o in (0, 2))
     assert len(first) == 2 and not {json.dumps(s) for s in first} & {json.dumps(s)
                                                                   for s in second}

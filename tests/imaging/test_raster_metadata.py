@@ -232,7 +232,6 @@ def _jpeg_cases() -> dict[str, bytes]:
     return {
         "truncated in a segment": good[:30],
         "truncated in the scan": good[:-200],
-        "junk instead of a marker": good[:2] + b"\x00\x01" + good[2:],
         "no scan": b"\xff\xd8\xff\xfe\x00\x04ab\xff\xd9",
         "segment length below 2": b"\xff\xd8\xff\xe0\x00\x01" + good[6:],
         "second start of image": b"\xff\xd8\xff\xd8" + good[2:],
@@ -256,3 +255,15 @@ def test_anything_else_is_not_an_image() -> None:
     for data in (b"", b"GIF89a....", b"\x89PNG", PHI.encode()):
         with pytest.raises(NotAnImage):
             strip_raster_metadata(data)
+
+
+def test_stray_bytes_between_jpeg_segments_are_skipped_as_decoders_skip_them() -> None:
+    # libjpeg and Pillow read past "extraneous bytes before marker": ingest must not
+    # refuse a file the reader accepted
+    good = jpeg_with_phi()
+    after_first = 4 + int.from_bytes(good[4:6], "big")  # the end of the first segment
+    padded = good[:after_first] + b"\x00\x01" + good[after_first:]
+    assert np.array_equal(decoded(padded), decoded(good))
+    stripped = strip_raster_metadata(padded)
+    assert np.array_equal(decoded(stripped), decoded(good))
+    assert b"\x00\x01\xff" not in stripped

@@ -244,9 +244,15 @@ def _strip_jpeg(data: bytes) -> bytes:
 
 
 def _next_marker(data: bytes, pos: int) -> tuple[int, int]:
-    """The marker at ``pos`` (fill bytes 0xFF allowed before it), and the position after it."""
-    if pos >= len(data) or data[pos] != 0xFF:
-        raise CorruptImage(_NAME, "malformed JPEG: no marker where one belongs")
+    """The marker at ``pos`` (fill bytes 0xFF allowed before it), and the position after it.
+
+    Stray bytes before a marker are skipped (and so dropped), as libjpeg and Pillow skip
+    them ("extraneous bytes before marker"): the reader has accepted such a file already.
+    """
+    while pos < len(data) and data[pos] != 0xFF:
+        pos += 1
+    if pos >= len(data):
+        raise CorruptImage(_NAME, "truncated JPEG: no end of image")
     while pos < len(data) and data[pos] == 0xFF:
         pos += 1
     if pos >= len(data):

@@ -282,7 +282,9 @@ class DicomWebQueryCases(ServiceCore):
             key = _key(name)
             fields.setdefault(key.keyword, key)
             wanted = _values(raw)
-            if wanted:
+            # a lone "*" is universal matching (PS3.4 C.2.2.2.4), as in C-FIND: it keeps
+            # images whose value is empty too, so it constrains nothing
+            if wanted and wanted != ["*"]:
                 constraints.append((key, wanted))
         for name in include:
             if name.lower() == "all":
