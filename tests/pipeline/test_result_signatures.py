@@ -77,17 +77,24 @@ def test_an_edited_result_row_is_refused_and_audited(analysed, edit: str) -> Non
     assert refused[0].actor == "dr"
 
 
+def _as_before_session_10(vault: Vault) -> None:
+    """Make the catalog look as an older RadVault left it: no signature columns."""
+    _sql(vault, "ALTER TABLE results DROP COLUMN signature")
+    _sql(vault, "ALTER TABLE results DROP COLUMN signer_key_id")
+    _sql(vault, "DROP TABLE catalog_meta")
+
+
 def test_results_stored_before_signing_are_signed_once_when_the_vault_opens(
         analysed) -> None:
     vault, instance, result = analysed
-    _sql(vault, "UPDATE results SET signature = NULL, signer_key_id = NULL")  # as before
     settings = vault.settings
     vault.close()
+    _as_before_session_10(vault)
 
     reopened = Vault.open(settings, PASSPHRASE)
     try:
         (record,) = reopened.results_of_instance(instance, actor="dr")
-        assert record.result_id == result.result_id
+        assert record.result_id == result.result_id and record.signature
         signed = reopened.audit.query(action="results.sign_older", limit=5)
         assert [(e.actor, e.details) for e in signed] == [("system", {"count": 1})]
     finally:
@@ -97,6 +104,45 @@ def test_results_stored_before_signing_are_signed_once_when_the_vault_opens(
         assert len(again.audit.query(action="results.sign_older", limit=5)) == 1
     finally:
         again.close()
+
+
+def test_a_signature_removed_later_is_never_signed_again(analysed) -> None:
+    # the review's attack: edit the row, remove its signature, wait for the next open
+    vault, instance, _ = analysed
+    settings = vault.settings
+    vault.close()
+    (payload,) = _sql(vault, "SELECT payload FROM results")[0]
+    body = json.loads(payload)
+    body["summary"]["predicted_class"] = "normal"
+    _sql(vault, "UPDATE results SET payload = ?, signature = NULL, signer_key_id = NULL",
+         (json.dumps(body),))
+
+    reopened = Vault.open(settings, PASSPHRASE)
+    try:
+        with pytest.raises(IntegrityError, match="carries no signature"):
+            reopened.results_of_instance(instance, actor="dr")
+        assert reopened.audit.query(action="results.sign_older", limit=5) == []
+        from radvault.pipeline.maintenance import verify_vault
+
+        assert not verify_vault(reopened).ok
+    finally:
+        reopened.close()
+
+
+def test_verify_notes_results_that_await_their_signing_as_no_problem(analysed) -> None:
+    from radvault.pipeline.maintenance import verify_vault
+
+    vault, _, _ = analysed
+    settings = vault.settings
+    vault.close()
+    _as_before_session_10(vault)
+    inspected = Vault.open(settings, PASSPHRASE, read_only=True)  # signs nothing
+    try:
+        report = verify_vault(inspected)
+        assert report.ok, report.problems
+        assert any("stored before results were signed" in n for n in report.notes)
+    finally:
+        inspected.close()
 
 
 def test_a_catalog_made_before_result_signatures_gets_the_columns(tmp_path: Path) -> None:

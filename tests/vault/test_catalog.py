@@ -413,16 +413,17 @@ def test_iter_objects_walks_every_object_in_batches(catalog: Catalog,
 def test_results_round_trip(catalog: Catalog, signer: Ed25519Signer) -> None:
     inst = ingest(catalog, signer, 1).instance
     payload = {"probabilities": {"normal": 0.25, "pneumonia": 0.75}, "calibrated": True}
-    first = catalog.add_result(inst.instance_id, "resnet-6c-v1", payload)
-    second = catalog.add_result(inst.instance_id, "resnet-6c-v2", {"probabilities": {}})
+    first = catalog.add_result(inst.instance_id, "resnet-6c-v1", payload, signer=signer)
+    second = catalog.add_result(inst.instance_id, "resnet-6c-v2", {"probabilities": {}},
+                                signer=signer)
     assert catalog.results_of_instance(inst.instance_id) == [first, second]
-    assert first.payload == payload
+    assert first.payload == payload and first.signature and first.signer_key_id
     with pytest.raises(ObjectNotFound):
-        catalog.add_result("2.25.404", "m", {})
+        catalog.add_result("2.25.404", "m", {}, signer=signer)
     with pytest.raises(TypeError, match=r"canonical_json: set at \$\.bad is not JSON"):
-        catalog.add_result(inst.instance_id, "m", {"bad": {1, 2}})
+        catalog.add_result(inst.instance_id, "m", {"bad": {1, 2}}, signer=signer)
     with pytest.raises(VaultError):
-        catalog.add_result(inst.instance_id, "m", {}, result_id=first.result_id)
+        catalog.add_result(inst.instance_id, "m", {}, result_id=first.result_id, signer=signer)
 
 
 # --------------------------------------------------------------------------- integrity records
@@ -587,3 +588,27 @@ def test_an_unknown_durability_is_refused(tmp_path) -> None:
     assert load_settings(env={"RADVAULT_DURABILITY": "normal"}, home=tmp_path).durability \
         == "normal"
     assert load_settings(env={}, home=tmp_path).durability == "full"
+
+
+def test_an_older_catalog_gets_the_result_signature_columns_once_whoever_opens_first(
+        catalog_url: str, run_at_once) -> None:
+    # several processes (API, workers, DICOM) may open an upgraded vault at the same time
+    from sqlalchemy import create_engine, text
+
+    with Catalog.create(catalog_url):
+        pass
+    engine = create_engine(catalog_url)
+    with engine.begin() as conn:  # as a catalog made before session 10
+        conn.execute(text("ALTER TABLE results DROP COLUMN signature"))
+        conn.execute(text("ALTER TABLE results DROP COLUMN signer_key_id"))
+        conn.execute(text("DROP TABLE catalog_meta"))
+    engine.dispose()
+
+    opened: list[Catalog] = []
+    errors = run_at_once(3, lambda _: opened.append(Catalog.create(catalog_url)))
+    try:
+        assert errors == []
+        assert all(c.result_signing_pending() for c in opened)
+    finally:
+        for c in opened:
+            c.close()

@@ -235,14 +235,15 @@ class ReportCases(ServiceCore):
             if not instances:
                 raise ObjectNotFound(f"study {study.study_id} has no instance {instance_id}")
         latest: tuple[InstanceRecord, ResultRecord] | None = None
-        for inst in instances:
-            results = self.vault.results_of_instance(inst.instance_id,
-                                                     actor=principal.username)
+        for inst in instances:  # which image: by the stored rows; only its own are checked
+            results = self.vault.catalog.results_of_instance(inst.instance_id)
             if results and (latest is None or results[-1].created_at >= latest[1].created_at):
                 latest = (inst, results[-1])
         if latest is None:
             raise ObjectNotFound(f"study {study.study_id} has not been analysed")
-        inst, result = latest
+        inst = latest[0]
+        result = self.vault.results_of_instance(inst.instance_id,
+                                                actor=principal.username)[-1]
         analyser = self._analyser(principal.username)
         card = _card_of(analyser, study, result.model_id)
         analysis = AnalysisSummary.from_payload(result.payload, model_id=result.model_id,

@@ -181,7 +181,7 @@ def coverage_sentence(report: ReportInput) -> str:
     if total is None or total <= covered:
         return ""
     return (f"This report covers {covered} of the study's {total} images "
-            f"({', '.join(report.instance_ids)}); the others have reports of their own")
+            f"({', '.join(report.instance_ids)}); the study's other images are not in it")
 
 
 def metric_rows(report: ReportInput) -> list[tuple[str, str]]:

@@ -171,6 +171,15 @@ class ResultRow(Base):
     signer_key_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
+class CatalogMetaRow(Base):
+    """One fact about the catalog itself, e.g. whether older results still await signing."""
+
+    __tablename__ = "catalog_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
 class AuditEntryRow(Base):
     """One hash-chained audit entry; ``object_ids`` and ``details`` hold canonical JSON."""
 

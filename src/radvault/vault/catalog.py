@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -47,6 +47,7 @@ from radvault.errors import (
 )
 from radvault.vault._catalog_models import (
     Base,
+    CatalogMetaRow,
     InstanceRow,
     ObjectRow,
     PatientRow,
@@ -122,6 +123,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The catalog_meta key of the one-time signing of results stored before session 10.
+_SIGNING_KEY = "results_signing"
 
 
 # --------------------------------------------------------------------------- the repository
@@ -268,7 +272,7 @@ class Catalog:
             When the database cannot be reached or the tables cannot be created.
         """
         try:
-            Base.metadata.create_all(self._write_engine)
+            self._create_all()
             self._add_result_signature_columns()
         except sa_exc.OperationalError as exc:
             raise VaultError(
@@ -289,6 +293,17 @@ class Catalog:
                 return
             after = batch[-1].result_id
 
+    def result_signing_pending(self) -> bool:
+        """Whether results stored before session 10 still await their one-time signing.
+
+        Set when the signature columns are added to an older catalog, cleared by
+        :meth:`sign_results`; a catalog made since never has it, so a result whose
+        signature was removed is never signed again, only refused.
+        """
+        with self._reading() as session:
+            row = session.get(CatalogMetaRow, _SIGNING_KEY)
+            return row is not None and row.value == "pending"
+
     def unsigned_results(self) -> list[ResultRecord]:
         """Results stored without a signature (by a RadVault before session 10)."""
         with self._reading() as session:
@@ -296,14 +311,26 @@ class Catalog:
             return [to_result(r) for r in rows]
 
     def sign_results(self, signatures: Sequence[tuple[str, bytes, str]]) -> None:
-        """Store ``(result_id, signature, signer_key_id)`` for results stored unsigned."""
-        from sqlalchemy import update
-
+        """Store ``(result_id, signature, signer_key_id)`` for results stored unsigned, and
+        mark the one-time signing done, in one transaction."""
         with self._write_engine.begin() as conn:
             for result_id, signature, key_id in signatures:
                 conn.execute(update(ResultRow).where(ResultRow.result_id == result_id,
                                                      ResultRow.signature.is_(None))
                              .values(signature=signature, signer_key_id=key_id))
+            conn.execute(update(CatalogMetaRow).where(CatalogMetaRow.key == _SIGNING_KEY)
+                         .values(value="done"))
+
+    def _create_all(self) -> None:
+        """``create_all``, tolerating another process that creates a table at the same time
+        (PostgreSQL then reports the table or its row type as already existing)."""
+        for attempt in range(3):
+            try:
+                Base.metadata.create_all(self._write_engine)
+                return
+            except (sa_exc.ProgrammingError, sa_exc.IntegrityError) as exc:
+                if "already exists" not in str(exc.orig) or attempt == 2:
+                    raise
 
     def _add_result_signature_columns(self) -> None:
         """Give a catalog made before session 10 the results' signature columns.
@@ -314,14 +341,27 @@ class Catalog:
         from sqlalchemy import inspect, text
 
         present = {c["name"] for c in inspect(self._write_engine).get_columns("results")}
-        binary = "BYTEA" if self.dialect_name == "postgresql" else "BLOB"
-        missing = [(name, kind) for name, kind in (("signature", binary),
+        postgres = self.dialect_name == "postgresql"
+        missing = [(name, kind) for name, kind in (("signature", "BYTEA" if postgres else "BLOB"),
                                                    ("signer_key_id", "VARCHAR(128)"))
                    if name not in present]
-        if missing:
+        if not missing:
+            return
+        # Several processes may open an older catalog at once (API, workers, DICOM):
+        # adding a column another has just added is not an error.
+        if_absent = "IF NOT EXISTS " if postgres else ""
+        for name, kind in missing:
+            try:
+                with self._write_engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE results ADD COLUMN {if_absent}{name} {kind}"))
+            except sa_exc.OperationalError as exc:
+                if "duplicate column" not in str(exc.orig).lower():
+                    raise
+        try:
             with self._write_engine.begin() as conn:
-                for name, kind in missing:
-                    conn.execute(text(f"ALTER TABLE results ADD COLUMN {name} {kind}"))
+                conn.execute(insert(CatalogMetaRow).values(key=_SIGNING_KEY, value="pending"))
+        except sa_exc.IntegrityError:
+            pass  # another process marked it first
 
     @property
     def engine(self) -> Engine:
@@ -781,9 +821,12 @@ class Catalog:
         model_id: str,
         payload: Mapping[str, Any],
         *,
+        signer: Signer,
         result_id: str | None = None,
     ) -> ResultRecord:
-        """Store an analysis result for an instance.
+        """Store an analysis result for an instance, signed by ``signer`` (the vault's).
+
+        Reads through the vault refuse a result without the vault's signature.
 
         Raises
         ------
@@ -800,9 +843,12 @@ class Catalog:
             with self._writing() as session:
                 if session.get(InstanceRow, instance_id) is None:
                     raise ObjectNotFound(f"no instance {instance_id!r}")
+                record = ResultRecord(result_id, instance_id, model_id, body, utcnow())
                 row = ResultRow(
                     result_id=result_id, instance_id=instance_id, model_id=model_id,
-                    payload=body, created_at=utcnow(),
+                    payload=body, created_at=record.created_at,
+                    signature=signer.sign(result_record_message(record)),
+                    signer_key_id=signer.key_id,
                 )
                 session.add(row)
                 session.flush()

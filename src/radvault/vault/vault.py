@@ -243,12 +243,14 @@ class Vault:
     def _sign_older_results(self) -> None:
         """Sign, once, the results a RadVault before session 10 stored unsigned (audited).
 
-        From then on every result row must carry the vault's signature, so stripping
-        one (to pass an edited row off as an old unsigned one) is refused like an edit.
+        Only while the catalog says that signing is pending (set when the signature
+        columns were added to it); from then on every result row must carry the vault's
+        signature, so stripping one (to pass an edited row off as an old unsigned one)
+        is refused like an edit, never signed.
         """
-        older = self.catalog.unsigned_results()
-        if not older:
+        if not self.catalog.result_signing_pending():
             return
+        older = self.catalog.unsigned_results()
         self.catalog.sign_results([(r.result_id, self.signer.sign(result_record_message(r)),
                                     self.signer.key_id) for r in older])
         self.audit.append("system", "results.sign_older", Outcome.OK,

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 
 from radvault.api.shared import InstanceId, JobId, StudyId, file_response, get_service
-from radvault.errors import InvalidRequest, ObjectNotFound
+from radvault.errors import IntegrityError, InvalidRequest, ObjectNotFound
 from radvault.pipeline.clinical import ClinicalService, ImageView, ReportFormat, ResultView
 from radvault.reports import RADIOLOGIST_FINDINGS, reason_in_words
 from radvault.vault.catalog import StudyRecord
@@ -66,17 +66,21 @@ class WorklistRow:
     signed: bool
     prediction: str | None
     probability: float | None
+    tampered: bool = False
 
     @property
     def rank(self) -> int:
-        """0: flagged and unread; 1: unread (awaiting analysis or sign-off); 2: signed off."""
-        if self.signed:
+        """0: flagged and unread (or a result that failed its check); 1: unread (awaiting
+        analysis or sign-off); 2: signed off."""
+        if self.signed and not self.tampered:
             return 2
-        return 0 if self.refer else 1
+        return 0 if self.refer or self.tampered else 1
 
     @property
     def state(self) -> str:
         """The study's reading status in words."""
+        if self.tampered:
+            return "Integrity failure"
         if self.analysed == 0:
             return "Not analysed"
         return "Signed off" if self.signed else "Awaiting sign-off"
@@ -86,18 +90,21 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
     detail = service.study(user.principal, study.study_id)
     analysed = [v for v in detail.instances if v.latest_result_id is not None]
     results: list[ResultView] = []
+    tampered = False
     for view in analysed[:_SUMMARY_IMAGES]:
         try:
             results.append(service.latest_result(user.principal, study.study_id,
                                                  view.instance.instance_id))
         except ObjectNotFound:  # shredded since the study was read
             continue
+        except IntegrityError:  # audited by the vault; the other studies still list
+            tampered = True
     lead = next((r for r in results if r.refer), results[-1] if results else None)
     return WorklistRow(
         study=study, analysed=len(analysed), refer=any(r.refer for r in results),
         signed=bool(results) and all(r.signoff is not None for r in results),
         prediction=lead.predicted_class if lead else None,
-        probability=lead.probability if lead else None)
+        probability=lead.probability if lead else None, tampered=tampered)
 
 
 @router.get("/")
