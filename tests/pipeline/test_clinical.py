@@ -309,7 +309,8 @@ def test_a_radiologist_may_sign_a_finding_that_is_none_of_the_models_classes(
     words = {"no_finding": "no finding of the model's classes",
              "not_assessable": "not assessable by this model"}[finding]
     assert diagnostic["status"] == "final"
-    assert diagnostic["conclusionCode"][0]["coding"][0]["code"] == finding
+    coding = diagnostic["conclusionCode"][0]["coding"][0]
+    assert (coding["system"], coding["code"]) == ("urn:radvault:finding", finding)
     assert f"radiologist's finding {words}" in diagnostic["conclusion"]
     with pytest.raises(InvalidRequest, match="another class of the model, or one of"):
         s.sign_off(rad, study, instance, decision="overridden", label="anything_else")

@@ -48,6 +48,7 @@ from typing import Any
 from radvault.reports import _text
 from radvault.reports._model import (
     NOT_FOR_CLINICAL_USE,
+    RADIOLOGIST_FINDINGS,
     REIDENTIFIED_BANNER,
     ReportInput,
     ReportInputError,
@@ -67,6 +68,8 @@ V3_OBSERVATION_VALUE = "http://terminology.hl7.org/CodeSystem/v3-ObservationValu
 #: RadVault's own code and identifier systems.
 SYSTEM_CLASS = "urn:radvault:class"
 SYSTEM_CLASS_PROBABILITY = "urn:radvault:class-probability"
+#: A radiologist's own finding, none of the model's classes (``no_finding``, ...).
+SYSTEM_FINDING = "urn:radvault:finding"
 SYSTEM_DECISION_SUPPORT = "urn:radvault:decision-support"
 SYSTEM_MODEL = "urn:radvault:model"
 SYSTEM_PSEUDONYM = "urn:radvault:pseudonym"
@@ -264,7 +267,11 @@ def render_fhir(report: ReportInput) -> dict[str, Any]:
         "imagingStudy": [{"identifier": {"system": SYSTEM_STUDY, "value": report.study_id}}],
         "result": [_ref(o["id"]) for o in observations],
         "conclusion": _text.conclusion(report),
-        "conclusionCode": [{"coding": [{"system": SYSTEM_CLASS,
+        "conclusionCode": [{"coding": [{"system": (
+                                            SYSTEM_FINDING
+                                            if report.final_class in RADIOLOGIST_FINDINGS
+                                            and report.final_class not in report.model.classes
+                                            else SYSTEM_CLASS),
                                         "code": _code(report.final_class),
                                         "display": _text.finding_text(report.final_class)}],
                             "text": _text.finding_text(report.final_class)}],
