@@ -389,3 +389,18 @@ def test_ingest_can_accept_or_refuse_burned_in_images_for_one_run(
     monkeypatch.setenv("RADVAULT_ACCEPT_BURNED_IN", "true")  # the vault accepts them...
     code, out, _ = run("ingest", CT_SMALL.parent / "SC_rgb_jpeg.dcm", "--no-accept-burned-in")
     assert code == 1 and "BurnedInAnnotationRefused" in out  # ...but not in this run
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_ls_never_breaks_a_study_id_over_lines(
+    vault_home: Path, run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    # ids are copied into show/export/delete: a user test found them folded at 80 columns
+    assert run("ingest", _inputs(tmp_path) / "ct.dcm")[0] == 0
+    monkeypatch.setenv("COLUMNS", columns)
+
+    code, out, _ = run("ls")
+
+    assert code == 0
+    (study,) = _studies(run)
+    assert any(study["study_id"] in line for line in out.splitlines())

@@ -232,13 +232,24 @@ def ls(
                 "status": s.status, "created": s.created_at.isoformat(),
                 "shredded": s.shredded_at is not None} for s in studies], indent=2))
             return
+        rows = [(s.study_id, s.patient_pseudonym, s.site, s.modality or "-",
+                 s.body_part or "-", str(s.n_instances),
+                 "shredded" if s.shredded_at else s.status) for s in studies]
+        # ids are copied into other commands: never broken over lines. A terminal too
+        # narrow for the table gets one line per study instead (soft-wrapped by it).
+        widest = max((len(r[0]) for r in rows), default=5)
+        if console.width < widest + 70:
+            console.print(f"{len(studies)} studies (study, patient, site, modality, "
+                          "body part, images, status)", soft_wrap=True)
+            for row in rows:
+                console.print("  ".join(row), soft_wrap=True, highlight=False)
+            return
         table = Table(title=f"{len(studies)} studies")
-        for col in ("study", "patient", "site", "modality", "body part", "images", "status"):
+        table.add_column("study", no_wrap=True, min_width=widest)
+        for col in ("patient", "site", "modality", "body part", "images", "status"):
             table.add_column(col, overflow="fold")
-        for s in studies:
-            status = "shredded" if s.shredded_at else s.status
-            table.add_row(s.study_id, s.patient_pseudonym, s.site, s.modality or "",
-                          s.body_part or "", str(s.n_instances), status)
+        for row in rows:
+            table.add_row(*row)
         console.print(table)
 
     run()
