@@ -34,6 +34,7 @@ also subclasses the builtin it resembles, so callers may catch either::
     │   │   └── IdempotencyConflict           an idempotency key reused for another request
     │   └── JobTimeout(TimeoutError)          a job did not finish within the wait
     ├── InvalidRequest(ValueError)            a request's parameters are malformed
+    │   ├── SignOffConflict                   a sign-off of a superseded or signed analysis
     │   └── UnknownModel                      a request names a model the registry lacks
     ├── PullError(ConnectionError)            a PACS could not be reached or failed a retrieve
     ├── ReportInputError(ValueError)          data handed to a report renderer is malformed
@@ -84,6 +85,7 @@ __all__ = [
     "PullError",
     "RadVaultError",
     "ReportInputError",
+    "SignOffConflict",
     "StudySiteConflict",
     "TransientError",
     "UidConflict",
@@ -264,6 +266,11 @@ class InvalidRequest(RadVaultError, ValueError):
 
     Messages name the parameter, never its value when the value could be PHI.
     """
+
+
+class SignOffConflict(InvalidRequest):
+    """A sign-off that would sign a superseded analysis, or replace another radiologist's
+    sign-off without saying it amends it."""
 
 
 class UnknownModel(InvalidRequest):

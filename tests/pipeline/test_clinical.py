@@ -25,6 +25,7 @@ from radvault.errors import (
     AuthenticationFailed,
     IntegrityError,
     ObjectNotFound,
+    SignOffConflict,
     UnknownModel,
 )
 from radvault.imaging.preprocess import settings_to_dict
@@ -314,6 +315,38 @@ def test_a_radiologist_may_sign_a_finding_that_is_none_of_the_models_classes(
     assert f"radiologist's finding {words}" in diagnostic["conclusion"]
     with pytest.raises(InvalidRequest, match="another class of the model, or one of"):
         s.sign_off(rad, study, instance, decision="overridden", label="anything_else")
+
+
+def test_a_sign_off_never_replaces_another_or_lands_on_a_superseded_analysis(
+        clinic, kit, tmp_path):
+    # a user test: a second radiologist's sign-off silently replaced the first, a stale
+    # page signed an older analysis, and a double click stored two sign-offs
+    study = clinic.upload_png(kit, tmp_path, 8)
+    s, rad = clinic.service, clinic.p["rad-n"]
+    instance = s.start_analysis(rad, study).instance_ids[0]
+    s.run_pending_jobs()
+    first = s.latest_result(rad, study, instance)
+    signed = s.sign_off(rad, study, instance, decision="overridden", label="not_assessable",
+                        result_id=first.result_id)
+    again = s.sign_off(rad, study, instance, decision="overridden", label="not_assessable",
+                       result_id=first.result_id)  # the same form sent twice
+    assert again.signoff_id == signed.signoff_id
+
+    with pytest.raises(SignOffConflict, match=r"signed off by rad-n .* as an amendment"):
+        s.sign_off(rad, study, instance, decision="accepted", result_id=first.result_id)
+    amended = s.sign_off(rad, study, instance, decision="accepted", amend=True,
+                         result_id=first.result_id)
+    report = json.loads(s.report(rad, study, "fhir", instance_id=instance).content)
+    assert report["status"] == "amended"
+    assert "(amends the sign-off by rad-n): prediction accepted" in report["conclusion"]
+    assert s.latest_result(rad, study, instance).signoff == amended
+
+    s._analyser("rad-n").analyse_instance(instance)  # analysed again: a newer result
+    with pytest.raises(SignOffConflict, match="a newer analysis of this image exists"):
+        s.sign_off(rad, study, instance, decision="accepted", result_id=first.result_id)
+    refused = [e.details["reason"] for e in s.vault.audit.query(action="report.sign", limit=20)
+               if e.outcome == "refused"]
+    assert sorted(refused) == ["already signed", "superseded"]
 
 
 def test_reidentification_seals_the_reason_and_audits_its_length(clinic, kit, tmp_path):

@@ -74,7 +74,11 @@ def test_a_radiologist_reads_analyses_signs_off_and_downloads(
     page.keyboard.press(" ")
     assert page.locator("#heatmap-image").is_hidden() and page.locator("#study-image").is_visible()
 
-    # Sign-off: accepted with a comment; the worklist then calls it signed off.
+    # Sign-off: accepted with a comment; the worklist then calls it signed off. A referred
+    # answer has no decision chosen in advance: one click cannot sign it.
+    accept = page.get_by_label(re.compile(r"^Accept the prediction"))
+    assert accept.is_checked() == flag.startswith("No referral flag")
+    accept.check()
     page.get_by_label("Comment").fill("Agree; no further action.")
     with page.expect_navigation():
         page.get_by_role("button", name="Sign off").click()

@@ -211,6 +211,8 @@ class SignOffIn(_In):
     label: str | None = Field(default=None, max_length=128)
     comment: str = Field(default="", max_length=4000)
     result_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    #: Replace the analysis's current sign-off (else 409 ``signoff_conflict``).
+    amend: bool = False
 
 
 class SignOffOut(_Out):

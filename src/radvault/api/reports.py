@@ -60,5 +60,6 @@ def sign_off(service: Service, principal: CurrentPrincipal, study_id: StudyId,
              instance_id: InstanceId, body: SignOffIn) -> SignOffOut:
     """A radiologist accepts or overrides the prediction, with a comment (audited)."""
     signed = service.sign_off(principal, study_id, instance_id, decision=body.decision,
-                              label=body.label, comment=body.comment, result_id=body.result_id)
+                              label=body.label, comment=body.comment, result_id=body.result_id,
+                              amend=body.amend)
     return SignOffOut.of(signed)

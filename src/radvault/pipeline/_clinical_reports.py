@@ -27,6 +27,7 @@ from radvault.errors import (
     IntegrityError,
     ModelError,
     ObjectNotFound,
+    SignOffConflict,
 )
 from radvault.pipeline._clinical_base import (
     COMMENT_MAX,
@@ -60,8 +61,13 @@ class ReportCases(ServiceCore):
 
     def sign_off(self, principal: Principal, study_id: str, instance_id: str, *,
                  decision: str, label: str | None = None, comment: str = "",
-                 result_id: str | None = None) -> SignOffView:
-        """A radiologist accepts or overrides the latest (or a given) analysis.
+                 result_id: str | None = None, amend: bool = False) -> SignOffView:
+        """A radiologist accepts or overrides the latest analysis of an image.
+
+        A sign-off never lands silently where it was not meant: one for an analysis a
+        newer one has superseded is refused, one that would replace a sign-off of the
+        same analysis must say ``amend`` (the report then says it amends it), and the
+        same sign-off sent twice (a double click) is stored once.
 
         Parameters
         ----------
@@ -79,7 +85,10 @@ class ReportCases(ServiceCore):
         comment : str
             Free text (sealed at rest; at most 4000 characters).
         result_id : str, optional
-            The result signed; default the latest.
+            The result the radiologist reviewed; default the latest. It must be the
+            latest.
+        amend : bool
+            Replace the analysis's current sign-off (someone's, or one's own).
 
         Returns
         -------
@@ -94,14 +103,23 @@ class ReportCases(ServiceCore):
             If the image was never analysed or the result is not its own.
         InvalidRequest
             If the decision, label or comment is invalid.
+        SignOffConflict
+            If the result is superseded, or already signed off and ``amend`` is not
+            given (audited).
         """
         study, inst = self._instance(principal, Action.SIGN_REPORT, study_id, instance_id)
         results = self.vault.results_of_instance(inst.instance_id, actor=principal.username)
-        if result_id is not None:
-            results = [r for r in results if r.result_id == result_id]
-        if not results:
+        chosen = [r for r in results if result_id is None or r.result_id == result_id]
+        if not chosen:
             raise ObjectNotFound(f"instance {inst.instance_id} has no such analysis")
-        result = results[-1]
+        result = chosen[-1]
+        ids = [study.study_id, inst.instance_id, result.result_id]
+        if result.result_id != results[-1].result_id:
+            raise self._signoff_conflict(
+                principal, ids, "superseded", "a newer analysis of this image exists: "
+                "review it and sign that one")
+        current = next((s for s in reversed(self._signoffs(inst.instance_id))
+                        if s.result_id == result.result_id), None)
         predicted = str(result.payload.get("predicted_class", ""))
         classes = list(dict(result.payload.get("probabilities", {})))
         if decision not in {"accepted", "overridden"}:
@@ -120,6 +138,16 @@ class ReportCases(ServiceCore):
             final = predicted
         if not isinstance(comment, str) or len(comment) > COMMENT_MAX:
             raise InvalidRequest(f"comment must be text of at most {COMMENT_MAX} characters")
+        if current is not None:
+            if (current.signed_by, current.decision, current.final_label, current.comment) == (
+                    principal.username, decision, final, comment):
+                return current  # the same sign-off again (a double submit): stored once
+            if not amend:
+                raise self._signoff_conflict(
+                    principal, ids, "already signed",
+                    f"this analysis was signed off by {current.signed_by} at "
+                    f"{current.signed_at:%Y-%m-%d %H:%M} UTC: sign again as an amendment "
+                    "to replace it")
         signoff_id = secrets.token_hex(16)
         now = datetime.now(UTC)
         sealed = None
@@ -140,8 +168,16 @@ class ReportCases(ServiceCore):
         self.vault.audit.append(principal.username, "report.sign", Outcome.OK,
                                 object_ids=[study.study_id, inst.instance_id, result.result_id],
                                 details={"signoff_id": signoff_id, "decision": decision,
-                                         "comment": bool(comment)})
+                                         "comment": bool(comment),
+                                         **({"amends": current.signoff_id} if current else {})})
         return self._signoff_view(row)
+
+    def _signoff_conflict(self, principal: Principal, object_ids: list[str], reason: str,
+                          message: str) -> SignOffConflict:
+        """Audit a refused sign-off; the error to raise."""
+        self.vault.audit.append(principal.username, "report.sign", Outcome.REFUSED,
+                                object_ids=object_ids, details={"reason": reason})
+        return SignOffConflict(message)
 
     def _latest_signoff_row(self, instance_id: str) -> SignOffRow | None:
         with self._read.begin() as session:
@@ -258,14 +294,16 @@ class ReportCases(ServiceCore):
                 inst.instance_id, under="model_input" if may_view else "nothing")
         except ModelError:
             logger.info("no heatmap for a report: the model cannot compute one")
-        signoff = next((s for s in reversed(self._signoffs(inst.instance_id))
-                        if s.result_id == result.result_id), None)
+        of_result = [s for s in self._signoffs(inst.instance_id)
+                     if s.result_id == result.result_id]
         sign = None
-        if signoff is not None:
+        if of_result:
+            signoff = of_result[-1]
             sign = SignOff(radiologist=signoff.signed_by, decision=signoff.decision,
                            signed_at=signoff.signed_at, comment=signoff.comment,
                            radiologist_class=(signoff.final_label
-                                              if signoff.decision == "overridden" else None))
+                                              if signoff.decision == "overridden" else None),
+                           amends=of_result[-2].signed_by if len(of_result) > 1 else None)
         return ReportInput(
             study_id=study.study_id, instance_ids=(inst.instance_id,),
             patient_pseudonym=study.patient_pseudonym, site=study.site,

@@ -241,7 +241,9 @@ def render_fhir(report: ReportInput) -> dict[str, Any]:
     import pydantic
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
-    status = "final" if report.signed else "preliminary"
+    status = ("preliminary" if not report.signed
+              else "amended" if report.sign_off is not None and report.sign_off.amends
+              else "final")
     a = report.analysis
     contained: list[dict[str, Any]] = [_patient(report), _device(report),
                                        {"resourceType": "Organization", "id": "site",

@@ -134,9 +134,7 @@ _COMPILED = _ENV.from_string(_TEMPLATE)
 
 
 def _status_text(report: ReportInput) -> str:
-    if report.signed:
-        return "Status: final (signed off by a radiologist)."
-    return "Status: preliminary (awaiting radiologist sign-off)."
+    return _text.status_text(report)
 
 
 def render_html(report: ReportInput) -> str:

@@ -376,6 +376,8 @@ class SignOff:
         Free text from the radiologist ("" for none).
     radiologist_class : str, optional
         The class the radiologist chose; required when overriding.
+    amends : str, optional
+        Who signed the same analysis before, when this sign-off replaces theirs.
 
     Raises
     ------
@@ -388,9 +390,13 @@ class SignOff:
     signed_at: datetime
     comment: str = ""
     radiologist_class: str | None = None
+    #: The radiologist whose earlier sign-off of the same analysis this one replaces.
+    amends: str | None = None
 
     def __post_init__(self) -> None:
         _require_text("radiologist", self.radiologist)
+        if self.amends is not None:
+            _require_text("amends", self.amends)
         try:
             decision = SignOffDecision(self.decision)
         except ValueError:

@@ -197,9 +197,7 @@ def _story(report: ReportInput, styles: dict[str, Any], width: float) -> list[An
     story += [_boxed([_p(NOT_FOR_CLINICAL_USE.upper(), styles["notice"])], border=_RED,
                      background=None, width=width), Spacer(1, 8)]
     story.append(_p(f"Decision-support report: {report.analysis.task}", styles["title"]))
-    status = ("Status: final (signed off by a radiologist)." if report.signed
-              else "Status: preliminary (awaiting radiologist sign-off).")
-    story.append(_p(status, styles["body"]))
+    story.append(_p(_text.status_text(report), styles["body"]))
 
     story.append(_section("Study", [_key_value_table(_text.study_rows(report), styles, width)],
                           styles))

@@ -154,10 +154,21 @@ def sign_off_sentence(report: ReportInput) -> str:
     if s is None:
         return AWAITING_SIGN_OFF
     when = timestamp(s.signed_at)
+    amended = f" (amends the sign-off by {s.amends})" if s.amends else ""
     if s.decision is SignOffDecision.ACCEPTED:
-        return f"Signed off by {s.radiologist} at {when}: prediction accepted"
-    return (f"Signed off by {s.radiologist} at {when}: prediction overridden, "
+        return f"Signed off by {s.radiologist} at {when}{amended}: prediction accepted"
+    return (f"Signed off by {s.radiologist} at {when}{amended}: prediction overridden, "
             f"radiologist's finding {finding_text(str(s.radiologist_class))}")
+
+
+def status_text(report: ReportInput) -> str:
+    """The report's status in words: preliminary, final, or final and amended."""
+    if report.sign_off is None:
+        return "Status: preliminary (awaiting radiologist sign-off)."
+    if report.sign_off.amends:
+        return (f"Status: final, amended (the sign-off by {report.sign_off.amends} was "
+                "replaced).")
+    return "Status: final (signed off by a radiologist)."
 
 
 def finding_text(name: str) -> str:

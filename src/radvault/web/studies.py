@@ -100,11 +100,15 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
         except IntegrityError:  # audited by the vault; the other studies still list
             tampered = True
     lead = next((r for r in results if r.refer), results[-1] if results else None)
+    prediction, probability = ((lead.predicted_class, lead.probability) if lead
+                               else (None, None))
+    if lead is not None and lead.signoff is not None:  # the radiologist's word comes first
+        final = lead.signoff.final_label
+        prediction, probability = f"{RADIOLOGIST_FINDINGS.get(final, final)} (signed)", None
     return WorklistRow(
         study=study, analysed=len(analysed), refer=any(r.refer for r in results),
         signed=bool(results) and all(r.signoff is not None for r in results),
-        prediction=lead.predicted_class if lead else None,
-        probability=lead.probability if lead else None, tampered=tampered)
+        prediction=prediction, probability=probability, tampered=tampered)
 
 
 @router.get("/")
@@ -263,11 +267,13 @@ def sign_off(service: Service, user: FormUser, study_id: StudyId, instance_id: I
              decision: Annotated[Literal["accepted", "overridden"], Form()],
              label: Annotated[str, Form(max_length=64)] = "",
              comment: Annotated[str, Form(max_length=4000)] = "",
-             result_id: Annotated[str, Form(max_length=128)] = "") -> Response:
+             result_id: Annotated[str, Form(max_length=128)] = "",
+             amend: Annotated[str, Form(max_length=1)] = "") -> Response:
     """A radiologist accepts or overrides the prediction (signed, audited)."""
     service.sign_off(user.principal, study_id, instance_id, decision=decision,
                      label=(label or None) if decision == "overridden" else None,
-                     comment=comment.strip(), result_id=result_id or None)
+                     comment=comment.strip(), result_id=result_id or None,
+                     amend=amend == "1")
     return see_other(_study_url(study_id, instance=instance_id, done="signed"))
 
 
