@@ -201,3 +201,13 @@ def test_the_heatmap_is_drawn_at_the_images_own_size(tmp_path: Path) -> None:
                  "--heatmap", str(cam), "--json"]) == 0
     with Image.open(cam) as drawn:  # the image's long side, letterboxed as it is shown
         assert drawn.size == (300, 300)
+
+
+def test_analyze_refuses_labels_for_a_vault_id(tmp_path, monkeypatch, capsys):
+    # a user test found --modality/--body-part silently ignored for a study id
+    from radvault.cli import main
+
+    monkeypatch.setenv("RADVAULT_HOME", str(tmp_path / "nowhere"))
+    code = main(["analyze", "2.25.1234", "--modality", "MR", "--body-part", "BRAIN"])
+    assert code == 2
+    assert "label an image FILE" in capsys.readouterr().err

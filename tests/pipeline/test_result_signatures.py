@@ -57,7 +57,7 @@ def test_an_edited_result_row_is_refused_and_audited(analysed, edit: str) -> Non
     if edit == "diagnosis":  # the review's attack: a confident "normal" with no referral
         (payload,) = _sql(vault, "SELECT payload FROM results")[0]
         body = json.loads(payload)
-        body["summary"]["predicted_class"] = "kidney_stone"
+        body["predicted_class"] = "kidney_stone"
         body["summary"]["refer"] = False
         _sql(vault, "UPDATE results SET payload = ?", (json.dumps(body),))
     elif edit == "moved":
@@ -113,7 +113,7 @@ def test_a_signature_removed_later_is_never_signed_again(analysed) -> None:
     vault.close()
     (payload,) = _sql(vault, "SELECT payload FROM results")[0]
     body = json.loads(payload)
-    body["summary"]["predicted_class"] = "normal"
+    body["predicted_class"] = "normal"
     _sql(vault, "UPDATE results SET payload = ?, signature = NULL, signer_key_id = NULL",
          (json.dumps(body),))
 

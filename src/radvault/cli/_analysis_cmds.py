@@ -111,6 +111,10 @@ def analyze(
         elif _looks_like_a_file(target):
             raise ObjectNotFound(f"no such file: {target}")
         else:
+            if typed_modality or typed_body_part:  # the vault's catalog says what it is
+                raise ConfigurationError("--modality and --body-part label an image FILE; a "
+                                         "vault study or instance keeps what was recorded "
+                                         "at ingest")
             results = _analyze_vault(settings, target, model, heatmap, keys)
         failed = [r for r in results if "error" in r]
         from radvault.reports import percent  # as reports and the web pages print them

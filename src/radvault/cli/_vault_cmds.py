@@ -281,8 +281,11 @@ def show(
                                   f" -> {obj.sealed_size} B sealed  kek {obj.kek_id}"
                                   f"{'  SHREDDED' if obj.shredded else ''}")
                 for res in vault.results_of_instance(inst.instance_id, actor=ACTOR):
+                    summary = dict(res.payload.get("summary", res.payload))
+                    if res.payload.get("reasons"):  # why it is referred, as the API says
+                        summary["reasons"] = res.payload["reasons"]
                     console.print(f"    result {res.result_id}  model {res.model_id}  "
-                                  f"{json.dumps(res.payload.get('summary', res.payload))}")
+                                  f"{json.dumps(summary)}")
             vault.audit.append(ACTOR, "show", object_ids=[study.study_id])
 
     run()
