@@ -115,6 +115,14 @@ def test_a_radiologist_signs_off_and_the_report_shows_it(world, north_study, ana
     bad = world.post("rad-n", f"{base}/signoff",
                      json={"decision": "overridden", "label": result["predicted_class"]})
     assert bad.status_code == 400
+    # signing it again must name the sign-off it replaces
+    again = world.post("rad-n", f"{base}/signoff", json={"decision": "accepted"})
+    assert again.status_code == 409 and again.json()["code"] == "signoff_conflict"
+    amended = world.post("rad-n", f"{base}/signoff",
+                         json={"decision": "accepted", "amends": signed["signoff_id"]})
+    assert amended.status_code == 201, amended.text
+    assert "amends the sign-off by rad-n" in world.get(
+        "phys-n", f"/api/v1/studies/{study}/report", params={"format": "fhir"}).text
 
 
 def test_a_physician_reidentifies_with_a_reason_and_it_is_audited(world, north_study):

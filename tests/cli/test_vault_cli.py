@@ -391,7 +391,7 @@ def test_ingest_can_accept_or_refuse_burned_in_images_for_one_run(
     assert code == 1 and "BurnedInAnnotationRefused" in out  # ...but not in this run
 
 
-@pytest.mark.parametrize("columns", ["80", "200"])
+@pytest.mark.parametrize("columns", ["80", "120", "200"])
 def test_ls_never_breaks_a_study_id_over_lines(
     vault_home: Path, run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, columns: str
 ) -> None:

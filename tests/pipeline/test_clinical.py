@@ -332,12 +332,20 @@ def test_a_sign_off_never_replaces_another_or_lands_on_a_superseded_analysis(
                        result_id=first.result_id)  # the same form sent twice
     assert again.signoff_id == signed.signoff_id
 
-    with pytest.raises(SignOffConflict, match=r"signed off by rad-n .* as an amendment"):
+    with pytest.raises(SignOffConflict, match=r"signed off by rad-n .* amend it"):
         s.sign_off(rad, study, instance, decision="accepted", result_id=first.result_id)
-    amended = s.sign_off(rad, study, instance, decision="accepted", amend=True,
+    with pytest.raises(SignOffConflict, match="signed off by rad-n"):  # not the current one
+        s.sign_off(rad, study, instance, decision="accepted", amends="0" * 32,
+                   result_id=first.result_id)
+    amended = s.sign_off(rad, study, instance, decision="accepted", amends=signed.signoff_id,
                          result_id=first.result_id)
+    with pytest.raises(SignOffConflict, match="signed off by rad-n"):  # a stale amendment
+        s.sign_off(rad, study, instance, decision="overridden", label="no_finding",
+                   amends=signed.signoff_id, result_id=first.result_id)
     report = json.loads(s.report(rad, study, "fhir", instance_id=instance).content)
     assert report["status"] == "amended"
+    assert {o["status"] for o in report["contained"] if o["resourceType"] == "Observation"} == {
+        "final"}
     assert "(amends the sign-off by rad-n): prediction accepted" in report["conclusion"]
     assert s.latest_result(rad, study, instance).signoff == amended
 
@@ -346,7 +354,24 @@ def test_a_sign_off_never_replaces_another_or_lands_on_a_superseded_analysis(
         s.sign_off(rad, study, instance, decision="accepted", result_id=first.result_id)
     refused = [e.details["reason"] for e in s.vault.audit.query(action="report.sign", limit=20)
                if e.outcome == "refused"]
-    assert sorted(refused) == ["already signed", "superseded"]
+    assert sorted(refused) == ["already signed"] * 3 + ["superseded"]
+
+
+def test_two_radiologists_signing_at_once_cannot_both_win(clinic, kit, tmp_path,
+                                                          run_at_once):
+    study = clinic.upload_png(kit, tmp_path, 9)
+    s, rad = clinic.service, clinic.p["rad-n"]
+    instance = s.start_analysis(rad, study).instance_ids[0]
+    s.run_pending_jobs()
+    labels = ["no_finding", "not_assessable"]
+
+    errors = run_at_once(2, lambda k: s.sign_off(rad, study, instance, decision="overridden",
+                                                 label=labels[k]))
+
+    assert len(errors) == 1 and isinstance(errors[0], SignOffConflict)
+    signoffs = [e for e in s.vault.audit.query(action="report.sign", limit=10)
+                if e.outcome == "ok"]
+    assert len(signoffs) == 1  # the other was refused, whichever came second
 
 
 def test_reidentification_seals_the_reason_and_audits_its_length(clinic, kit, tmp_path):

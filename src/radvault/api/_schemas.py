@@ -211,8 +211,9 @@ class SignOffIn(_In):
     label: str | None = Field(default=None, max_length=128)
     comment: str = Field(default="", max_length=4000)
     result_id: str | None = Field(default=None, pattern=ID_PATTERN)
-    #: Replace the analysis's current sign-off (else 409 ``signoff_conflict``).
-    amend: bool = False
+    #: The id of the analysis's current sign-off, which this one replaces (an analysis
+    #: already signed off is otherwise 409 ``signoff_conflict``).
+    amends: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
 
 
 class SignOffOut(_Out):

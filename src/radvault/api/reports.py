@@ -55,11 +55,14 @@ def report(service: Service, principal: CurrentPrincipal, study_id: StudyId,
 
 
 @router.post("/studies/{study_id}/instances/{instance_id}/signoff", status_code=201,
-             response_model=SignOffOut)
+             response_model=SignOffOut,
+             responses={409: {"description": "signoff_conflict: the analysis was superseded, "
+                                             "or signed off and `amends` does not name that "
+                                             "sign-off"}})
 def sign_off(service: Service, principal: CurrentPrincipal, study_id: StudyId,
              instance_id: InstanceId, body: SignOffIn) -> SignOffOut:
     """A radiologist accepts or overrides the prediction, with a comment (audited)."""
     signed = service.sign_off(principal, study_id, instance_id, decision=body.decision,
                               label=body.label, comment=body.comment, result_id=body.result_id,
-                              amend=body.amend)
+                              amends=body.amends)
     return SignOffOut.of(signed)

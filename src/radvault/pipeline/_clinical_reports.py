@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from radvault.access.policy import Action, Resource
 from radvault.access.principal import Principal
@@ -61,13 +61,15 @@ class ReportCases(ServiceCore):
 
     def sign_off(self, principal: Principal, study_id: str, instance_id: str, *,
                  decision: str, label: str | None = None, comment: str = "",
-                 result_id: str | None = None, amend: bool = False) -> SignOffView:
+                 result_id: str | None = None, amends: str | None = None) -> SignOffView:
         """A radiologist accepts or overrides the latest analysis of an image.
 
         A sign-off never lands silently where it was not meant: one for an analysis a
         newer one has superseded is refused, one that would replace a sign-off of the
-        same analysis must say ``amend`` (the report then says it amends it), and the
-        same sign-off sent twice (a double click) is stored once.
+        same analysis must name it in ``amends`` (the report then says it amends it;
+        the check and the insert are one transaction, so two radiologists signing at
+        once cannot both win), and the same sign-off sent twice (a double click) is
+        stored once.
 
         Parameters
         ----------
@@ -87,8 +89,9 @@ class ReportCases(ServiceCore):
         result_id : str, optional
             The result the radiologist reviewed; default the latest. It must be the
             latest.
-        amend : bool
-            Replace the analysis's current sign-off (someone's, or one's own).
+        amends : str, optional
+            The id of the sign-off this one replaces: the analysis's current one, which
+            the radiologist saw (someone else's, or their own).
 
         Returns
         -------
@@ -104,8 +107,8 @@ class ReportCases(ServiceCore):
         InvalidRequest
             If the decision, label or comment is invalid.
         SignOffConflict
-            If the result is superseded, or already signed off and ``amend`` is not
-            given (audited).
+            If the result is superseded, or its current sign-off is not the one
+            ``amends`` names (audited).
         """
         study, inst = self._instance(principal, Action.SIGN_REPORT, study_id, instance_id)
         results = self.vault.results_of_instance(inst.instance_id, actor=principal.username)
@@ -138,16 +141,17 @@ class ReportCases(ServiceCore):
             final = predicted
         if not isinstance(comment, str) or len(comment) > COMMENT_MAX:
             raise InvalidRequest(f"comment must be text of at most {COMMENT_MAX} characters")
-        if current is not None:
-            if (current.signed_by, current.decision, current.final_label, current.comment) == (
-                    principal.username, decision, final, comment):
-                return current  # the same sign-off again (a double submit): stored once
-            if not amend:
-                raise self._signoff_conflict(
-                    principal, ids, "already signed",
-                    f"this analysis was signed off by {current.signed_by} at "
-                    f"{current.signed_at:%Y-%m-%d %H:%M} UTC: sign again as an amendment "
-                    "to replace it")
+        if current is not None and (
+                current.signed_by, current.decision, current.final_label, current.comment
+        ) == (principal.username, decision, final, comment):
+            return current  # the same sign-off again (a double submit): stored once
+        if (current.signoff_id if current else None) != amends:
+            raise self._signoff_conflict(
+                principal, ids, "already signed" if current else "nothing to amend",
+                f"this analysis was signed off by {current.signed_by} at "
+                f"{current.signed_at:%Y-%m-%d %H:%M} UTC: review that sign-off, and amend "
+                "it (naming it) if you must" if current else
+                "this analysis has no sign-off to amend")
         signoff_id = secrets.token_hex(16)
         now = datetime.now(UTC)
         sealed = None
@@ -164,7 +168,21 @@ class ReportCases(ServiceCore):
                          signature=b"", signer_key_id=self.vault.signer.key_id)
         row.signature = self.vault.signer.sign(_signoff_message(row))
         with self._write.begin() as session:
-            session.add(row)
+            # compare and set: the sign-off checked above must still be the current one
+            # (SQLite's write lock is taken at BEGIN; PostgreSQL locks the image's row)
+            if self.vault.catalog.dialect_name == "postgresql":
+                session.execute(text("SELECT 1 FROM instances WHERE instance_id = :i FOR UPDATE"),
+                                {"i": inst.instance_id})
+            now_current = session.scalar(
+                select(SignOffRow.signoff_id).where(SignOffRow.result_id == result.result_id)
+                .order_by(SignOffRow.signed_at.desc()).limit(1))
+            raced = now_current != (current.signoff_id if current else None)
+            if not raced:
+                session.add(row)
+        if raced:
+            raise self._signoff_conflict(principal, ids, "signed meanwhile",
+                                         "another sign-off of this analysis was stored a "
+                                         "moment ago: review it, and amend it if you must")
         self.vault.audit.append(principal.username, "report.sign", Outcome.OK,
                                 object_ids=[study.study_id, inst.instance_id, result.result_id],
                                 details={"signoff_id": signoff_id, "decision": decision,

@@ -20,7 +20,10 @@ everything it points at, so it travels as a single JSON document:
 - ``Practitioner`` ``#radiologist`` (after sign-off): ``resultsInterpreter``.
 
 Status is ``preliminary`` until a radiologist signs off, ``final`` after
-(an override is final too; ``conclusionCode`` is then the radiologist's class).
+(an override is final too; ``conclusionCode`` is then the radiologist's class, or
+their own finding in ``urn:radvault:finding``), ``amended`` when the sign-off
+replaced an earlier one of the same analysis (the Observations, the model's
+outputs, stay ``final``).
 
 Codes: ``category`` RAD (HL7 v2-0074 Radiology); ``code`` LOINC 18748-4
 "Diagnostic imaging study"; Observation category ``imaging``; the flag's value
@@ -248,8 +251,10 @@ def render_fhir(report: ReportInput) -> dict[str, Any]:
     contained: list[dict[str, Any]] = [_patient(report), _device(report),
                                        {"resourceType": "Organization", "id": "site",
                                         "name": report.site}]
-    observations = [*_probability_observations(report, status),
-                    _refer_observation(report, status)]
+    # the model's outputs never change: only the report is amended, never its observations
+    measured = "final" if report.signed else "preliminary"
+    observations = [*_probability_observations(report, measured),
+                    _refer_observation(report, measured)]
     contained += observations
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",

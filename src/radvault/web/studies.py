@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 
 from radvault.api.shared import InstanceId, JobId, StudyId, file_response, get_service
-from radvault.errors import IntegrityError, InvalidRequest, ObjectNotFound
+from radvault.errors import IntegrityError, InvalidRequest, ObjectNotFound, SignOffConflict
 from radvault.pipeline.clinical import ClinicalService, ImageView, ReportFormat, ResultView
 from radvault.reports import RADIOLOGIST_FINDINGS, reason_in_words
 from radvault.vault.catalog import StudyRecord
@@ -53,7 +53,9 @@ _ZOOM_LABELS = (("fit", "Fit"), ("1", "100%"), ("2", "200%"), ("4", "400%"))
 #: (name, centre, width) in Hounsfield units.
 _CT_PRESETS = (("Soft tissue", 40, 400), ("Lung", -600, 1500), ("Bone", 400, 1800),
                ("Brain", 40, 80))
-_DONE = {"signed": "Sign-off saved and signed.", "analysed": "Analysis finished."}
+_DONE = {"signed": "Sign-off saved and signed.", "analysed": "Analysis finished.",
+         "conflict": "Not signed: this image was signed off or analysed again since your "
+                     "page was shown. Review what it shows now, and sign again if you must."}
 
 
 @dataclass(frozen=True)
@@ -268,12 +270,19 @@ def sign_off(service: Service, user: FormUser, study_id: StudyId, instance_id: I
              label: Annotated[str, Form(max_length=64)] = "",
              comment: Annotated[str, Form(max_length=4000)] = "",
              result_id: Annotated[str, Form(max_length=128)] = "",
-             amend: Annotated[str, Form(max_length=1)] = "") -> Response:
-    """A radiologist accepts or overrides the prediction (signed, audited)."""
-    service.sign_off(user.principal, study_id, instance_id, decision=decision,
-                     label=(label or None) if decision == "overridden" else None,
-                     comment=comment.strip(), result_id=result_id or None,
-                     amend=amend == "1")
+             amends: Annotated[str, Form(max_length=32)] = "") -> Response:
+    """A radiologist accepts or overrides the prediction (signed, audited).
+
+    A page older than what it signs (analysed again, or signed by someone else since it
+    was shown) goes back to the study, which then shows the current state.
+    """
+    try:
+        service.sign_off(user.principal, study_id, instance_id, decision=decision,
+                         label=(label or None) if decision == "overridden" else None,
+                         comment=comment.strip(), result_id=result_id or None,
+                         amends=amends or None)
+    except SignOffConflict:  # audited by the service
+        return see_other(_study_url(study_id, instance=instance_id, done="conflict"))
     return see_other(_study_url(study_id, instance=instance_id, done="signed"))
 
 
