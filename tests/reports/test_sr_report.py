@@ -147,3 +147,16 @@ def test_any_script_survives_in_utf8(report, analysis, model, source_ds, identit
     _, group = _group(ds)
     assert group.finding_type.meaning == "Łódź 李"
     assert str(ds.PatientName) == "Łukasz^Żółw"
+
+
+def test_an_amended_sign_off_names_whose_it_replaced(report, source_ds, accepted):
+    from dataclasses import replace
+
+    ds = _round_trip(render_sr(with_(report, sign_off=replace(accepted, amends="dr_lee")),
+                               [source_ds]))
+    _, group = _group(ds)
+    evaluations = {q.name.meaning: q.value for q in group.get_qualitative_evaluations()}
+    assert evaluations["Amends the sign-off by"].meaning == "dr_lee"
+    _, plain = _group(_round_trip(render_sr(with_(report, sign_off=accepted), [source_ds])))
+    assert "Amends the sign-off by" not in {
+        q.name.meaning for q in plain.get_qualitative_evaluations()}

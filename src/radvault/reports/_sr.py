@@ -215,6 +215,10 @@ def _evaluations(report: ReportInput) -> list[Any]:
             evaluations.append(QualitativeEvaluation(
                 name=_concept("RAD-FINDING", "Radiologist's finding"),
                 value=_class_concept(report.final_class)))
+        if s.amends:  # as the other formats say: whose sign-off this one replaced
+            evaluations.append(QualitativeEvaluation(
+                name=_concept("AMENDS", "Amends the sign-off by"),
+                value=_concept("RADIOLOGIST", s.amends)))
     return evaluations
 
 
