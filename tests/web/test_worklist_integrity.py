@@ -38,6 +38,9 @@ def test_a_tampered_result_marks_its_study_and_the_others_still_list(tmp_path: P
                                    body_part="CHEST").study_id
             service.start_analysis(rad, study)
             studies.append(study)
+        unnamed = service.upload(tech, (SAMPLES / "brain_mri__glioma__Te-glTr_0008.jpg")
+                                 .read_bytes(), "mr.jpg", modality="MR").study_id
+        service.start_analysis(rad, unnamed)  # no body part: radbench6 answers, and refers
         service.run_pending_jobs()
         db = sqlite3.connect(vault.settings.home / "catalog.sqlite3")
         (rid, payload), = db.execute(
@@ -55,6 +58,10 @@ def test_a_tampered_result_marks_its_study_and_the_others_still_list(tmp_path: P
 
         assert rows[studies[0]].state == "Integrity failure" and rows[studies[0]].rank == 0
         assert rows[studies[1]].state == "Awaiting sign-off"
+        referred = _summarise(service, user, vault.catalog.get_study(unnamed))
+        assert referred.rank == 0 and referred.reason == (  # why, in the reports' words
+            "the model has no class for a normal image: it names one of its diseases for "
+            "every image, a normal one too")
         assert vault.audit.query(action="integrity_failure")
     finally:
         vault.close()

@@ -69,6 +69,8 @@ class WorklistRow:
     prediction: str | None
     probability: float | None
     tampered: bool = False
+    #: Why the lead answer is referred, in the reports' words (its first reason).
+    reason: str | None = None
 
     @property
     def rank(self) -> int:
@@ -104,13 +106,19 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
     lead = next((r for r in results if r.refer), results[-1] if results else None)
     prediction, probability = ((lead.predicted_class, lead.probability) if lead
                                else (None, None))
+    reason = None
     if lead is not None and lead.signoff is not None:  # the radiologist's word comes first
         final = lead.signoff.final_label
         prediction, probability = f"{RADIOLOGIST_FINDINGS.get(final, final)} (signed)", None
+    elif lead is not None and lead.reasons:  # why it is flagged, so the list can be triaged
+        reason = reason_in_words(lead.reasons[0], predicted_class=lead.predicted_class,
+                                 probability=lead.probability,
+                                 refer_threshold=lead.refer_threshold,
+                                 modality=study.modality, body_part=study.body_part)
     return WorklistRow(
         study=study, analysed=len(analysed), refer=any(r.refer for r in results),
         signed=bool(results) and all(r.signoff is not None for r in results),
-        prediction=prediction, probability=probability, tampered=tampered)
+        prediction=prediction, probability=probability, tampered=tampered, reason=reason)
 
 
 @router.get("/")
