@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +14,9 @@ from radvault.pipeline.analyse import Analyser
 from radvault.pipeline.ingest import Ingestor
 from radvault.vault.keys import KdfParams
 from radvault.vault.vault import Vault
+
+if TYPE_CHECKING:
+    from conftest import Kit
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "src" / "radvault" / "samples" / "images" / (
@@ -34,16 +37,6 @@ def analysed(tmp_path: Path):
     vault.close()
 
 
-def _sql(vault: Vault, statement: str, params: tuple = ()) -> list[tuple]:
-    db = sqlite3.connect(vault.settings.home / "catalog.sqlite3")
-    try:
-        rows = db.execute(statement, params).fetchall()
-        db.commit()
-        return rows
-    finally:
-        db.close()
-
-
 def test_a_stored_result_carries_the_vaults_signature_and_reads_back(analysed) -> None:
     vault, instance, result = analysed
     (record,) = vault.results_of_instance(instance, actor="dr")
@@ -52,22 +45,23 @@ def test_a_stored_result_carries_the_vaults_signature_and_reads_back(analysed) -
 
 
 @pytest.mark.parametrize("edit", ["diagnosis", "moved", "signature removed"])
-def test_an_edited_result_row_is_refused_and_audited(analysed, edit: str) -> None:
+def test_an_edited_result_row_is_refused_and_audited(
+        analysed, kit: type[Kit], edit: str) -> None:
     vault, instance, result = analysed
     if edit == "diagnosis":  # the review's attack: a confident "normal" with no referral
-        (payload,) = _sql(vault, "SELECT payload FROM results")[0]
+        (payload,) = kit.sql(vault.settings.home, "SELECT payload FROM results")[0]
         body = json.loads(payload)
         body["predicted_class"] = "kidney_stone"
         body["summary"]["refer"] = False
-        _sql(vault, "UPDATE results SET payload = ?", (json.dumps(body),))
+        kit.sql(vault.settings.home, "UPDATE results SET payload = ?", (json.dumps(body),))
     elif edit == "moved":
         other = Ingestor(vault, actor="tech").ingest_file(
             SAMPLE.with_name("chest_xray__normal__IM-0009-0001.jpeg"), modality="DX",
             body_part="CHEST").instance_id
-        _sql(vault, "UPDATE results SET instance_id = ?", (other,))
+        kit.sql(vault.settings.home, "UPDATE results SET instance_id = ?", (other,))
         instance = other
     else:
-        _sql(vault, "UPDATE results SET signature = NULL, signer_key_id = NULL")
+        kit.sql(vault.settings.home, "UPDATE results SET signature = NULL, signer_key_id = NULL")
 
     with pytest.raises(IntegrityError, match=f"result {result.result_id}"):
         vault.results_of_instance(instance, actor="dr")
@@ -77,19 +71,19 @@ def test_an_edited_result_row_is_refused_and_audited(analysed, edit: str) -> Non
     assert refused[0].actor == "dr"
 
 
-def _as_before_session_10(vault: Vault) -> None:
+def _as_before_session_10(vault: Vault, kit: type[Kit]) -> None:
     """Make the catalog look as an older RadVault left it: no signature columns."""
-    _sql(vault, "ALTER TABLE results DROP COLUMN signature")
-    _sql(vault, "ALTER TABLE results DROP COLUMN signer_key_id")
-    _sql(vault, "DROP TABLE catalog_meta")
+    kit.sql(vault.settings.home, "ALTER TABLE results DROP COLUMN signature")
+    kit.sql(vault.settings.home, "ALTER TABLE results DROP COLUMN signer_key_id")
+    kit.sql(vault.settings.home, "DROP TABLE catalog_meta")
 
 
 def test_results_stored_before_signing_are_signed_once_when_the_vault_opens(
-        analysed) -> None:
+        analysed, kit: type[Kit]) -> None:
     vault, instance, result = analysed
     settings = vault.settings
     vault.close()
-    _as_before_session_10(vault)
+    _as_before_session_10(vault, kit)
 
     reopened = Vault.open(settings, PASSPHRASE)
     try:
@@ -106,16 +100,17 @@ def test_results_stored_before_signing_are_signed_once_when_the_vault_opens(
         again.close()
 
 
-def test_a_signature_removed_later_is_never_signed_again(analysed) -> None:
+def test_a_signature_removed_later_is_never_signed_again(analysed, kit: type[Kit]) -> None:
     # the review's attack: edit the row, remove its signature, wait for the next open
     vault, instance, _ = analysed
     settings = vault.settings
     vault.close()
-    (payload,) = _sql(vault, "SELECT payload FROM results")[0]
+    (payload,) = kit.sql(vault.settings.home, "SELECT payload FROM results")[0]
     body = json.loads(payload)
     body["predicted_class"] = "normal"
-    _sql(vault, "UPDATE results SET payload = ?, signature = NULL, signer_key_id = NULL",
-         (json.dumps(body),))
+    kit.sql(vault.settings.home,
+            "UPDATE results SET payload = ?, signature = NULL, signer_key_id = NULL",
+            (json.dumps(body),))
 
     reopened = Vault.open(settings, PASSPHRASE)
     try:
@@ -129,13 +124,14 @@ def test_a_signature_removed_later_is_never_signed_again(analysed) -> None:
         reopened.close()
 
 
-def test_verify_notes_results_that_await_their_signing_as_no_problem(analysed) -> None:
+def test_verify_notes_results_that_await_their_signing_as_no_problem(
+        analysed, kit: type[Kit]) -> None:
     from radvault.pipeline.maintenance import verify_vault
 
     vault, _, _ = analysed
     settings = vault.settings
     vault.close()
-    _as_before_session_10(vault)
+    _as_before_session_10(vault, kit)
     inspected = Vault.open(settings, PASSPHRASE, read_only=True)  # signs nothing
     try:
         report = verify_vault(inspected)
@@ -145,29 +141,27 @@ def test_verify_notes_results_that_await_their_signing_as_no_problem(analysed) -
         inspected.close()
 
 
-def test_a_catalog_made_before_result_signatures_gets_the_columns(tmp_path: Path) -> None:
+def test_a_catalog_made_before_result_signatures_gets_the_columns(
+        tmp_path: Path, kit: type[Kit]) -> None:
     settings = load_settings(env={}, home=tmp_path / "vault")
     Vault.init(settings, PASSPHRASE, kdf=KdfParams.fast()).close()
-    db = sqlite3.connect(settings.home / "catalog.sqlite3")
-    db.execute("ALTER TABLE results DROP COLUMN signature")
-    db.execute("ALTER TABLE results DROP COLUMN signer_key_id")
-    db.commit()
-    db.close()
+    kit.sql(settings.home, "ALTER TABLE results DROP COLUMN signature")
+    kit.sql(settings.home, "ALTER TABLE results DROP COLUMN signer_key_id")
 
     vault = Vault.open(settings, PASSPHRASE)
     try:
-        columns = {r[1] for r in _sql(vault, "PRAGMA table_info(results)")}
+        columns = {r[1] for r in kit.sql(vault.settings.home, "PRAGMA table_info(results)")}
         assert {"signature", "signer_key_id"} <= columns
     finally:
         vault.close()
 
 
-def test_verify_reports_an_edited_result(analysed) -> None:
+def test_verify_reports_an_edited_result(analysed, kit: type[Kit]) -> None:
     from radvault.pipeline.maintenance import verify_vault
 
     vault, _, result = analysed
     assert verify_vault(vault).ok
-    _sql(vault, "UPDATE results SET model_id = 'another-model'")
+    kit.sql(vault.settings.home, "UPDATE results SET model_id = 'another-model'")
     report = verify_vault(vault)
     assert not report.ok
     assert any(p.startswith(f"result {result.result_id}:") for p in report.problems)

@@ -28,7 +28,6 @@ from radvault.errors import (
     ImageTooLarge,
     MissingPixelData,
     NotAnImage,
-    ObjectNotFound,
     RadVaultError,
     StudySiteConflict,
     UidConflict,
@@ -37,6 +36,7 @@ from radvault.errors import (
 from radvault.imaging.deid import replacement_uid
 from radvault.pipeline._clinical_base import InvalidRequest, ServiceCore
 from radvault.pipeline.ingest import IngestItem, Ingestor, IngestOutcome
+from radvault.pipeline.sites import study_site
 from radvault.vault.audit import Outcome
 
 __all__ = [
@@ -208,7 +208,7 @@ class DicomWebStoreCases(ServiceCore):
         if study_id is None:
             return
         if study_id not in sites:
-            sites[study_id] = self._site_of(study_id)
+            sites[study_id] = study_site(self.vault, study_id)
         if sites[study_id] not in (None, principal.site):
             raise self._refuse(principal, Action.UPLOAD,
                                "the image belongs to a study of another site",
@@ -222,7 +222,7 @@ class DicomWebStoreCases(ServiceCore):
             return StoreItem(index, "failed", sent.sop_class, sent.sop_instance,
                              failure_reason=_failure_reason(error), error=error)
         if outcome.study_id not in landed:
-            landed[outcome.study_id] = self._site_of(outcome.study_id)
+            landed[outcome.study_id] = study_site(self.vault, outcome.study_id)
         if landed[outcome.study_id] != principal.site:  # a race with another site's upload
             self._refuse(principal, Action.UPLOAD, "the image belongs to a study of another "
                          "site", [f"site:{principal.site}"])
@@ -232,12 +232,6 @@ class DicomWebStoreCases(ServiceCore):
         instance = self.vault.catalog.get_instance(outcome.instance_id)
         return StoreItem(index, outcome.status, sent.sop_class, sent.sop_instance,
                          outcome.study_id, instance.series_id, outcome.instance_id)
-
-    def _site_of(self, study_id: str) -> str | None:
-        try:
-            return self.vault.catalog.get_study(study_id).site
-        except ObjectNotFound:
-            return None
 
     def _part_refused(self, principal: Principal, error: RadVaultError) -> RadVaultError:
         """Audit a part refused before it reached ingest; return ``error`` to raise."""

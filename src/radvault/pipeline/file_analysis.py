@@ -80,7 +80,7 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
     """
     # hints a caller typed must be defined terms, as at ingest (the faces refuse them
     # first, naming their own option); a surname typed as a body part is never used
-    modality, body_part = modality_hint(modality), body_part_hint(body_part, field="body part")
+    modality, body_part = modality_hint(modality), body_part_hint(body_part)
     header = read_image(path)
     if header.source_format is SourceFormat.DICOM:
         for option, given, found in (("--modality", modality, header.modality),

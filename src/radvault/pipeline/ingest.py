@@ -69,7 +69,7 @@ from radvault.imaging.vocabulary import (
     modality_term,
 )
 from radvault.pipeline.model_input import encode_model_input
-from radvault.pipeline.sites import DEFAULT_SITE, require_site
+from radvault.pipeline.sites import DEFAULT_SITE, require_site, study_site
 from radvault.vault.audit import Action, EntryDraft, Outcome
 from radvault.vault.catalog import AddInstanceResult, CatalogWriter, NewInstance, NewObject
 from radvault.vault.secure_memory import zeroize
@@ -358,7 +358,7 @@ class Ingestor:
         source_sha256 = hashlib.sha256(data).hexdigest()
         existing = self.vault.find_instance_by_source(data, sha256=source_sha256)
         if existing is not None:
-            if self._site_of(existing.study_id) not in (None, self.site):
+            if study_site(self.vault, existing.study_id) not in (None, self.site):
                 return self._refused(name, _site_conflict(), [existing.study_id])
             return self._duplicate(name, existing.study_id, existing.instance_id)
         try:
@@ -544,15 +544,8 @@ class Ingestor:
             raise _site_conflict()
         if self.vault.catalog.dialect_name == "postgresql":
             for study_id in {a.instance.study_id for a in created}:
-                if self._site_of(study_id) not in (None, self.site):
+                if study_site(self.vault, study_id) not in (None, self.site):
                     raise _site_conflict()
-
-    def _site_of(self, study_id: str) -> str | None:
-        """The site of a committed study (``None`` when there is none)."""
-        try:
-            return self.vault.catalog.get_study(study_id).site
-        except ObjectNotFound:
-            return None
 
     def _catalog_one(self, prepared: _Prepared, objs: Sequence[NewObject]
                      ) -> tuple[IngestOutcome, list[NewObject]]:

@@ -19,10 +19,10 @@ import logging
 
 from radvault.access.store import AccessStore
 from radvault.access.users import DEFAULT_SITE, ensure_site, is_site_name
-from radvault.errors import ConfigurationError
+from radvault.errors import ConfigurationError, ObjectNotFound
 from radvault.vault.vault import Vault
 
-__all__ = ["DEFAULT_SITE", "ensure_default_site", "require_site", "site_exists"]
+__all__ = ["DEFAULT_SITE", "ensure_default_site", "require_site", "site_exists", "study_site"]
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +105,11 @@ def require_site(vault: Vault, site: str) -> str:
                                  "digits, '.', '_' or '-', starting with a letter or digit")
     raise ConfigurationError(
         f"unknown site {site!r}: add it first with `radvault sites add {site}`")
+
+
+def study_site(vault: Vault, study_id: str) -> str | None:
+    """The site of a committed study, ``None`` when the catalog holds no such study."""
+    try:
+        return vault.catalog.get_study(study_id).site
+    except ObjectNotFound:
+        return None
