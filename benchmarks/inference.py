@@ -4,8 +4,9 @@ For a sample of radbench test images (radbench6 classes), ingested into a fresh
 vault whose model-input preprocessing equals the default model's card:
 
 - end to end: ``Analyser.analyse_instance`` = open the sealed model input,
-  back-verify (signature, blob digest, AEAD tags), infer with ONNX Runtime,
-  store the result in the catalog and audit it;
+  back-verify (signature, blob digest, AEAD tags), infer with ONNX Runtime, run the
+  image check (``models/image_check``, since session 11; ``--without-image-check``
+  leaves it out), store the result in the catalog and audit it;
 - baseline: ``LoadedModel.predict`` on the very same preprocessed arrays,
   one image at a time, in the same process;
 - batched end to end: ``Analyser.analyse_many`` (the same checks per image,
@@ -38,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import print_table, write_results
+from radvault.analysis.image_check import ImageCheck
 from radvault.analysis.inference import load_model
 from radvault.analysis.registry import ModelRegistry
 from radvault.config import load_settings
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1,
                         help="ONNX Runtime intra-op threads, for both paths (default 1: the "
                              "batched path then verifies on the other core)")
+    parser.add_argument("--without-image-check", action="store_true",
+                        help="end to end without the image check (as before session 11)")
     args = parser.parse_args(argv)
     if not (RADBENCH / "manifest.csv").is_file():
         raise SystemExit(f"no radbench data at {RADBENCH}")
@@ -103,6 +107,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             arrays = [open_model_input(vault, i, actor="bench").array for i in ids]
             analyser = Analyser(vault, registry, actor="bench")
             analyser._models[model_dir] = model  # the same session as the baseline
+            check_dir = registry.image_check_path()
+            analyser._check_looked_up = True  # the check with the same thread count, or none
+            analyser._check = (None if args.without_image_check or check_dir is None else
+                               ImageCheck(load_model(check_dir, keyring=registry.keyring,
+                                                     threads=args.threads)))
             for m in (model,):  # warm-up
                 m.predict(arrays[0][None])
             batches = [arrays[k:k + args.batch] for k in range(0, len(arrays), args.batch)]
@@ -149,14 +158,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (f"end to end, batches of {args.batch} (analyse_many)", med("e2e_batched_ips"),
          None, None, ratio),
     ]
+    checked = "none" if analyser._check is None else analyser._check.model_id
     print_table(f"inference, {len(ids)} images x {args.rounds} rounds, model {model.model_id}, "
                 f"{args.threads} ONNX Runtime thread(s)"
-                " (end to end = open + verify + infer + store + audit)",
+                " (end to end = open + verify + infer + image check + store + audit; "
+                f"image check: {checked})",
                 ["path", "images/s", "median ms", "p95 ms", "ratio"], rows)
     verdict = "met" if ratio >= 0.90 else "NOT met"
     print(f"throughput ratio, batched end-to-end / ONNX Runtime alone: {ratio:.2f} "
           f"(target >= 0.90: {verdict}); one at a time: {ratio_single:.2f}")
-    result = {"model_id": model.model_id, "images": len(ids), "batch": args.batch,
+    result = {"model_id": model.model_id, "image_check": checked,
+              "images": len(ids), "batch": args.batch,
               "onnxruntime_threads": args.threads,
               "rounds": rounds,
               "baseline_images_per_s": med("baseline_ips"),
@@ -166,8 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "ratio": ratio, "ratio_one_at_a_time": ratio_single, "target": 0.90,
               "latency_ms": {"baseline_median": rows[0][2], "baseline_p95": rows[0][3],
                              "end_to_end_median": rows[1][2], "end_to_end_p95": rows[1][3]}}
-    write_results("inference" if args.threads == 1 else f"inference_threads{args.threads}",
-                  result)
+    name = "inference" if args.threads == 1 else f"inference_threads{args.threads}"
+    write_results(name + ("_without_image_check" if args.without_image_check else ""), result)
     return result
 
 

@@ -292,6 +292,23 @@ else:
 EOF
 }
 
+stage_image_check() {  # session 11: the image check, six candidates, chosen on val
+  local ic=${IC_RUNS:-/tmp/radvault-image-check} runs=() cfg size width seed
+  for cfg in "32 0.25" "64 0.25"; do
+    read -r size width <<<"$cfg"
+    for seed in 1 2 3; do
+      echo "=== image check ${size} px seed $seed ($(date -u +%H:%M:%S))"
+      "$PY" -m radvault.cli.models train --manifest "$RADBENCH" \
+        --task src/radvault/analysis/tasks/image_source.json --out "$ic/${size}q-seed$seed" \
+        --seed "$seed" --size "$size" --epochs 10 --patience 3 --no-enhance --no-denoise \
+        --checkpoint-dir "$ic/.ckpt/${size}q-seed$seed" --resume "${COMMON[@]}" --width "$width"
+      runs+=("$ic/${size}q-seed$seed")
+    done
+  done
+  "$PY" benchmarks/image_check.py --check "${runs[@]}" --manifest "$RADBENCH" \
+    --ship models/image_check --signing-key "$SIGNING_KEY"
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(chest brain radbench6 small0 small1 small2 large1 large2
                                    plain finetune hires medmnist ensemble select recalibrate release

@@ -66,9 +66,12 @@ def test_shipped_models_are_listed_and_verify():
     if not (root / "radbench6" / "model_card.json").is_file():
         pytest.skip("no shipped models in this checkout")
     entries = ModelRegistry(root).entries()
-    # every shipped card is listed: entries() skips an unreadable one with only a warning
+    # every shipped diagnostic card is listed: entries() skips an unreadable one with only
+    # a warning; the image check is not a diagnosis and is found on its own
     assert entries
-    cards = sorted(card.parent.name for card in root.glob("*/model_card.json"))
+    cards = sorted(card.parent.name for card in root.glob("*/model_card.json")
+                   if card.parent.name != "image_check")
     assert [e.name for e in entries] == cards
+    assert ModelRegistry(root).image_check_path() == root / "image_check"
     for entry in entries:
         assert load_model(entry.path).card.task == entry.task  # verified with models/keys

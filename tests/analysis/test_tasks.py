@@ -13,7 +13,9 @@ from radvault.errors import DatasetError
 def test_builtin_tasks_are_the_radbench_ones():
     assert builtin_task_names() == sorted(
         ["radbench6", "chest_xray", "brain_mri", "lung_ct", "kidney_ct", "breast_us",
-         "radbench-all"])
+         "radbench-all", "image_source"])
+    assert load_task("image_source").class_names == (
+        "chest_xray", "brain_mri", "lung_ct", "kidney_ct", "breast_us")
     six = load_task("radbench6")
     assert six.class_names == ("pneumonia", "glioma", "meningioma", "malignant_lung",
                                "kidney_stone", "malignant_breast")

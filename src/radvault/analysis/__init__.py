@@ -12,6 +12,7 @@ from typing import Any
 __all__ = [
     "Ed25519Signer",
     "Ed25519Verifier",
+    "ImageCheck",
     "LoadedModel",
     "Manifest",
     "ManifestSource",
@@ -45,6 +46,7 @@ __all__ = [
 _WHERE = {
     "Ed25519Signer": "export",
     "Ed25519Verifier": "export",
+    "ImageCheck": "image_check",
     "LoadedModel": "inference",
     "Manifest": "manifest",
     "ManifestSource": "datasets",

@@ -62,6 +62,7 @@ __all__ = [
     "new_signing_key",
     "onnx_bytes_from_torch",
     "signing_message",
+    "update_card",
     "write_model",
 ]
 
@@ -599,9 +600,25 @@ def mark_release(model_dir: str | PathLike[str], *, refer_always: bool, why: str
         If the folder is not a model (its current signature is not checked here:
         the new one replaces it, so only run this on a model you trust).
     """
+    return update_card(model_dir, {"release": {"refer_always": bool(refer_always),
+                                               "why": str(why)}}, signer=signer)
+
+
+def update_card(model_dir: str | PathLike[str], fields: Mapping[str, Any], *,
+                signer: Signer) -> dict[str, Any]:
+    """Set top-level fields of a model's card and sign it again (a release step).
+
+    The ONNX file and the model id are unchanged; every other field is kept.
+
+    Raises
+    ------
+    ModelError
+        If the folder is not a model (its current signature is not checked here:
+        the new one replaces it, so only run this on a model you trust).
+    """
     out = Path(model_dir)
     card, onnx_bytes = _model_to_update(out)
-    card["release"] = {"refer_always": bool(refer_always), "why": str(why)}
+    card.update(fields)
     return write_model(out, onnx_bytes, card, signer)
 
 

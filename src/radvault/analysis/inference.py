@@ -10,7 +10,9 @@ a decision-support flag, ``refer``, set ("refer to a radiologist") when the top
 probability is under the threshold (default ``Settings.refer_threshold``,
 0.80), when the image's modality/body part is not one the model was trained on
 or is not known, when the predicted class was never trained on an image of
-the image's modality (cards that record ``class_trained_on``), or always when the
+the image's modality (cards that record ``class_trained_on``), when the image check
+(:mod:`radvault.analysis.image_check`) takes the image for another trained source than
+it was declared as, or always when the
 model has no class for a normal image (it can only name a disease). The reasons are
 the ``REASON_*`` codes below; :func:`refer_reasons` applies them.
 """
@@ -26,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +46,9 @@ from radvault.analysis.export import (
 from radvault.config import PreprocessSettings, Settings
 from radvault.errors import IntegrityError, ModelError, ModelIntegrityError
 from radvault.imaging.records import ImageRecord
+
+if TYPE_CHECKING:
+    from radvault.analysis.image_check import ImageCheck
 
 __all__ = ["NORMAL_CLASS_NAMES", "REFER_REASONS", "LoadedModel", "ModelCard", "Prediction",
            "load_model", "onnx_logits", "onnx_session", "refer_reasons", "trusted_keys_dir"]
@@ -71,9 +76,12 @@ REASON_NOT_VALIDATED = "model_not_validated"
 #: The model has no class for a normal image (:attr:`ModelCard.normal_classes` is
 #: empty): it names one of its diseases for every image, a normal one too.
 REASON_NO_NORMAL_CLASS = "no_normal_class"
+#: The image check takes the image, confidently, for another trained source (modality
+#: and body part) than the one it was declared as: a brain MR sent as ``DX CHEST``.
+REASON_IMAGE_UNLIKE_DECLARED = "image_unlike_declared"
 #: Every reason :func:`refer_reasons` can give, in the order it gives them.
-REFER_REASONS = (REASON_NOT_VALIDATED, REASON_NO_NORMAL_CLASS, REASON_LOW_CONFIDENCE,
-                 REASON_MODALITY, REASON_BODY_PART_UNKNOWN, REASON_BODY_PART,
+REFER_REASONS = (REASON_NOT_VALIDATED, REASON_NO_NORMAL_CLASS, REASON_IMAGE_UNLIKE_DECLARED,
+                 REASON_LOW_CONFIDENCE, REASON_MODALITY, REASON_BODY_PART_UNKNOWN, REASON_BODY_PART,
                  REASON_CLASS_MODALITY, REASON_CLASS_BODY_PART)
 #: Class names read as "no disease" in a card whose task definition marks no class
 #: ``"normal"`` (every card written before session 10): the shipped specialists'
@@ -205,11 +213,15 @@ class Prediction:
         Decision-support flag: "refer to a radiologist".
     reasons : tuple of str
         Why ``refer`` is set (:data:`REFER_REASONS`: ``model_not_validated``,
-        ``no_normal_class``, ``low_confidence``, ``modality_not_trained``,
+        ``no_normal_class``, ``image_unlike_declared``, ``low_confidence``,
+        ``modality_not_trained``,
         ``body_part_unknown``, ``body_part_not_trained``,
         ``class_not_trained_for_modality``, ``class_not_trained_for_body_part``);
         empty when it is not.
     model_id : str
+    image_check : dict, optional
+        What the image check took the image for (``model_id``, ``looks_like``,
+        ``probability``, ``unlike_declared``); ``None`` when no check ran.
     """
 
     label: str
@@ -219,12 +231,16 @@ class Prediction:
     refer: bool
     reasons: tuple[str, ...]
     model_id: str
+    image_check: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"label": self.label, "index": self.index, "probability": self.probability,
-                "probabilities": dict(self.probabilities), "refer": self.refer,
-                "reasons": list(self.reasons), "model_id": self.model_id}
+        out = {"label": self.label, "index": self.index, "probability": self.probability,
+               "probabilities": dict(self.probabilities), "refer": self.refer,
+               "reasons": list(self.reasons), "model_id": self.model_id}
+        if self.image_check is not None:
+            out["image_check"] = dict(self.image_check)
+        return out
 
 
 def onnx_session(model: bytes | str | PathLike[str], threads: int | None = None) -> Any:
@@ -266,7 +282,8 @@ def onnx_logits(model: bytes, images: np.ndarray, threads: int | None = None,
 
 def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
                   modality: str | None, body_part: str | None,
-                  label: str | None = None) -> tuple[str, ...]:
+                  label: str | None = None, *,
+                  unlike_declared: bool = False) -> tuple[str, ...]:
     """Why an image should go to a radiologist (empty: no reason).
 
     Parameters
@@ -286,6 +303,9 @@ def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
         body part is referred (``body_part_unknown``) and never passes unchecked.
     label : str, optional
         The predicted class, checked against ``class_trained_on`` when the card has it.
+    unlike_declared : bool
+        The image check took the image for another source than it was declared as
+        (``image_unlike_declared``).
 
     Returns
     -------
@@ -303,6 +323,8 @@ def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
         # Its answer is "which of these diseases", never "none": a normal image, or one
         # of a disease it does not know, still gets one of them, often confidently.
         reasons.append(REASON_NO_NORMAL_CLASS)
+    if unlike_declared:
+        reasons.append(REASON_IMAGE_UNLIKE_DECLARED)
     if top_probability < threshold:
         reasons.append(REASON_LOW_CONFIDENCE)
     if modality is None or not card.trained_on:
@@ -407,7 +429,8 @@ class LoadedModel:
 
     def predict(self, batch: np.ndarray, *, modality: str | Sequence[str] | None = None,
                 body_part: str | Sequence[str] | None = None,
-                threshold: float | None = None) -> list[Prediction]:
+                threshold: float | None = None,
+                image_check: ImageCheck | None = None) -> list[Prediction]:
         """Predict a batch of preprocessed images.
 
         Parameters
@@ -423,6 +446,10 @@ class LoadedModel:
             always passes strings.
         threshold : float, optional
             Refer when the top probability is below it; default the model's.
+        image_check : ImageCheck, optional
+            Also ask the image check what each image looks like, and refer one that
+            looks like another trained source than ``modality`` and ``body_part``
+            declare.
 
         Returns
         -------
@@ -438,15 +465,24 @@ class LoadedModel:
         mods = _per_image(modality, n)
         parts = _per_image(body_part, n)
         thr = self.refer_threshold if threshold is None else float(threshold)
+        guesses = None
+        if image_check is not None:
+            # an image declared as nothing (None, "") is not checked: nothing to contradict
+            guesses = image_check.guess(batch if batch.ndim == 4 else batch[None],
+                                        [m or "" for m in mods], [b or "" for b in parts])
         out = []
         for i, p in enumerate(probs):
             k = int(p.argmax())
+            guess = guesses[i] if guesses is not None else None
             reasons = refer_reasons(float(p[k]), thr, self.card, mods[i], parts[i],
-                                    self.card.classes[k])
+                                    self.card.classes[k],
+                                    unlike_declared=guess is not None and guess.unlike_declared)
             out.append(Prediction(
                 label=self.card.classes[k], index=k, probability=float(p[k]),
                 probabilities={c: float(v) for c, v in zip(self.card.classes, p, strict=True)},
-                refer=bool(reasons), reasons=reasons, model_id=self.card.model_id))
+                refer=bool(reasons), reasons=reasons, model_id=self.card.model_id,
+                image_check=(None if guess is None or image_check is None
+                             else guess.as_dict(image_check.model_id))))
         return out
 
     def preprocess(self, record: ImageRecord, frame: int | None = None) -> np.ndarray:
@@ -469,7 +505,8 @@ class LoadedModel:
         return self._preprocessor(record, frame)
 
     def predict_records(self, records: Sequence[ImageRecord], *,
-                        threshold: float | None = None) -> list[Prediction]:
+                        threshold: float | None = None,
+                        image_check: ImageCheck | None = None) -> list[Prediction]:
         """Preprocess and predict image records, checking each one's modality and body part.
 
         Raises
@@ -481,7 +518,8 @@ class LoadedModel:
             return []
         batch = np.stack([self.preprocess(r) for r in records])
         return self.predict(batch, modality=[r.modality for r in records],
-                            body_part=[r.body_part for r in records], threshold=threshold)
+                            body_part=[r.body_part for r in records], threshold=threshold,
+                            image_check=image_check)
 
     def cam(self, image: np.ndarray, class_index: int | None = None) -> np.ndarray:
         """Class activation map for one image, ``(S, S)`` in ``[0, 1]``, without torch.

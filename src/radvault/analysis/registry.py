@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from radvault.analysis.export import CARD_FILE, ModelKeyring, keys_dir_near
+from radvault.analysis.image_check import IMAGE_CHECK_MODEL
 from radvault.errors import ModelError
 
 __all__ = ["DEFAULT_MODEL", "ModelEntry", "ModelRegistry", "default_models_dir"]
@@ -89,9 +90,12 @@ class ModelRegistry:
                                      else keys_dir_near(self.root))
 
     def entries(self) -> list[ModelEntry]:
-        """Every model folder with a readable card, sorted by name."""
+        """Every diagnostic model folder with a readable card, sorted by name (the image
+        check is not one: :meth:`image_check_path`)."""
         out = []
         for card_path in sorted(self.root.glob(f"*/{CARD_FILE}")):
+            if card_path.parent.name == IMAGE_CHECK_MODEL:
+                continue
             try:
                 card: dict[str, Any] = json.loads(card_path.read_text(encoding="utf-8"))
                 out.append(ModelEntry(
@@ -124,6 +128,12 @@ class ModelRegistry:
             if name and e.model_id == name:
                 return e
         raise ModelError(f"no model {name!r} in {self.root}")
+
+    def image_check_path(self) -> Path | None:
+        """The image check's folder (:data:`~radvault.analysis.image_check.IMAGE_CHECK_MODEL`)
+        under the root, or ``None`` when this registry has none."""
+        path = self.root / IMAGE_CHECK_MODEL
+        return path if (path / CARD_FILE).is_file() else None
 
     def select(self, modality: str | None = None, body_part: str | None = None) -> Path:
         """The model folder for an image of this modality and body part.

@@ -15,7 +15,8 @@ left-right flip is anatomically acceptable for the task (it is not for chest
 radiographs, where the heart's side matters).
 
 The built-in tasks (``radbench6``, ``chest_xray``, ``brain_mri``, ``lung_ct``,
-``kidney_ct``, ``breast_us``, ``radbench-all``) ship in ``analysis/tasks/``.
+``kidney_ct``, ``breast_us``, ``radbench-all``, and ``image_source``, the image check's
+"which source does this image look like") ship in ``analysis/tasks/``.
 """
 
 from __future__ import annotations

@@ -176,7 +176,8 @@ def _analyze_file(path: Path, model_dir: Path | None, modality: str | None,
     pred = result.prediction
     return {"target": str(path), "model_id": pred.model_id, "prediction": pred.label,
             "probability": pred.probability, "probabilities": dict(pred.probabilities),
-            "refer": pred.refer, "reasons": list(pred.reasons)}
+            "refer": pred.refer, "reasons": list(pred.reasons),
+            **({"image_check": dict(pred.image_check)} if pred.image_check else {})}
 
 
 def _analyze_vault(settings: object, target: str, model_dir: Path | None,
@@ -217,7 +218,9 @@ def _analyze_vault(settings: object, target: str, model_dir: Path | None,
         out[:0] = [{"target": r.instance_id, "model_id": r.model_id,
                     "prediction": r.predicted_class, "probability": r.probability,
                     "probabilities": r.probabilities, "refer": r.refer,
-                    "reasons": list(r.reasons), "result_id": r.result_id} for r in results]
+                    "reasons": list(r.reasons), "result_id": r.result_id,
+                    **({"image_check": r.extra["image_check"]} if "image_check" in r.extra
+                       else {})} for r in results]
     return out
 
 

@@ -4,7 +4,9 @@ Algorithm 1 of the paper, after retrieval: D = Decrypt(E) in volatile memory ->
 F = M_DL(D) -> S = softmax(F / T) -> decision support. The sealed model input
 made at ingest is used when its preprocessing equals the model's; otherwise the
 sealed image is decrypted and preprocessed in memory with the model card's
-settings (one code path with training). Buffers are overwritten when done and
+settings (one code path with training). The registry's image check, when it has one,
+looks at the same input and refers an image that looks like another trained source
+than its study declares. Buffers are overwritten when done and
 no plaintext pixel ever reaches disk; heatmaps are recomputed on request, never stored.
 """
 
@@ -21,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from radvault.analysis.explain import gradcam_overlay, heatmap_only_png
+from radvault.analysis.image_check import ImageCheck
 from radvault.analysis.inference import LoadedModel, load_model
 from radvault.analysis.registry import ModelRegistry
 from radvault.errors import ModelIntegrityError, RadVaultError
@@ -117,7 +120,7 @@ def _from_record(record: Any, study_id: str) -> AnalysisResult:
         model_id=record.model_id, task=p.get("task", ""), predicted_class=p["predicted_class"],
         probability=float(p["probability"]), probabilities=dict(p["probabilities"]),
         refer=bool(p["refer"]), reasons=tuple(p.get("reasons", ())),
-        extra={k: v for k, v in p.items() if k in ("input", "refer_threshold")},
+        extra={k: v for k, v in p.items() if k in ("input", "refer_threshold", "image_check")},
     )
 
 
@@ -140,6 +143,8 @@ class Analyser:
         self.actor = actor
         self._models: dict[Path, LoadedModel] = {}
         self._paths: dict[tuple[str | None, str | None, str | None], Path] = {}
+        self._check: ImageCheck | None = None
+        self._check_looked_up = False
 
     @classmethod
     def default(cls, vault: Vault, *, actor: str = "system",
@@ -163,22 +168,42 @@ class Analyser:
                 modality, body_part)
             self._paths[key] = path
         if path not in self._models:
-            try:
-                model = load_model(path, keyring=self.registry.keyring,
-                                   refer_threshold=self.vault.settings.refer_threshold)
-            except ModelIntegrityError as exc:
-                # audited as tampering, like a sealed object that fails its check; the
-                # reason (altered file, unsigned, untrusted key, ...) without the folder
-                reason = str(exc).removeprefix(f"{path}: ")[:160]
-                self.vault.audit.append(self.actor, Action.INTEGRITY_FAILURE, Outcome.REFUSED,
-                                        details={"error": "model failed verification",
-                                                 "reason": reason,
-                                                 "model_folder": Path(path).name})
-                raise
-            self.vault.audit.append(self.actor, Action.MODEL_LOAD, Outcome.OK,
-                                    details={"model_id": model.model_id})
-            self._models[path] = model
+            self._models[path] = self._load(path)
         return self._models[path]
+
+    def image_check(self) -> ImageCheck | None:
+        """The registry's image check, loaded (verified, audited) once; ``None`` if it has none.
+
+        Raises
+        ------
+        ModelIntegrityError, ModelError
+            If the check's folder fails verification or is not an image check: a
+            tampered check fails every analysis rather than letting images through
+            unchecked.
+        """
+        if not self._check_looked_up:
+            path = self.registry.image_check_path()
+            self._check = ImageCheck(self._load(path)) if path is not None else None
+            self._check_looked_up = True
+        return self._check
+
+    def _load(self, path: Path) -> LoadedModel:
+        """Load and verify a model folder; a failed verification is audited as tampering."""
+        try:
+            model = load_model(path, keyring=self.registry.keyring,
+                               refer_threshold=self.vault.settings.refer_threshold)
+        except ModelIntegrityError as exc:
+            # audited as tampering, like a sealed object that fails its check; the
+            # reason (altered file, unsigned, untrusted key, ...) without the folder
+            reason = str(exc).removeprefix(f"{path}: ")[:160]
+            self.vault.audit.append(self.actor, Action.INTEGRITY_FAILURE, Outcome.REFUSED,
+                                    details={"error": "model failed verification",
+                                             "reason": reason,
+                                             "model_folder": Path(path).name})
+            raise
+        self.vault.audit.append(self.actor, Action.MODEL_LOAD, Outcome.OK,
+                                details={"model_id": model.model_id})
+        return model
 
     def _model_input(self, model: LoadedModel, instance_id: str,
                      obj: ObjectRecord | None = None) -> tuple[np.ndarray, str]:
@@ -411,8 +436,7 @@ class Analyser:
                 batch.fill(0)
         return done
 
-    @staticmethod
-    def _infer(group: Sequence[_Prepared], batch: np.ndarray) -> list[AnalysisResult]:
+    def _infer(self, group: Sequence[_Prepared], batch: np.ndarray) -> list[AnalysisResult]:
         """Run one model on a stacked batch of a group's inputs.
 
         Each image's modality and body part go to the referral check as strings, ``""``
@@ -421,14 +445,17 @@ class Analyser:
         """
         model = group[0].model
         predictions = model.predict(batch, modality=[p.modality for p in group],
-                                    body_part=[p.body_part for p in group])
+                                    body_part=[p.body_part for p in group],
+                                    image_check=self.image_check())
         return [
             AnalysisResult(
                 result_id="", instance_id=p.instance_id, study_id=p.study_id,
                 model_id=pred.model_id, task=model.card.task, predicted_class=pred.label,
                 probability=pred.probability, probabilities=dict(pred.probabilities),
                 refer=pred.refer, reasons=tuple(pred.reasons),
-                extra={"input": p.source, "refer_threshold": model.refer_threshold},
+                extra={"input": p.source, "refer_threshold": model.refer_threshold,
+                       **({} if pred.image_check is None
+                          else {"image_check": dict(pred.image_check)})},
             )
             for p, pred in zip(group, predictions, strict=True)
         ]

@@ -4,7 +4,8 @@
 JPEG) without ingesting it: nothing is stored, sealed or audited, because nothing of
 the vault is touched. The model comes from ``--model`` or, by the image's modality and
 body part, from the shipped registry, exactly as for a vault study; the image goes
-through the model card's preprocessing (one code path with training).
+through the model card's preprocessing (one code path with training), and the shipped
+image check refers it if it looks like another trained source than it is declared as.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from os import PathLike
 
 from radvault.analysis.explain import gradcam_overlay
 from radvault.analysis.export import ModelKeyring
+from radvault.analysis.image_check import ImageCheck
 from radvault.analysis.inference import Prediction, load_model
 from radvault.analysis.registry import ModelRegistry
 from radvault.errors import ConfigurationError
@@ -76,7 +78,8 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
     ConfigurationError
         If ``modality`` or ``body_part`` contradicts a DICOM header.
     ModelIntegrityError
-        If the model's signature, card or ONNX file does not verify.
+        If the model's (or the image check's) signature, card or ONNX file does not
+        verify.
     """
     # hints a caller typed must be defined terms, as at ingest (the faces refuse them
     # first, naming their own option); a surname typed as a body part is never used
@@ -97,12 +100,16 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
         registry = ModelRegistry(keys_dir=keys_dir)
         model_dir = registry.select(record.modality, record.body_part)
         keyring = registry.keyring
-    else:
+    else:  # a model of the user's own; the image is still checked by the shipped check
         keyring = ModelKeyring.from_dir(keys_dir) if keys_dir is not None else None
+        registry = ModelRegistry()
     loaded = load_model(model_dir, keyring=keyring, refer_threshold=refer_threshold)
+    check_dir = registry.image_check_path()
+    check = (ImageCheck(load_model(check_dir, keyring=registry.keyring))
+             if check_dir is not None else None)
     x = loaded.preprocess(record)
     # strings, "" when unknown: an image without a body part is referred, never unchecked
     prediction = loaded.predict(x[None], modality=record.modality or "",
-                                body_part=record.body_part or "")[0]
+                                body_part=record.body_part or "", image_check=check)[0]
     png = gradcam_overlay(display_array(record), loaded.cam(x[None])) if heatmap else None
     return FileAnalysis(prediction=prediction, heatmap_png=png)

@@ -90,6 +90,7 @@ _REASON_WORDS = {
     _text.REASON_CLASS_MODALITY: "Predicted class not trained for this modality",
     _text.REASON_CLASS_BODY_PART: "Predicted class not trained for this body part",
     _text.REASON_NO_NORMAL_CLASS: "Model has no class for a normal image",
+    _text.REASON_IMAGE_UNLIKE_DECLARED: "Image unlike its recorded modality and body part",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")

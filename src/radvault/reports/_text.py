@@ -19,6 +19,7 @@ REASON_BODY_PART_UNKNOWN = "body_part_unknown"
 REASON_CLASS_MODALITY = "class_not_trained_for_modality"
 REASON_CLASS_BODY_PART = "class_not_trained_for_body_part"
 REASON_NO_NORMAL_CLASS = "no_normal_class"
+REASON_IMAGE_UNLIKE_DECLARED = "image_unlike_declared"
 
 AWAITING_SIGN_OFF = "Awaiting radiologist sign-off"
 
@@ -85,6 +86,10 @@ def reason_in_words(reason: str, *, predicted_class: str, probability: float,
     if reason == REASON_NO_NORMAL_CLASS:
         return ("the model has no class for a normal image: it names one of its diseases "
                 "for every image, a normal one too")
+    if reason == REASON_IMAGE_UNLIKE_DECLARED:
+        declared = " ".join(v for v in (modality, body_part) if v) or "kind of image"
+        return (f"the image does not look like the {declared} it is recorded as: the image "
+                "check takes it for another kind of image the models know")
     if reason == REASON_MODALITY:
         return f"the model was not trained on {modality or 'unknown'} images"
     if reason == REASON_BODY_PART:
