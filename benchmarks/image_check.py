@@ -34,7 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA_DIR, print_table, write_results
-from radvault.analysis.export import Ed25519Signer
+from radvault.analysis.export import Ed25519Signer, ModelKeyring
 from radvault.analysis.image_check import (
     ImageCheck,
     set_image_check_threshold,
@@ -141,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--ship needs --signing-key")
 
     registry = ModelRegistry(args.models)
-    keyring = registry.keyring if args.keys is None else None
+    keyring = registry.keyring if args.keys is None else ModelKeyring.from_dir(args.keys)
     candidates = {}
     for path in args.check:
-        model = load_model(path, keyring=keyring) if keyring else load_model(path)
+        model = load_model(path, keyring=keyring)
         # a candidate has no threshold yet: rates are computed for each of THRESHOLDS
         candidates[str(path)] = ImageCheck(model, threshold=1.0)
     first = next(iter(candidates.values()))

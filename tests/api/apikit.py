@@ -113,6 +113,41 @@ def tiny_model(root: Path, *, size: int = 32, seed: int = 0) -> Path:
     return root
 
 
+def fixed_image_check(root: Path, looks_like: str = "brain_mri") -> Path:
+    """Write a signed image check into registry ``root`` that takes every image for
+    ``looks_like`` (> 99.9 %): the wiring of the check, without depending on pixels.
+
+    It knows two sources: ``chest_film`` (DX, no body part: the tiny model's DX pair)
+    and ``brain_mri`` (MR BRAIN).
+    """
+    sources = {"chest_film": ("DX", ""), "brain_mri": ("MR", "BRAIN")}
+    classes = list(sources)
+    bias = np.array([10.0 if c == looks_like else 0.0 for c in classes], dtype=np.float32)
+    arrays = {"fc_w": np.zeros((len(classes), 3), np.float32), "fc_b": bias}
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1)]
+    size = PREPROCESS.size
+    graph = helper.make_graph(
+        nodes, "fixed_check",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(classes)])],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    signer = Ed25519Signer.generate()
+    pairs = {c: [{"modality": m, "body_part": b}] for c, (m, b) in sources.items()}
+    card = {"task": "image_source", "classes": classes, "input": input_spec(size),
+            "preprocessing": settings_to_dict(PREPROCESS), "temperature": 1.0,
+            "trained_on": [p[0] for p in pairs.values()], "class_trained_on": pairs,
+            "image_check": {"threshold": 0.86, "chosen_by": {"split": "none: a test fixture"}}}
+    write_model(root / "image_check", model.SerializeToString(), card, signer)
+    (root / "keys").mkdir(parents=True, exist_ok=True)
+    (root / "keys" / f"{signer.key_id}.pub").write_bytes(signer.public_pem())
+    return root
+
+
 class ServerThread:
     """A real uvicorn server on 127.0.0.1 (random free port) in a daemon thread."""
 

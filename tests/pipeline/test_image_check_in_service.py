@@ -84,3 +84,33 @@ def test_a_tampered_image_check_stops_vault_analysis_and_is_audited(
     failures = vault.audit.query(action="integrity_failure")
     assert [e.details["model_folder"] for e in failures] == ["image_check"]
     assert vault.catalog.results_of_instance(outcome.instance_id) == []
+
+
+def test_a_file_s_own_model_is_checked_by_the_check_beside_it_or_not_at_all(
+        tmp_path: Path, brain_caught_as_chest: Path) -> None:
+    root = tmp_path / "my-models"
+    for name in ("keys", "chest_xray"):
+        shutil.copytree(REPO / "models" / name, root / name)
+    alone = analyse_file(brain_caught_as_chest, model_dir=root / "chest_xray",
+                         modality="DX", body_part="CHEST").prediction
+    assert alone.image_check is None and "image_unlike_declared" not in alone.reasons
+    shutil.copytree(REPO / "models" / "image_check", root / "image_check")
+    checked = analyse_file(brain_caught_as_chest, model_dir=root / "chest_xray",
+                           modality="DX", body_part="CHEST").prediction
+    assert "image_unlike_declared" in checked.reasons
+
+
+def test_no_image_is_opened_when_the_check_fails_verification(vault: Vault,
+                                                               tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    for name in ("keys", "chest_xray", "radbench6", "image_check"):
+        shutil.copytree(REPO / "models" / name, root / name)
+    card = root / "image_check" / "model_card.json"
+    card.write_text(card.read_text().replace('"threshold": 0.86', '"threshold": 0.99'))
+    outcome = Ingestor(vault, actor="tech").ingest_file(CHEST, modality="DX", body_part="CHEST")
+    analyser = Analyser(vault, ModelRegistry(root), actor="dr")
+    with pytest.raises(ModelIntegrityError):
+        analyser.analyse_many([outcome.instance_id])
+    assert len(vault.audit.query(action="integrity_failure")) == 1
+    assert vault.audit.query(actor="dr", action="read") == []  # nothing was decrypted
+    assert vault.audit.query(actor="dr", action="analyse") == []

@@ -30,12 +30,14 @@ from apikit import (  # the API tests' kit, handed on (see __all__)
     ServerThread,
     World,
     build_world,
+    fixed_image_check,
     pydicom_file,
     tiny_model,
 )
 
 __all__ = ["PASSWORD", "SAMPLES", "Browsing", "ServerThread", "World", "build_world", "csrf_of",
-           "launch_browser", "no_page_scroll", "pydicom_file", "screenshot_dir", "tiny_model"]
+           "fixed_image_check", "launch_browser", "no_page_scroll", "pydicom_file",
+           "screenshot_dir", "tiny_model"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",

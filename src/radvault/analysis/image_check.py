@@ -5,10 +5,11 @@ or the hint a user typed for a PNG). A brain MR uploaded as ``DX CHEST`` went to
 chest model, which answered "normal 94.2 %" with no flag (session 10's user test).
 The image check is a second, small model (task ``image_source``: which of the trained
 sources an image looks like, e.g. chest X-ray, brain MR, lung CT) that runs on the
-diagnostic model's own input, area-resized to its size (32 px for the shipped one, a
-sixteenth of a 128 px model's work). When it takes the image, with at least its
-card's threshold, for a source whose (modality, body part) is not the declared one,
-the answer is referred: ``image_unlike_declared``.
+diagnostic model's own input (whatever that model's preprocessing: plain, or enhanced
+and denoised), area-resized to its own size (64 px at quarter width for the shipped
+one, about a sixteenth of a 128 px half-width model's work). When it takes the image,
+with at least its card's threshold, for a source whose (modality, body part) is not the
+declared one, the answer is referred: ``image_unlike_declared``.
 
 It knows its trained sources only: an image of none of them (a knee radiograph) is
 taken for one of them, and referred only if that one is not what was declared. A
@@ -120,9 +121,9 @@ class ImageCheck:
     def fit_input(self, batch: np.ndarray) -> np.ndarray:
         """A diagnostic model's input batch ``(N, 3, S, S)`` area-resized to the check's size.
 
-        Area resampling averages whole blocks of pixels (128 -> 32 is the mean of each
-        4 x 4 block), so the check sees what a 32 px preprocessing would, whatever the
-        diagnostic model's size. The result is a new array; the caller wipes it.
+        Area resampling averages whole blocks of pixels (128 -> 64 is the mean of each
+        2 x 2 block), so the check sees the diagnostic model's input at its own size,
+        whatever that model's size. The result is a new array; the caller wipes it.
         """
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ModelError(f"image check: expected (N, 3, S, S), got {batch.shape}")
@@ -130,11 +131,17 @@ class ImageCheck:
         if (h, w) == (self.size, self.size):
             return np.array(batch, dtype=np.float32)
         out = np.empty((n, 3, self.size, self.size), dtype=np.float32)
-        for i in range(n):
-            hwc = np.ascontiguousarray(batch[i].transpose(1, 2, 0), dtype=np.float32)
-            out[i] = cv2.resize(hwc, (self.size, self.size),
-                                interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+        small = np.empty((self.size, self.size, 3), dtype=np.float32)
+        hwc = np.empty((h, w, 3), dtype=np.float32)
+        try:  # two scratch buffers, both wiped: every one of them holds image pixels
+            for i in range(n):
+                hwc[...] = batch[i].transpose(1, 2, 0)
+                cv2.resize(hwc, (self.size, self.size), dst=small,
+                           interpolation=cv2.INTER_AREA)
+                out[i] = small.transpose(2, 0, 1)
+        finally:
             hwc.fill(0)
+            small.fill(0)
         return out
 
     def guess(self, batch: np.ndarray, modality: Sequence[str], body_part: Sequence[str]
@@ -153,7 +160,7 @@ class ImageCheck:
         ModelError
             If inference fails.
         """
-        small = self.fit_input(batch)
+        small = self.fit_input(np.asarray(batch))
         try:
             probs = self.model.probabilities(small)
         finally:

@@ -468,8 +468,13 @@ class LoadedModel:
         guesses = None
         if image_check is not None:
             # an image declared as nothing (None, "") is not checked: nothing to contradict
-            guesses = image_check.guess(batch if batch.ndim == 4 else batch[None],
-                                        [m or "" for m in mods], [b or "" for b in parts])
+            images = np.asarray(batch)
+            try:
+                guesses = image_check.guess(images if images.ndim == 4 else images[None],
+                                            [m or "" for m in mods], [b or "" for b in parts])
+            finally:
+                if images is not batch:  # a copy of a list's pixels: wiped like the rest
+                    images.fill(0)
         out = []
         for i, p in enumerate(probs):
             k = int(p.argmax())

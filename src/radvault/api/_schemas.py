@@ -238,6 +238,15 @@ class SignOffOut(_Out):
                    signed_at=s.signed_at)
 
 
+class ImageCheckOut(_Out):
+    """What the image check took the image for (``unlike_declared``: referred for it)."""
+
+    model_id: str
+    looks_like: str
+    probability: float
+    unlike_declared: bool
+
+
 class ResultOut(_Out):
     """An analysis: calibrated probabilities and the decision-support flag."""
 
@@ -255,6 +264,7 @@ class ResultOut(_Out):
     refer_threshold: float | None
     decision_support: str
     signoff: SignOffOut | None
+    image_check: ImageCheckOut | None = None
 
     @classmethod
     def of(cls, r: ResultView) -> ResultOut:
@@ -265,7 +275,8 @@ class ResultOut(_Out):
                    predicted_class=r.predicted_class, probability=r.probability,
                    probabilities=r.probabilities, refer=r.refer, reasons=list(r.reasons),
                    refer_threshold=r.refer_threshold, decision_support=flag,
-                   signoff=SignOffOut.of(r.signoff) if r.signoff else None)
+                   signoff=SignOffOut.of(r.signoff) if r.signoff else None,
+                   image_check=ImageCheckOut(**r.image_check) if r.image_check else None)
 
 
 class ReasonIn(_In):

@@ -323,7 +323,18 @@ def _result_view(study_id: str, record: ResultRecord, signoff: SignOffView | Non
         refer=bool(p.get("refer", False)), reasons=tuple(str(r) for r in p.get("reasons", [])),
         refer_threshold=(float(p["refer_threshold"]) if p.get("refer_threshold") is not None
                          else None),
-        signoff=signoff)
+        signoff=signoff, image_check=_image_check_of(p))
+
+
+def _image_check_of(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored image check, as plain typed values (``None`` when the result has none)."""
+    check = payload.get("image_check")
+    if not isinstance(check, dict):
+        return None
+    return {"model_id": str(check.get("model_id", "")),
+            "looks_like": str(check.get("looks_like", "")),
+            "probability": float(check.get("probability", 0.0)),
+            "unlike_declared": bool(check.get("unlike_declared", False))}
 
 
 def _job_view(job: Job) -> JobView:

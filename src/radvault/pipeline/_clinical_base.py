@@ -215,6 +215,9 @@ class ResultView:
     reasons: tuple[str, ...]
     refer_threshold: float | None
     signoff: SignOffView | None = None
+    #: What the image check took the image for (``looks_like``, ``probability``,
+    #: ``unlike_declared``, ``model_id``); ``None`` for a result made without one.
+    image_check: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ no plaintext pixel ever reaches disk; heatmaps are recomputed on request, never 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -145,6 +146,7 @@ class Analyser:
         self._paths: dict[tuple[str | None, str | None, str | None], Path] = {}
         self._check: ImageCheck | None = None
         self._check_looked_up = False
+        self._check_lock = threading.Lock()
 
     @classmethod
     def default(cls, vault: Vault, *, actor: str = "system",
@@ -181,10 +183,11 @@ class Analyser:
             tampered check fails every analysis rather than letting images through
             unchecked.
         """
-        if not self._check_looked_up:
-            path = self.registry.image_check_path()
-            self._check = ImageCheck(self._load(path)) if path is not None else None
-            self._check_looked_up = True
+        with self._check_lock:  # a service's threads share one analyser: load it once
+            if not self._check_looked_up:
+                path = self.registry.image_check_path()
+                self._check = ImageCheck(self._load(path)) if path is not None else None
+                self._check_looked_up = True
         return self._check
 
     def _load(self, path: Path) -> LoadedModel:
@@ -260,6 +263,7 @@ class Analyser:
             for earlier in self.vault.results_of_instance(instance_id, actor=self.actor):
                 if earlier.result_id == result_id:
                     return _from_record(earlier, instance.study_id)
+        self.image_check()  # verified before any image is opened (a failure is audited)
         opened, refused = self._prepare_chunk([instance_id], model_name)  # one catalog read
         if refused:
             raise refused[0][1]  # audited where it was raised
@@ -293,6 +297,7 @@ class Analyser:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        self.image_check()  # verified before any image is opened (a failure is audited)
         results: list[AnalysisResult] = []
         failures: list[tuple[str, RadVaultError]] = []
         chunks = iter(_batched(instance_ids, batch_size, first=FIRST_CHUNK))

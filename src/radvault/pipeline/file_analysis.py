@@ -4,8 +4,9 @@
 JPEG) without ingesting it: nothing is stored, sealed or audited, because nothing of
 the vault is touched. The model comes from ``--model`` or, by the image's modality and
 body part, from the shipped registry, exactly as for a vault study; the image goes
-through the model card's preprocessing (one code path with training), and the shipped
-image check refers it if it looks like another trained source than it is declared as.
+through the model card's preprocessing (one code path with training), and the image
+check of the model's registry (``models/image_check`` for the shipped models) refers it
+if it looks like another trained source than it is declared as.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from os import PathLike
+from pathlib import Path
 
 from radvault.analysis.explain import gradcam_overlay
 from radvault.analysis.export import ModelKeyring
@@ -100,9 +102,9 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
         registry = ModelRegistry(keys_dir=keys_dir)
         model_dir = registry.select(record.modality, record.body_part)
         keyring = registry.keyring
-    else:  # a model of the user's own; the image is still checked by the shipped check
+    else:  # the image check of the model's own registry (folder), as in vault analysis
         keyring = ModelKeyring.from_dir(keys_dir) if keys_dir is not None else None
-        registry = ModelRegistry()
+        registry = ModelRegistry(Path(model_dir).resolve().parent, keys_dir=keys_dir)
     loaded = load_model(model_dir, keyring=keyring, refer_threshold=refer_threshold)
     check_dir = registry.image_check_path()
     check = (ImageCheck(load_model(check_dir, keyring=registry.keyring))

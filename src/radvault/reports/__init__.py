@@ -34,7 +34,7 @@ from radvault.reports._model import (
 )
 from radvault.reports._pdf import render_pdf
 from radvault.reports._sr import render_sr
-from radvault.reports._text import percent, reason_in_words
+from radvault.reports._text import percent, reason_in_words, source_in_words
 
 __all__ = [
     "RADIOLOGIST_FINDINGS",
@@ -52,4 +52,5 @@ __all__ = [
     "render_html",
     "render_pdf",
     "render_sr",
+    "source_in_words",
 ]

@@ -179,8 +179,9 @@ class AnalysisSummary:
     refer : bool
         The decision-support flag: "refer to a radiologist".
     reasons : iterable of str
-        Why ``refer`` is set (``model_not_validated``, ``low_confidence``,
-        ``modality_not_trained``, ``body_part_unknown``, ``body_part_not_trained``,
+        Why ``refer`` is set (``model_not_validated``, ``no_normal_class``,
+        ``image_unlike_declared``, ``low_confidence``, ``modality_not_trained``,
+        ``body_part_unknown``, ``body_part_not_trained``,
         ``class_not_trained_for_modality``, ``class_not_trained_for_body_part``; other
         codes are shown as written).
     refer_threshold : float, optional

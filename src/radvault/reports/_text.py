@@ -23,6 +23,16 @@ REASON_IMAGE_UNLIKE_DECLARED = "image_unlike_declared"
 
 AWAITING_SIGN_OFF = "Awaiting radiologist sign-off"
 
+#: The image check's sources (the radbench datasets) in words.
+SOURCE_WORDS = {"chest_xray": "a chest X-ray", "brain_mri": "a brain MR",
+                "lung_ct": "a lung CT", "kidney_ct": "a kidney CT",
+                "breast_us": "a breast ultrasound"}
+
+
+def source_in_words(source: str) -> str:
+    """An image check source in words ("a brain MR"); an unknown one with spaces."""
+    return SOURCE_WORDS.get(source, source.replace("_", " "))
+
 
 def percent(p: float, *, estimate: bool = True) -> str:
     """A probability as every report format prints it: a percentage with one decimal.
@@ -70,11 +80,12 @@ def reason_text(report: ReportInput, reason: str) -> str:
 
 def reason_in_words(reason: str, *, predicted_class: str, probability: float,
                     refer_threshold: float | None, modality: str | None,
-                    body_part: str | None) -> str:
+                    body_part: str | None, looks_like: str | None = None) -> str:
     """A referral reason code in words, for a result of that class, probability and image.
 
     Reports and the web pages share it, so a clinician reads the same sentence in both.
-    An unknown code is given back with spaces for underscores.
+    ``looks_like`` is the image check's source, when the caller has it. An unknown code
+    is given back with spaces for underscores.
     """
     if reason == REASON_LOW_CONFIDENCE:
         if refer_threshold is not None:
@@ -88,8 +99,9 @@ def reason_in_words(reason: str, *, predicted_class: str, probability: float,
                 "for every image, a normal one too")
     if reason == REASON_IMAGE_UNLIKE_DECLARED:
         declared = " ".join(v for v in (modality, body_part) if v) or "kind of image"
+        seen = source_in_words(looks_like) if looks_like else "another kind of image"
         return (f"the image does not look like the {declared} it is recorded as: the image "
-                "check takes it for another kind of image the models know")
+                f"check takes it for {seen}")
     if reason == REASON_MODALITY:
         return f"the model was not trained on {modality or 'unknown'} images"
     if reason == REASON_BODY_PART:

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from radvault.api.shared import InstanceId, JobId, StudyId, file_response, get_service
 from radvault.errors import IntegrityError, InvalidRequest, ObjectNotFound, SignOffConflict
 from radvault.pipeline.clinical import ClinicalService, ImageView, ReportFormat, ResultView
-from radvault.reports import RADIOLOGIST_FINDINGS, reason_in_words
+from radvault.reports import RADIOLOGIST_FINDINGS, percent, reason_in_words, source_in_words
 from radvault.vault.catalog import StudyRecord
 from radvault.web._core import (
     WEB_PREFIX,
@@ -218,11 +218,28 @@ def study_page(
         "reason_texts": [reason_in_words(
             r, predicted_class=latest.predicted_class, probability=latest.probability,
             refer_threshold=latest.refer_threshold, modality=detail.study.modality,
-            body_part=detail.study.body_part) for r in latest.reasons] if latest else [],
+            body_part=detail.study.body_part,
+            looks_like=(latest.image_check or {}).get("looks_like"))
+            for r in latest.reasons] if latest else [],
+        # what the image check took the image for, shown beside every answer it checked
+        "image_check_text": _image_check_text(latest, detail.study) if latest else None,
         "findings": list(RADIOLOGIST_FINDINGS.items()),
         "finding_words": RADIOLOGIST_FINDINGS,
     }
     return render(request, "study.html", context)
+
+
+def _image_check_text(result: ResultView, study: StudyRecord) -> str | None:
+    """"the image looks like a brain MR (93.5 %), not the DX CHEST it is recorded as"."""
+    check = result.image_check
+    if not check:
+        return None
+    text = (f"the image looks like {source_in_words(check['looks_like'])} "
+            f"({percent(check['probability'])})")
+    if check["unlike_declared"]:
+        declared = " ".join(v for v in (study.modality, study.body_part) if v)
+        text += f", not the {declared or 'kind of image'} it is recorded as"
+    return text
 
 
 def _report_formats(source_format: str) -> list[tuple[str, str]]:

@@ -1,0 +1,44 @@
+"""The study page says what the image check took an image for, and why it is referred."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from webkit import SAMPLES, Browsing, World, build_world, fixed_image_check, tiny_model
+
+
+@pytest.fixture(scope="module")
+def checked_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A service whose registry holds the tiny model and a check that sees only brain MR."""
+    models = fixed_image_check(tiny_model(tmp_path_factory.mktemp("models")), "brain_mri")
+    w = build_world(tmp_path_factory.mktemp("web-check") / "home", models)
+    try:
+        yield w
+    finally:
+        w.server.stop()
+        w.vault.close()
+
+
+def test_a_film_taken_for_a_brain_mr_is_referred_in_words_on_the_study_page(
+        browser: Any, checked_world: World, shots: Path) -> None:
+    data = (SAMPLES / "chest_xray__normal__IM-0009-0001.jpeg").read_bytes()
+    up = checked_world.upload("tech-n", data, "film.jpeg", modality="DX").json()
+    r = checked_world.post("rad-n", f"/api/v1/studies/{up['study_id']}/analyses", json={})
+    assert checked_world.wait_job("rad-n", r.json()["job_id"])["status"] == "succeeded"
+    web = Browsing(browser, checked_world, shots)
+    try:
+        page = web.page("rad-n")
+        page.goto(f"/web/studies/{up['study_id']}")
+        flag = page.locator("#decision-support").inner_text()
+        assert flag.startswith("Refer to a radiologist")
+        assert ("the image does not look like the DX it is recorded as: the image check "
+                "takes it for a brain MR") in flag
+        seen = page.locator("#image-check").inner_text()
+        assert seen == ("Image check: the image looks like a brain MR (> 99.9 %), "
+                        "not the DX it is recorded as.")
+    finally:
+        web.close()
+    assert web.offsite == []
