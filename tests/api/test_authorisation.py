@@ -28,7 +28,7 @@ def paths(north_study, south_study, analysed):
     }
 
 
-SIGNOFF = {"decision": "accepted", "comment": ""}
+SIGNOFF = {"decision": "accepted", "comment": "", "result_id": "0" * 32}
 # (user, method, path key, json body, expected status)
 MATRIX = [
     ("rad-n", "GET", "/api/v1/studies", None, 200),

@@ -101,8 +101,12 @@ def test_a_radiologist_signs_off_and_the_report_shows_it(world, north_study, ana
     result = world.get("rad-n", f"{base}/result").json()
     other = next(c for c in result["probabilities"] if c != result["predicted_class"])
     mark = world.mark()
-    r = world.post("rad-n", f"{base}/signoff",
-                   json={"decision": "overridden", "label": other, "comment": "clear lungs"})
+    reviewed = result["result_id"]
+    unnamed = world.post("rad-n", f"{base}/signoff", json={"decision": "accepted"})
+    assert unnamed.status_code == 422  # which analysis was reviewed must be said
+    r = world.post("rad-n", f"{base}/signoff", json={
+        "decision": "overridden", "label": other, "comment": "clear lungs",
+        "result_id": reviewed})
     assert r.status_code == 201, r.text
     signed = r.json()
     assert signed["final_label"] == other and signed["signed_by"] == "rad-n"
@@ -112,14 +116,15 @@ def test_a_radiologist_signs_off_and_the_report_shows_it(world, north_study, ana
     assert world.get("rad-n", f"{base}/result").json()["signoff"]["comment"] == "clear lungs"
     html = world.get("phys-n", f"/api/v1/studies/{study}/report").text
     assert "rad-n" in html and other in html
-    bad = world.post("rad-n", f"{base}/signoff",
-                     json={"decision": "overridden", "label": result["predicted_class"]})
+    bad = world.post("rad-n", f"{base}/signoff", json={
+        "decision": "overridden", "label": result["predicted_class"], "result_id": reviewed})
     assert bad.status_code == 400
     # signing it again must name the sign-off it replaces
-    again = world.post("rad-n", f"{base}/signoff", json={"decision": "accepted"})
+    again = world.post("rad-n", f"{base}/signoff",
+                       json={"decision": "accepted", "result_id": reviewed})
     assert again.status_code == 409 and again.json()["code"] == "signoff_conflict"
-    amended = world.post("rad-n", f"{base}/signoff",
-                         json={"decision": "accepted", "amends": signed["signoff_id"]})
+    amended = world.post("rad-n", f"{base}/signoff", json={
+        "decision": "accepted", "amends": signed["signoff_id"], "result_id": reviewed})
     assert amended.status_code == 201, amended.text
     assert "amends the sign-off by rad-n" in world.get(
         "phys-n", f"/api/v1/studies/{study}/report", params={"format": "fhir"}).text

@@ -15,8 +15,10 @@ def test_a_newer_analysis_shows_the_earlier_sign_off(web, world) -> None:
     r = world.post("rad-n", f"/api/v1/studies/{study}/analyses", json={})
     assert world.wait_job("rad-n", r.json()["job_id"])["status"] == "succeeded"
     base = f"/api/v1/studies/{study}/instances/{instance}"
+    reviewed = world.get("rad-n", f"{base}/result").json()["result_id"]
     assert world.post("rad-n", f"{base}/signoff", json={
-        "decision": "overridden", "label": "not_assessable"}).status_code == 201
+        "decision": "overridden", "label": "not_assessable",
+        "result_id": reviewed}).status_code == 201
     world.service._analyser("rad-n").analyse_instance(instance)  # analysed again
 
     page = web.page("rad-n")

@@ -210,7 +210,9 @@ class SignOffIn(_In):
     decision: Literal["accepted", "overridden"]
     label: str | None = Field(default=None, max_length=128)
     comment: str = Field(default="", max_length=4000)
-    result_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    #: The analysis the radiologist reviewed (required: a client never signs whatever
+    #: analysis happens to be newest; one a newer analysis superseded is 409).
+    result_id: str = Field(pattern=ID_PATTERN)
     #: The id of the analysis's current sign-off, which this one replaces (an analysis
     #: already signed off is otherwise 409 ``signoff_conflict``).
     amends: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
