@@ -522,3 +522,49 @@ def test_a_study_is_granted_by_id_only_once_the_catalog_holds_it(clinic, kit, tm
     assert legacy.object_ids == () and legacy.details == {
         "user": "rad-s", "unknown_id_hmac": clinic.vault.audit_digest("ACC77332")}
     assert known.object_ids == (study,)
+
+
+def test_lead_image_is_the_first_flagged_else_the_newest():
+    from datetime import UTC, datetime, timedelta
+
+    from radvault.pipeline.clinical import lead_image
+
+    t0 = datetime(2026, 11, 29, tzinfo=UTC)
+    rows = [("a", False, t0), ("b", True, t0), ("c", True, t0 + timedelta(1)),
+            ("d", False, t0 + timedelta(2))]
+
+    def lead(items):
+        found = lead_image(items, refer=lambda r: r[1], created=lambda r: r[2])
+        return found[0] if found else None
+
+    assert lead(rows) == "b"  # flagged first, in the study's order, however new
+    assert lead([r for r in rows if not r[1]]) == "d"  # nothing flagged: the newest
+    assert lead([("x", False, t0), ("y", False, t0)]) == "y"  # equal times: the later row
+    assert lead([]) is None
+
+
+def test_the_study_page_worklist_and_report_lead_with_the_same_image(clinic, tmp_path):
+    """Two CT images of one study, both referred (the tiny model knows only DX): the
+    first in the study's order leads, though the second was analysed later."""
+    s, tech, rad = clinic.service, clinic.p["tech-n"], clinic.p["rad-n"]
+    src = pydicom.dcmread(Path(pydicom.__file__).parent / "data" / "test_files" /
+                          "CT_small.dcm")
+    ids = []
+    for n in (1, 2):
+        ds = src.copy()
+        ds.SOPInstanceUID = f"{src.SOPInstanceUID}.{n}"
+        ds.InstanceNumber = n
+        path = tmp_path / f"ct{n}.dcm"
+        ds.save_as(path)
+        up = s.upload(tech, path.read_bytes(), path.name)
+        ids.append((up.study_id, up.instance_id))
+    study = ids[0][0]
+    assert ids[1][0] == study
+    order = [v.instance.instance_id for v in s.study(rad, study).instances]
+    assert s.lead_instance(rad, study) is None  # nothing analysed yet
+    for instance in order:  # the second image is analysed last: the newest
+        s._analyser("rad-n").analyse_instance(instance)
+    assert all(s.latest_result(rad, study, i).refer for i in order)
+    assert s.lead_instance(rad, study) == order[0]
+    report = s.report(rad, study, "fhir").content.decode()
+    assert order[0] in report and order[1] not in report

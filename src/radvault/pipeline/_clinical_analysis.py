@@ -210,6 +210,20 @@ class AnalysisCases(ServiceCore):
             raise ObjectNotFound(f"instance {instance_id} has not been analysed")
         return views[-1]
 
+    def lead_instance(self, principal: Principal, study_id: str) -> str | None:
+        """The image a study is summarised by: its first flagged analysed image, else its
+        newest analysed one (the worklist, the study page and the default report agree);
+        ``None`` when nothing is analysed.
+
+        Raises
+        ------
+        AccessDenied
+            If not granted (audited).
+        """
+        study = self._study(principal, Action.VIEW_RESULT, study_id)
+        lead = self._lead_of(self.vault.catalog.instances_of_study(study.study_id))
+        return lead.instance_id if lead is not None else None
+
     def heatmap(self, principal: Principal, study_id: str, instance_id: str) -> bytes:
         """The class-activation overlay of an analysed instance (PNG, computed in memory).
 

@@ -20,12 +20,12 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import sessionmaker
 
@@ -196,6 +196,28 @@ class SignOffView:
     comment: str
     signed_by: str
     signed_at: datetime
+
+
+_T = TypeVar("_T")
+
+
+def lead_image(analysed: Sequence[_T], *, refer: Callable[[_T], bool],
+               created: Callable[[_T], datetime]) -> _T | None:
+    """The image a study is summarised by, one rule for the worklist, the study page and
+    the default report: the first flagged one in the study's order, else the newest
+    analysed one (``None`` when nothing is analysed).
+
+    ``analysed`` holds one entry per analysed image (its latest analysis), in the
+    study's order; ``refer`` and ``created`` read an entry's flag and time.
+    """
+    flagged = next((a for a in analysed if refer(a)), None)
+    if flagged is not None:
+        return flagged
+    newest: _T | None = None
+    for a in analysed:  # the last of equal times, as a later row is the later analysis
+        if newest is None or created(a) >= created(newest):
+            newest = a
+    return newest
 
 
 @dataclass(frozen=True)
@@ -420,6 +442,18 @@ class ServiceCore:
         if instance is None or instance.study_id != study.study_id:
             raise ObjectNotFound(f"study {study.study_id} has no instance {instance_id}")
         return study, instance
+
+    def _lead_of(self, instances: Sequence[InstanceRecord]) -> InstanceRecord | None:
+        """The lead image of a study's instances (:func:`lead_image`), chosen by the stored
+        result rows: the caller reads, and so verifies, only the chosen one's results."""
+        analysed = []
+        for inst in instances:
+            rows = self.vault.catalog.results_of_instance(inst.instance_id)
+            if rows:
+                analysed.append((inst, rows[-1]))
+        lead = lead_image(analysed, refer=lambda a: bool(a[1].payload.get("refer")),
+                          created=lambda a: a[1].created_at)
+        return lead[0] if lead is not None else None
 
     def _not_found(self, principal: Principal, action: Action, what: str,
                    ident: str) -> ObjectNotFound:

@@ -48,7 +48,7 @@ from radvault.pipeline._clinical_tables import (
 from radvault.pipeline.analyse import Analyser
 from radvault.pipeline.ingest import DICOM_KIND
 from radvault.vault.audit import Outcome
-from radvault.vault.catalog import InstanceRecord, ResultRecord, StudyRecord, canonical_json
+from radvault.vault.catalog import StudyRecord, canonical_json
 from radvault.vault.secure_memory import zeroize
 
 __all__ = ["ReportCases"]
@@ -245,7 +245,8 @@ class ReportCases(ServiceCore):
             ``html``, ``pdf``, ``fhir`` (R4 DiagnosticReport bundle) or ``sr``
             (DICOM Structured Report).
         instance_id : str, optional
-            Which analysed instance; default the newest analysed one.
+            Which analysed instance; default the study's lead image (its first flagged
+            analysed image, else its newest analysed one), as on the worklist.
 
         Returns
         -------
@@ -288,14 +289,10 @@ class ReportCases(ServiceCore):
             instances = [i for i in instances if i.instance_id == instance_id]
             if not instances:
                 raise ObjectNotFound(f"study {study.study_id} has no instance {instance_id}")
-        latest: tuple[InstanceRecord, ResultRecord] | None = None
-        for inst in instances:  # which image: by the stored rows; only its own are checked
-            results = self.vault.catalog.results_of_instance(inst.instance_id)
-            if results and (latest is None or results[-1].created_at >= latest[1].created_at):
-                latest = (inst, results[-1])
-        if latest is None:
+        lead = self._lead_of(instances)
+        if lead is None:
             raise ObjectNotFound(f"study {study.study_id} has not been analysed")
-        inst = latest[0]
+        inst = lead
         result = self.vault.results_of_instance(inst.instance_id,
                                                 actor=principal.username)[-1]
         analyser = self._analyser(principal.username)

@@ -60,6 +60,7 @@ from radvault.pipeline._clinical_base import (
     SignOffView,
     StudyDetail,
     UploadResult,
+    lead_image,
 )
 from radvault.pipeline._clinical_dicomweb import DicomWebCases
 from radvault.pipeline._clinical_reports import ReportCases
@@ -83,6 +84,7 @@ __all__ = [
     "StudyDetail",
     "UploadResult",
     "analyse_task",
+    "lead_image",
     "operator_principal",
     "register_tasks",
     "token_signing_key",

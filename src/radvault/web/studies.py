@@ -26,7 +26,13 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response
 
 from radvault.api.shared import InstanceId, JobId, StudyId, file_response, get_service
 from radvault.errors import IntegrityError, InvalidRequest, ObjectNotFound, SignOffConflict
-from radvault.pipeline.clinical import ClinicalService, ImageView, ReportFormat, ResultView
+from radvault.pipeline.clinical import (
+    ClinicalService,
+    ImageView,
+    ReportFormat,
+    ResultView,
+    lead_image,
+)
 from radvault.reports import RADIOLOGIST_FINDINGS, percent, reason_in_words, source_in_words
 from radvault.vault.catalog import StudyRecord
 from radvault.web._core import (
@@ -71,6 +77,10 @@ class WorklistRow:
     tampered: bool = False
     #: Why the lead answer is referred, in the reports' words (its first reason).
     reason: str | None = None
+    #: The lead image (:func:`~radvault.pipeline.clinical.lead_image`) and its place in
+    #: the study (1-based), so the row says which image it shows and links to it.
+    lead_instance: str | None = None
+    lead_position: int | None = None
 
     @property
     def rank(self) -> int:
@@ -103,7 +113,7 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
             continue
         except IntegrityError:  # audited by the vault; the other studies still list
             tampered = True
-    lead = next((r for r in results if r.refer), results[-1] if results else None)
+    lead = lead_image(results, refer=lambda r: r.refer, created=lambda r: r.created_at)
     prediction, probability = ((lead.predicted_class, lead.probability) if lead
                                else (None, None))
     reason = None
@@ -115,10 +125,14 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
                                  probability=lead.probability,
                                  refer_threshold=lead.refer_threshold,
                                  modality=study.modality, body_part=study.body_part)
+    order = [v.instance.instance_id for v in detail.instances]
     return WorklistRow(
         study=study, analysed=len(analysed), refer=any(r.refer for r in results),
         signed=bool(results) and all(r.signoff is not None for r in results),
-        prediction=prediction, probability=probability, tampered=tampered, reason=reason)
+        prediction=prediction, probability=probability, tampered=tampered, reason=reason,
+        lead_instance=lead.instance_id if lead else None,
+        lead_position=(order.index(lead.instance_id) + 1
+                       if lead and lead.instance_id in order else None))
 
 
 @router.get("/")
@@ -166,6 +180,9 @@ def study_page(
     if not detail.instances:
         raise ObjectNotFound(f"study {study_id} holds no images")
     chosen: ImageView = detail.instances[0]
+    if instance is None and user.may("view_result"):  # the lead image, as on the worklist
+        lead = service.lead_instance(user.principal, study_id)
+        chosen = next((v for v in detail.instances if v.instance.instance_id == lead), chosen)
     if instance is not None:
         found = [v for v in detail.instances if v.instance.instance_id == instance]
         if not found:
