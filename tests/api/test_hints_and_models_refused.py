@@ -80,3 +80,20 @@ def test_a_known_model_is_queued_as_before(world, north_study):
                    json={"model": "radbench6"})
     assert r.status_code == 202, r.text
     assert world.wait_job("rad-n", r.json()["job_id"])["status"] == "succeeded"
+
+
+def test_a_malformed_model_name_is_refused_and_audited_too(world, north_study):
+    path = f"/api/v1/studies/{north_study['study_id']}/analyses"
+    world.token("rad-n")
+    mark = world.mark()
+    jobs = sum(world.service.jobs.counts().values())
+    r = world.post("rad-n", path, json={"model": "../Doe Jane"})
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_request" and "Doe" not in r.text
+    entries = world.audit_since(mark, "analysis.request")
+    assert [(str(e.outcome), e.details["reason"]) for e in entries] == [
+        ("refused", "malformed model name")]
+    assert "Doe" not in repr(entries[0].to_dict())
+    assert sum(world.service.jobs.counts().values()) == jobs
+    too_long = world.post("rad-n", path, json={"model": "m" * 129})
+    assert too_long.status_code == 422  # the schema's size bound

@@ -175,11 +175,13 @@ class AnalysisIn(_In):
     """What to analyse: one instance of the study, or all (and optionally which model)."""
 
     instance_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    # no pattern here: the service judges the name, so that a malformed one is refused
+    # and audited like an unknown one (a schema pattern refused it unaudited)
     model: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        default=None, max_length=128,
         description="A model of the service's registry (default: the registry chooses per "
-                    "image); an unknown one is refused (422 unknown_model) before anything "
-                    "is queued")
+                    "image); an unknown or malformed one is refused (422 unknown_model, "
+                    "400 invalid_request) and audited before anything is queued")
 
 
 class JobOut(_Out):
