@@ -331,6 +331,10 @@ def test_a_sign_off_never_replaces_another_or_lands_on_a_superseded_analysis(
     again = s.sign_off(rad, study, instance, decision="overridden", label="not_assessable",
                        result_id=first.result_id)  # the same form sent twice
     assert again.signoff_id == signed.signoff_id
+    repeats = [e.details for e in s.vault.audit.query(action="report.sign", limit=5)
+               if e.details.get("repeated")]
+    assert repeats == [{"signoff_id": signed.signoff_id, "decision": "overridden",
+                        "comment": False, "repeated": True}]  # stored once, audited twice
 
     with pytest.raises(SignOffConflict, match=r"signed off by rad-n .* amend it"):
         s.sign_off(rad, study, instance, decision="accepted", result_id=first.result_id)

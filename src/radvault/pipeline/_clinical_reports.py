@@ -144,7 +144,12 @@ class ReportCases(ServiceCore):
         if current is not None and (
                 current.signed_by, current.decision, current.final_label, current.comment
         ) == (principal.username, decision, final, comment):
-            return current  # the same sign-off again (a double submit): stored once
+            # the same sign-off again (a double submit): stored once, audited as asked
+            self.vault.audit.append(principal.username, "report.sign", Outcome.OK,
+                                    object_ids=ids, details={
+                                        "signoff_id": current.signoff_id, "decision": decision,
+                                        "comment": bool(comment), "repeated": True})
+            return current
         if (current.signoff_id if current else None) != amends:
             raise self._signoff_conflict(
                 principal, ids, "already signed" if current else "nothing to amend",
