@@ -141,6 +141,7 @@ class ReportCases(ServiceCore):
             final = predicted
         if not isinstance(comment, str) or len(comment) > COMMENT_MAX:
             raise InvalidRequest(f"comment must be text of at most {COMMENT_MAX} characters")
+        comment = comment.strip()  # as the page sends it: the API and the page sign alike
         if current is not None and (
                 current.signed_by, current.decision, current.final_label, current.comment
         ) == (principal.username, decision, final, comment):
