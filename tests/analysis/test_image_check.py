@@ -63,7 +63,10 @@ def test_an_image_that_looks_like_another_source_than_declared_is_referred(check
 def test_a_declaration_the_check_never_saw_is_not_second_guessed(check, toy_test):
     disc = _one_of(toy_test, check, "disc")
     for modality, body_part in (("CR", "KNEE"), ("", ""), ("CT", "")):
-        assert not check.guess(disc, [modality], [body_part])[0].unlike_declared
+        guess = check.guess(disc, [modality], [body_part])[0]
+        assert not guess.unlike_declared and guess.matches_declared is None
+    assert check.guess(disc, ["CT"], ["CHEST"])[0].matches_declared is True
+    assert check.guess(disc, ["MR"], ["BRAIN"])[0].matches_declared is False
 
 
 def test_a_guess_under_the_threshold_refers_nothing(check_dir, signer, toy_test):

@@ -44,3 +44,41 @@ def test_a_confidence_just_under_the_threshold_does_not_read_equal_to_it() -> No
                                  model_id=card["model_id"], task=card["task"]),
         model=ModelSummary.from_card(ModelCard.from_dict(card)))
     assert _text.reason_text(report, "low_confidence") == "confidence just under 80.0 %"
+
+
+def test_a_report_names_what_the_image_check_took_the_image_for() -> None:
+    card = json.loads(CARD.read_text())
+    payload = {"task": card["task"], "predicted_class": "pneumonia", "probability": 1.0,
+               "probabilities": dict.fromkeys(card["classes"], 0.0) | {"pneumonia": 1.0},
+               "refer": True, "reasons": ["image_unlike_declared"], "refer_threshold": 0.8,
+               "image_check": {"looks_like": "brain_mri", "probability": 0.93,
+                               "threshold": 0.86, "unlike_declared": True}}
+    analysis = AnalysisSummary.from_payload(payload, model_id=card["model_id"])
+    assert analysis.looks_like == "brain_mri"
+    report = ReportInput(
+        study_id="1.2.3", instance_ids=("1.2.3.4",), patient_pseudonym="PSEUDO",
+        site="default", modality="DX", body_part="CHEST", analysis=analysis,
+        model=ModelSummary.from_card(ModelCard.from_dict(card)))
+    assert _text.reason_text(report, "image_unlike_declared") == (
+        "the image does not look like the DX CHEST it is recorded as: the image check "
+        "takes it for a brain MR")
+
+
+@pytest.mark.parametrize(("check", "words"), [
+    ({"probability": 0.935, "unlike_declared": True, "matches_declared": False},
+     "the image looks like a brain MR (93.5 %), not the DX CHEST it is recorded as"),
+    ({"probability": 0.815, "unlike_declared": False, "matches_declared": False},
+     "the image may be a brain MR (81.5 %), not the DX CHEST it is recorded as; under the "
+     "check's threshold of 86.0 %, so not referred for it: look before you sign"),
+    ({"probability": 0.5, "unlike_declared": False, "matches_declared": True},
+     "the image looks like a brain MR (50.0 %), as recorded"),
+    ({"probability": 0.7, "unlike_declared": False, "matches_declared": None},
+     "not sure what kind of image this is (best guess a brain MR (70.0 %), under 86.0 %)"),
+    ({"probability": 0.9, "unlike_declared": False, "matches_declared": None},
+     "the image looks like a brain MR (90.0 %)"),
+])
+def test_what_the_image_check_saw_is_told_as_sure_as_it_is(check, words) -> None:
+    from radvault.reports import image_check_in_words
+
+    full = {"looks_like": "brain_mri", "threshold": 0.86, **check}
+    assert image_check_in_words(full, modality="DX", body_part="CHEST") == words

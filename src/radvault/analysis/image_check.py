@@ -57,17 +57,25 @@ class SourceGuess:
     unlike_declared : bool
         The image is referred: ``probability`` reaches the threshold, the declared
         pair is one the check knows, and it is not among ``pairs``.
+    matches_declared : bool or None
+        Whether the declared pair is among ``pairs`` (at any probability); ``None``
+        when the check does not know the declared pair.
     """
 
     source: str
     probability: float
     pairs: tuple[tuple[str, str], ...]
     unlike_declared: bool
+    #: The check's threshold: a guess under it is not sure enough to refer.
+    threshold: float = 1.0
+    matches_declared: bool | None = None
 
     def as_dict(self, model_id: str) -> dict[str, Any]:
         """JSON-ready form, as stored with a result (no pixel, no identifier)."""
         return {"model_id": model_id, "looks_like": self.source,
-                "probability": self.probability, "unlike_declared": self.unlike_declared}
+                "probability": self.probability, "threshold": self.threshold,
+                "unlike_declared": self.unlike_declared,
+                "matches_declared": self.matches_declared}
 
 
 class ImageCheck:
@@ -174,7 +182,9 @@ class ImageCheck:
             unlike = (float(p[k]) >= self.threshold and declared in self._known
                       and declared not in pairs)
             out.append(SourceGuess(source=source, probability=float(p[k]), pairs=pairs,
-                                   unlike_declared=unlike))
+                                   unlike_declared=unlike, threshold=self.threshold,
+                                   matches_declared=(declared in pairs
+                                                     if declared in self._known else None)))
         return out
 
 

@@ -248,7 +248,13 @@ class ImageCheckOut(_Out):
     model_id: str
     looks_like: str
     probability: float
+    #: Under it, a guess is not sure enough to refer (``None`` for results before it
+    #: was stored).
+    threshold: float | None = None
     unlike_declared: bool
+    #: Whether the guess is the source the image is recorded as (``None``: the check
+    #: does not know that kind of image, or the result predates the field).
+    matches_declared: bool | None = None
 
 
 class ResultOut(_Out):

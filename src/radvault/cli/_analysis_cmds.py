@@ -147,6 +147,12 @@ def analyze(
             else:
                 console.print(f"prediction: [bold]{r['prediction']}[/] "
                               f"({percent(r['probability'])})")
+            check = r.get("image_check")
+            if isinstance(check, dict):
+                from radvault.reports import image_check_in_words
+
+                console.print("image check: " + image_check_in_words(
+                    check, modality=r.get("modality"), body_part=r.get("body_part")))
         if failed:
             console.print(f"[red]{len(failed)} of {len(results)} instances not analysed[/]")
             raise typer.Exit(1)
@@ -177,6 +183,7 @@ def _analyze_file(path: Path, model_dir: Path | None, modality: str | None,
     return {"target": str(path), "model_id": pred.model_id, "prediction": pred.label,
             "probability": pred.probability, "probabilities": dict(pred.probabilities),
             "refer": pred.refer, "reasons": list(pred.reasons),
+            "modality": result.modality, "body_part": result.body_part,
             **({"image_check": dict(pred.image_check)} if pred.image_check else {})}
 
 
@@ -215,10 +222,13 @@ def _analyze_vault(settings: object, target: str, model_dir: Path | None,
                                               progress=lambda n: bar.advance(task, n))
             results = batch.results
             out.extend({"target": i, "error": safe_error(exc)} for i, exc in batch.failures)
+        studies = {r.study_id: vault.catalog.get_study(r.study_id) for r in results}
         out[:0] = [{"target": r.instance_id, "model_id": r.model_id,
                     "prediction": r.predicted_class, "probability": r.probability,
                     "probabilities": r.probabilities, "refer": r.refer,
                     "reasons": list(r.reasons), "result_id": r.result_id,
+                    "modality": studies[r.study_id].modality or "",
+                    "body_part": studies[r.study_id].body_part or "",
                     **({"image_check": r.extra["image_check"]} if "image_check" in r.extra
                        else {})} for r in results]
     return out

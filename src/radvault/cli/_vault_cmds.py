@@ -286,6 +286,12 @@ def show(
                         summary["reasons"] = res.payload["reasons"]
                     console.print(f"    result {res.result_id}  model {res.model_id}  "
                                   f"{json.dumps(summary)}")
+                    check = res.payload.get("image_check")
+                    if isinstance(check, dict):  # what the image check took it for
+                        from radvault.reports import image_check_in_words
+
+                        console.print("      image check: " + image_check_in_words(
+                            check, modality=study.modality, body_part=study.body_part))
             vault.audit.append(ACTOR, "show", object_ids=[study.study_id])
 
     run()

@@ -348,7 +348,11 @@ def _image_check_of(payload: dict[str, Any]) -> dict[str, Any] | None:
     return {"model_id": str(check.get("model_id", "")),
             "looks_like": str(check.get("looks_like", "")),
             "probability": float(check.get("probability", 0.0)),
-            "unlike_declared": bool(check.get("unlike_declared", False))}
+            "threshold": (float(check["threshold"]) if check.get("threshold") is not None
+                          else None),
+            "unlike_declared": bool(check.get("unlike_declared", False)),
+            "matches_declared": (bool(check["matches_declared"])
+                                 if check.get("matches_declared") is not None else None)}
 
 
 def _job_view(job: Job) -> JobView:

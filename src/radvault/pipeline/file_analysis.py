@@ -36,6 +36,9 @@ class FileAnalysis:
 
     prediction: Prediction
     heatmap_png: bytes | None = None
+    #: What the image was taken to be (header, else the hints; "" when unknown).
+    modality: str = ""
+    body_part: str = ""
 
 
 def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | None = None,
@@ -114,4 +117,5 @@ def analyse_file(path: str | PathLike[str], *, model_dir: str | PathLike[str] | 
     prediction = loaded.predict(x[None], modality=record.modality or "",
                                 body_part=record.body_part or "", image_check=check)[0]
     png = gradcam_overlay(display_array(record), loaded.cam(x[None])) if heatmap else None
-    return FileAnalysis(prediction=prediction, heatmap_png=png)
+    return FileAnalysis(prediction=prediction, heatmap_png=png,
+                        modality=record.modality or "", body_part=record.body_part or "")

@@ -34,7 +34,12 @@ from radvault.reports._model import (
 )
 from radvault.reports._pdf import render_pdf
 from radvault.reports._sr import render_sr
-from radvault.reports._text import percent, reason_in_words, source_in_words
+from radvault.reports._text import (
+    image_check_in_words,
+    percent,
+    reason_in_words,
+    source_in_words,
+)
 
 __all__ = [
     "RADIOLOGIST_FINDINGS",
@@ -45,6 +50,7 @@ __all__ = [
     "ReportInputError",
     "SignOff",
     "SignOffDecision",
+    "image_check_in_words",
     "percent",
     "reason_in_words",
     "render_fhir",

@@ -188,6 +188,9 @@ class AnalysisSummary:
         The confidence threshold the flag was computed with, when known.
     result_id : str
         The catalog's id of the result ("" when not stored).
+    looks_like : str, optional
+        What the image check took the image for (``brain_mri``), when one looked at it;
+        the ``image_unlike_declared`` reason then names it.
 
     Raises
     ------
@@ -206,6 +209,8 @@ class AnalysisSummary:
     reasons: tuple[str, ...] = ()
     refer_threshold: float | None = None
     result_id: str = ""
+    #: The image check's source for the image (``brain_mri``), when one looked at it.
+    looks_like: str | None = None
 
     def __post_init__(self) -> None:
         _require_text("model_id", self.model_id)
@@ -257,7 +262,8 @@ class AnalysisSummary:
                        probability=payload["probability"],
                        probabilities=dict(payload["probabilities"]),
                        refer=payload["refer"], reasons=tuple(payload.get("reasons", ())),
-                       refer_threshold=payload.get("refer_threshold"), result_id=result_id)
+                       refer_threshold=payload.get("refer_threshold"), result_id=result_id,
+                       looks_like=_looks_like(payload.get("image_check")))
         except (KeyError, TypeError) as exc:
             raise ReportInputError(f"analysis payload is malformed ({type(exc).__name__}: "
                                    f"{exc})") from None
@@ -595,3 +601,10 @@ def _as_tuple(values: Iterable[str] | str) -> tuple[str, ...]:
         return tuple(values)
     except TypeError:
         raise ReportInputError("instance_ids must be a sequence of strings") from None
+
+
+def _looks_like(check: Any) -> str | None:
+    """The image check's source from a stored result's ``image_check``, if any."""
+    if isinstance(check, Mapping) and isinstance(check.get("looks_like"), str):
+        return check["looks_like"] or None
+    return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
+from typing import Any
 
 from radvault.reports._model import (
     HEADLINE_METRICS,
@@ -32,6 +34,36 @@ SOURCE_WORDS = {"chest_xray": "a chest X-ray", "brain_mri": "a brain MR",
 def source_in_words(source: str) -> str:
     """An image check source in words ("a brain MR"); an unknown one with spaces."""
     return SOURCE_WORDS.get(source, source.replace("_", " "))
+
+
+def image_check_in_words(check: Mapping[str, Any], *, modality: str | None = None,
+                         body_part: str | None = None) -> str:
+    """What the image check saw, in words, for the study page and the command line.
+
+    A guess under the check's threshold is given as a suspicion, never as what the
+    image is, and says that it refers nothing.
+
+    Examples
+    --------
+    >>> image_check_in_words({"looks_like": "brain_mri", "probability": 0.935,
+    ...     "threshold": 0.86, "unlike_declared": True}, modality="DX", body_part="CHEST")
+    'the image looks like a brain MR (93.5 %), not the DX CHEST it is recorded as'
+    """
+    seen = f"{source_in_words(str(check['looks_like']))} ({percent(float(check['probability']))})"
+    declared = " ".join(v for v in (modality, body_part) if v) or "kind of image"
+    if check.get("unlike_declared"):
+        return f"the image looks like {seen}, not the {declared} it is recorded as"
+    if check.get("matches_declared"):
+        return f"the image looks like {seen}, as recorded"
+    threshold = check.get("threshold")
+    unsure = threshold is not None and float(check["probability"]) < float(threshold)
+    limit = percent(float(threshold), estimate=False) if threshold is not None else ""
+    if unsure and check.get("matches_declared") is False:
+        return (f"the image may be {seen}, not the {declared} it is recorded as; under the "
+                f"check's threshold of {limit}, so not referred for it: look before you sign")
+    if unsure:
+        return f"not sure what kind of image this is (best guess {seen}, under {limit})"
+    return f"the image looks like {seen}"
 
 
 def percent(p: float, *, estimate: bool = True) -> str:
@@ -75,7 +107,8 @@ def reason_text(report: ReportInput, reason: str) -> str:
     a = report.analysis
     return reason_in_words(reason, predicted_class=a.predicted_class,
                            probability=a.probability, refer_threshold=a.refer_threshold,
-                           modality=report.modality, body_part=report.body_part)
+                           modality=report.modality, body_part=report.body_part,
+                           looks_like=a.looks_like)
 
 
 def reason_in_words(reason: str, *, predicted_class: str, probability: float,

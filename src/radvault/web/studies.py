@@ -33,7 +33,7 @@ from radvault.pipeline.clinical import (
     ResultView,
     lead_image,
 )
-from radvault.reports import RADIOLOGIST_FINDINGS, percent, reason_in_words, source_in_words
+from radvault.reports import RADIOLOGIST_FINDINGS, image_check_in_words, reason_in_words
 from radvault.vault.catalog import StudyRecord
 from radvault.web._core import (
     WEB_PREFIX,
@@ -124,7 +124,8 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
         reason = reason_in_words(lead.reasons[0], predicted_class=lead.predicted_class,
                                  probability=lead.probability,
                                  refer_threshold=lead.refer_threshold,
-                                 modality=study.modality, body_part=study.body_part)
+                                 modality=study.modality, body_part=study.body_part,
+                                 looks_like=(lead.image_check or {}).get("looks_like"))
     order = [v.instance.instance_id for v in detail.instances]
     return WorklistRow(
         study=study, analysed=len(analysed), refer=any(r.refer for r in results),
@@ -247,16 +248,11 @@ def study_page(
 
 
 def _image_check_text(result: ResultView, study: StudyRecord) -> str | None:
-    """"the image looks like a brain MR (93.5 %), not the DX CHEST it is recorded as"."""
-    check = result.image_check
-    if not check:
+    """What the image check saw, in the words the command line uses too."""
+    if not result.image_check:
         return None
-    text = (f"the image looks like {source_in_words(check['looks_like'])} "
-            f"({percent(check['probability'])})")
-    if check["unlike_declared"]:
-        declared = " ".join(v for v in (study.modality, study.body_part) if v)
-        text += f", not the {declared or 'kind of image'} it is recorded as"
-    return text
+    return image_check_in_words(result.image_check, modality=study.modality,
+                                body_part=study.body_part)
 
 
 def _report_formats(source_format: str) -> list[tuple[str, str]]:
