@@ -75,3 +75,25 @@ def test_shipped_models_are_listed_and_verify():
     assert ModelRegistry(root).image_check_path() == root / "image_check"
     for entry in entries:
         assert load_model(entry.path).card.task == entry.task  # verified with models/keys
+
+
+def test_a_cr_chest_film_and_a_brain_mr_recorded_as_head_reach_their_specialists(
+        registry, tmp_path):
+    assert registry.select("CR", "CHEST") == tmp_path / "chest_xray"  # CR as DX
+    assert registry.select("CT", "HEAD") == tmp_path / "radbench6"  # no alias for CT
+
+
+def test_the_shipped_brain_model_takes_mr_head_as_brain_and_refers_nothing_for_it():
+    from radvault.analysis.inference import load_model, refer_reasons
+    from radvault.imaging.vocabulary import model_pair
+
+    registry = ModelRegistry()
+    brain = registry.select("MR", "HEAD")
+    assert brain.name == "brain_mri"
+    card = load_model(brain, keyring=registry.keyring).card
+    assert refer_reasons(0.99, 0.8, card, "MR", "HEAD", card.classes[0]) == ()
+    assert refer_reasons(0.99, 0.8, card, "MR", "KNEE", card.classes[0]) == (
+        "body_part_not_trained",)
+    assert model_pair("cr", " chest ") == ("DX", "CHEST")
+    assert model_pair("MR", "HEAD") == ("MR", "BRAIN")
+    assert model_pair("CT", "HEAD") == ("CT", "HEAD")

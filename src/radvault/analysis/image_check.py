@@ -35,6 +35,7 @@ import numpy as np
 from radvault.analysis.export import Signer, update_card
 from radvault.analysis.inference import LoadedModel
 from radvault.errors import ModelError
+from radvault.imaging.vocabulary import model_pair
 
 __all__ = ["IMAGE_CHECK_MODEL", "ImageCheck", "SourceGuess", "set_image_check_threshold"]
 
@@ -111,7 +112,9 @@ class ImageCheck:
         self.threshold = float(threshold)
         self.size = int(card.preprocessing.get("size", 0))
         self._pairs = {c: tuple(card.class_trained_on.get(c, ())) for c in card.classes}
-        self._known = {p for ps in self._pairs.values() for p in ps}
+        # compared as models are chosen: CR as DX, MR HEAD as MR BRAIN
+        self._matching = {c: {model_pair(*p) for p in ps} for c, ps in self._pairs.items()}
+        self._known = {p for ps in self._matching.values() for p in ps}
 
     @property
     def sources(self) -> dict[str, tuple[tuple[str, str], ...]]:
@@ -177,13 +180,14 @@ class ImageCheck:
         for p, mod, part in zip(probs, modality, body_part, strict=True):
             k = int(p.argmax())
             source = self.model.card.classes[k]
-            declared = ((mod or "").strip().upper(), (part or "").strip().upper())
+            declared = model_pair(mod, part)
             pairs = self._pairs[source]
+            matching = self._matching[source]
             unlike = (float(p[k]) >= self.threshold and declared in self._known
-                      and declared not in pairs)
+                      and declared not in matching)
             out.append(SourceGuess(source=source, probability=float(p[k]), pairs=pairs,
                                    unlike_declared=unlike, threshold=self.threshold,
-                                   matches_declared=(declared in pairs
+                                   matches_declared=(declared in matching
                                                      if declared in self._known else None)))
         return out
 

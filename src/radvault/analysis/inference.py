@@ -46,6 +46,7 @@ from radvault.analysis.export import (
 from radvault.config import PreprocessSettings, Settings
 from radvault.errors import IntegrityError, ModelError, ModelIntegrityError
 from radvault.imaging.records import ImageRecord
+from radvault.imaging.vocabulary import model_pair
 
 if TYPE_CHECKING:
     from radvault.analysis.image_check import ImageCheck
@@ -329,24 +330,23 @@ def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
         reasons.append(REASON_LOW_CONFIDENCE)
     if modality is None or not card.trained_on:
         return tuple(reasons)
-    m = (modality.strip() or "OT").upper()
-    parts = {b for mod, b in card.trained_on if mod == m}
+    # compared as models are chosen: CR as DX, MR HEAD as MR BRAIN (vocabulary.model_pair)
+    m, b = model_pair(modality.strip() or "OT", body_part)
+    trained = {model_pair(*p) for p in card.trained_on}
+    parts = {tb for tm, tb in trained if tm == m}
     if not parts:
         reasons.append(REASON_MODALITY)
         return tuple(reasons)  # the model knows nothing of this modality: that says it all
-    if body_part is not None:
-        b = body_part.strip().upper()
-        if b not in parts:
-            # "" (unknown) only passes when the model was trained on such images
-            reasons.append(REASON_BODY_PART_UNKNOWN if not b else REASON_BODY_PART)
+    if body_part is not None and b not in parts:
+        # "" (unknown) only passes when the model was trained on such images
+        reasons.append(REASON_BODY_PART_UNKNOWN if not b else REASON_BODY_PART)
     per_class = card.class_trained_on
     if label is None or per_class is None:
         return tuple(reasons)
-    pairs = set(per_class.get(label, ()))
+    pairs = {model_pair(*p) for p in per_class.get(label, ())}
     if m not in {mod for mod, _ in pairs}:
         reasons.append(REASON_CLASS_MODALITY)
-    elif body_part is not None and body_part.strip().upper() in parts and (
-            m, body_part.strip().upper()) not in pairs:
+    elif body_part is not None and b in parts and (m, b) not in pairs:
         # a body part the model knows for this modality, but not for this class
         reasons.append(REASON_CLASS_BODY_PART)
     return tuple(reasons)

@@ -25,6 +25,7 @@ from typing import Any
 from radvault.analysis.export import CARD_FILE, ModelKeyring, keys_dir_near
 from radvault.analysis.image_check import IMAGE_CHECK_MODEL
 from radvault.errors import ModelError
+from radvault.imaging.vocabulary import model_pair
 
 __all__ = ["DEFAULT_MODEL", "ModelEntry", "ModelRegistry", "default_models_dir"]
 
@@ -146,10 +147,9 @@ class ModelRegistry:
         ModelError
             If nothing matches and there is no default model.
         """
-        m = (modality or "").upper()
-        b = (body_part or "").upper()
-        if m:
+        pair = model_pair(modality, body_part)  # CR as DX, MR HEAD as MR BRAIN
+        if pair[0]:
             for e in self.entries():
-                if e.is_specialist and e.trained_on[0] == (m, b):
+                if e.is_specialist and model_pair(*e.trained_on[0]) == pair:
                     return e.path
         return self.get(self.default).path

@@ -37,7 +37,7 @@ from radvault.errors import InvalidRequest
 from radvault.imaging import _body_parts
 
 __all__ = ["BODY_PARTS", "BODY_PART_EDITION", "MODALITIES", "body_part_hint", "body_part_term",
-           "modality_hint", "modality_term"]
+           "modality_hint", "modality_term", "model_pair"]
 
 #: PS3.3 C.7.3.1.1.1 Modality defined terms, current and retired.
 MODALITIES: Final = frozenset({
@@ -57,6 +57,33 @@ MODALITIES: Final = frozenset({
 BODY_PARTS: Final = frozenset(_body_parts.TERMS)
 #: The PS3.16 edition :data:`BODY_PARTS` was taken from.
 BODY_PART_EDITION: Final = _body_parts.EDITION
+
+
+#: Modalities a model treats as another: CR (computed radiography) makes the same
+#: projection radiographs as DX (digital radiography).
+_MODALITY_ALIASES: Final = {"CR": "DX"}
+#: Body parts a model treats as another, per modality: a brain MR's header says HEAD
+#: at least as often as BRAIN.
+_BODY_PART_ALIASES: Final = {("MR", "HEAD"): "BRAIN"}
+
+
+def model_pair(modality: str | None, body_part: str | None) -> tuple[str, str]:
+    """The (modality, body part) a model is chosen and checked by for this declaration.
+
+    Upper case, ``""`` for unknown, with two aliases: CR as DX, and MR HEAD as MR BRAIN,
+    so that a CR chest film reaches the chest model and a brain MR whose header says
+    HEAD the brain model (and neither is referred as not trained on). The stored
+    study keeps what was declared.
+
+    Examples
+    --------
+    >>> model_pair("cr", "CHEST"), model_pair("MR", "HEAD"), model_pair("CT", "HEAD")
+    (('DX', 'CHEST'), ('MR', 'BRAIN'), ('CT', 'HEAD'))
+    """
+    m = (modality or "").strip().upper()
+    b = (body_part or "").strip().upper()
+    m = _MODALITY_ALIASES.get(m, m)
+    return m, _BODY_PART_ALIASES.get((m, b), b)
 
 
 def modality_term(value: str | None) -> str:
