@@ -53,6 +53,24 @@ def test_analyze_an_unknown_id_without_a_vault_fails_cleanly(
     assert "radvault init" in capsys.readouterr().err
 
 
+def test_analyze_a_target_too_long_for_a_file_name_says_so_without_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["analyze", "x" * 300])
+    err = capsys.readouterr().err
+    assert code != 0 and "too long" in err and "Traceback" not in err
+
+
+@needs_models
+def test_analyze_prints_what_the_image_check_saw(capsys: pytest.CaptureFixture[str]) -> None:
+    image = SAMPLES / "brain_mri__glioma__Te-glTr_0008.jpg"
+    assert main(["analyze", str(image), "--modality", "DX", "--body-part", "CHEST"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "image_unlike_declared" in out
+    assert "image check: the image looks like a brain MR" in out
+    assert "not the DX CHEST it is recorded as" in out
+
+
 def test_train_and_evaluate_show_their_options() -> None:
     assert main(["train", "--help"]) == 0
     assert main(["evaluate", "--help"]) == 0

@@ -101,6 +101,9 @@ def analyze(
             raise ObjectNotFound(f"--model: {model} holds no model ({CARD_FILE} is missing)")
         if keys is not None and not keys.is_dir():
             raise ObjectNotFound(f"--keys: no folder {keys}")
+        if len(target) > 4096 or any(len(part) > 255 for part in path.parts):
+            raise ConfigurationError("the target is too long to be a file name, a study id "
+                                     "or an instance id")
         if path.is_file():
             results = [_analyze_file(path, model, typed_modality, typed_body_part, heatmap,
                                      keys, settings.refer_threshold)]
