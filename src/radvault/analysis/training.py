@@ -183,6 +183,11 @@ class TrainConfig:
         every reported metric run on the CPU with ONNX Runtime either way. A
         seed gives the same run again on the CPU; on a GPU, cuDNN's kernels
         are not bitwise deterministic, so a repeated run differs slightly.
+    also_preprocess : tuple of PreprocessSettings
+        Further preprocessings of the same size: every split is also preprocessed with
+        each, and the copies join it (training, early stopping, calibration and the
+        reported metrics). For a model that reads inputs made by other models'
+        preprocessing, such as the image check; the card records them.
 
     Raises
     ------
@@ -213,6 +218,7 @@ class TrainConfig:
     threads: int | None = None
     fp16_weights: bool = False
     init_from: Path | None = None
+    also_preprocess: tuple[PreprocessSettings, ...] = ()
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -235,6 +241,9 @@ class TrainConfig:
             raise ModelError(f"unknown network {self.network!r}; one of {', '.join(NETWORKS)}")
         if not (math.isfinite(self.width) and 0.05 <= self.width <= 4.0):
             raise ModelError(f"width must be within 0.05..4, not {self.width}")
+        if any(p.size != self.preprocess.size for p in self.also_preprocess):
+            raise ModelError("also_preprocess must keep the input size "
+                             f"({self.preprocess.size} px)")
         if self.network != "resnet18" and self.width != 1.0:
             raise ModelError(f"width {self.width} applies to resnet18 only; {self.network} "
                              "has fixed channel counts (leave width at 1.0)")
@@ -273,6 +282,8 @@ class TrainConfig:
         return {"network": self.network, "width": self.width, "stem": self.stem, "classes": list(
             self.source.task.class_names), "data_sha256": self.source.sha256,
             "preprocess": settings_to_dict(self.preprocess), "seed": self.seed,
+            **({"also_preprocess": [settings_to_dict(p) for p in self.also_preprocess]}
+               if self.also_preprocess else {}),
             "batch_size": self.batch_size, "lr": self.lr, "dropout": self.dropout,
             "epochs": self.epochs, "optimisation": asdict(self.optimisation),
             "init_from": None if self.init_from is None else _file_sha256(self.init_from)}
@@ -439,8 +450,14 @@ def _load_splits(config: TrainConfig, reporter: _Reporter) -> dict[str, Prepared
         names.append(config.test_split)
     out = {}
     for name in names:
-        out[name] = config.source.load(name, config.preprocess, cache_dir=config.cache_dir,
-                                       progress=reporter.counter(f"preprocess {name}"))
+        parts = [config.source.load(name, settings, cache_dir=config.cache_dir,
+                                    progress=reporter.counter(f"preprocess {name}"))
+                 for settings in (config.preprocess, *config.also_preprocess)]
+        out[name] = parts[0] if len(parts) == 1 else PreparedSplit(
+            images=np.concatenate([p.images for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]), classes=parts[0].classes,
+            modalities=[m for p in parts for m in p.modalities],
+            body_parts=[b for p in parts for b in p.body_parts])
         counts = out[name].class_counts
         reporter.line(f"{name}: {len(out[name])} images, per class {counts.tolist()}")
     if (out[config.train_split].class_counts == 0).any():
@@ -665,6 +682,8 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
                     "fp16_weights": config.fp16_weights},
         "input": input_spec(config.size),
         "preprocessing": settings_to_dict(config.preprocess),
+        **({"also_preprocessed_with": [settings_to_dict(p) for p in config.also_preprocess]}
+           if config.also_preprocess else {}),
         "training": {
             "manifest_sha256": config.source.sha256, "seed": config.seed,
             "splits": {"train": config.train_split, "val": config.val_split,

@@ -89,6 +89,10 @@ def build_parser(prog: str = "python -m radvault.cli.models") -> argparse.Argume
     t.add_argument("--no-calibration", action="store_true")
     t.add_argument("--no-enhance", action="store_true", help="preprocessing without CLAHE")
     t.add_argument("--no-denoise", action="store_true", help="preprocessing without bilateral")
+    t.add_argument("--also-enhanced", action="store_true",
+                   help="also train (and validate) on a copy of every image preprocessed with "
+                        "CLAHE and the bilateral filter: for a model that reads other models' "
+                        "inputs, such as the image check")
     t.add_argument("--train-split", default="train")
     t.add_argument("--val-split", default="val")
     t.add_argument("--test-split", default="test")
@@ -263,7 +267,10 @@ def build_train_config(args: argparse.Namespace, source: Any) -> Any:
         train_split=args.train_split, val_split=args.val_split, test_split=args.test_split,
         checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, resume=args.resume,
         finish_now=args.finish_now, threads=args.threads, fp16_weights=args.fp16_weights,
-        device=args.device)
+        device=args.device,
+        also_preprocess=((PreprocessSettings(size=args.size, enhance=True, denoise=True,
+                                             clahe_tile_grid=min(8, args.size)),)
+                         if getattr(args, "also_enhanced", False) else ()))
 
 
 def _summary(m: dict[str, Any]) -> str:
