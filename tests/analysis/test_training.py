@@ -266,3 +266,22 @@ def test_the_default_checkpoint_lives_beside_the_model_folder_and_resumes(
     assert config.checkpoint_path == (tmp_path / "m" / "train").resolve() / "checkpoint.pt"
     assert train(replace(config, resume=True, finish_now=True),
                  progress=False).history == first.history
+
+
+def test_a_second_preprocessing_joins_every_split_and_the_card_says_so(
+        toy_manifest, toy_task_file, tiny_settings, tmp_path):
+    from dataclasses import replace
+
+    from radvault.errors import ModelError
+
+    enhanced = replace(tiny_settings, enhance=True, denoise=True)
+    result = train(_config(toy_manifest, toy_task_file, tiny_settings, tmp_path, epochs=1,
+                           also_preprocess=(enhanced,)), progress=False)
+    card = result.card
+    assert card["training"]["counts"]["train"] == [40, 40, 40]  # 20 per class, twice
+    assert card["training"]["counts"]["val"] == [16, 16, 16]
+    assert card["also_preprocessed_with"][0]["enhance"] is True
+    assert card["preprocessing"]["enhance"] == tiny_settings.enhance  # serving: the first
+    with pytest.raises(ModelError, match="keep the input size"):
+        _config(toy_manifest, toy_task_file, tiny_settings, tmp_path,
+                also_preprocess=(replace(tiny_settings, size=64),))
