@@ -292,17 +292,19 @@ else:
 EOF
 }
 
-stage_image_check() {  # session 11: the image check, six candidates, chosen on val
-  local ic=${IC_RUNS:-/tmp/radvault-image-check} runs=() cfg size width seed
-  for cfg in "32 0.25" "64 0.25"; do
-    read -r size width <<<"$cfg"
+stage_image_check() {  # session 11: the image check, nine candidates, chosen on val
+  local ic=${IC_RUNS:-/tmp/radvault-image-check} runs=() cfg size name extra seed
+  for cfg in "32 32q" "64 64q" "64 64qe --also-enhanced"; do
+    read -r size name extra <<<"$cfg"
     for seed in 1 2 3; do
-      echo "=== image check ${size} px seed $seed ($(date -u +%H:%M:%S))"
+      echo "=== image check $name seed $seed ($(date -u +%H:%M:%S))"
+      # shellcheck disable=SC2086  # $extra is empty or one option
       "$PY" -m radvault.cli.models train --manifest "$RADBENCH" \
-        --task src/radvault/analysis/tasks/image_source.json --out "$ic/${size}q-seed$seed" \
+        --task src/radvault/analysis/tasks/image_source.json --out "$ic/$name-seed$seed" \
         --seed "$seed" --size "$size" --epochs 10 --patience 3 --no-enhance --no-denoise \
-        --checkpoint-dir "$ic/.ckpt/${size}q-seed$seed" --resume "${COMMON[@]}" --width "$width"
-      runs+=("$ic/${size}q-seed$seed")
+        --checkpoint-dir "$ic/.ckpt/$name-seed$seed" --resume "${COMMON[@]}" --width 0.25 \
+        $extra
+      runs+=("$ic/$name-seed$seed")
     done
   done
   "$PY" benchmarks/image_check.py --check "${runs[@]}" --manifest "$RADBENCH" \
