@@ -1,6 +1,7 @@
 """The shipped image check in service: a vault image or a file that looks like another
 trained source than declared is referred, and a tampered check stops analysis."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -106,7 +107,9 @@ def test_no_image_is_opened_when_the_check_fails_verification(vault: Vault,
     for name in ("keys", "chest_xray", "radbench6", "image_check"):
         shutil.copytree(REPO / "models" / name, root / name)
     card = root / "image_check" / "model_card.json"
-    card.write_text(card.read_text().replace('"threshold": 0.86', '"threshold": 0.99'))
+    altered = json.loads(card.read_text())
+    altered["image_check"]["threshold"] = 0.99  # a stricter check, slipped in unsigned
+    card.write_text(json.dumps(altered))
     outcome = Ingestor(vault, actor="tech").ingest_file(CHEST, modality="DX", body_part="CHEST")
     analyser = Analyser(vault, ModelRegistry(root), actor="dr")
     with pytest.raises(ModelIntegrityError):
