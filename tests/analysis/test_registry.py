@@ -77,23 +77,23 @@ def test_shipped_models_are_listed_and_verify():
         assert load_model(entry.path).card.task == entry.task  # verified with models/keys
 
 
-def test_a_cr_chest_film_and_a_brain_mr_recorded_as_head_reach_their_specialists(
-        registry, tmp_path):
+def test_a_cr_chest_film_reaches_the_chest_specialist(registry, tmp_path):
     assert registry.select("CR", "CHEST") == tmp_path / "chest_xray"  # CR as DX
-    assert registry.select("CT", "HEAD") == tmp_path / "radbench6"  # no alias for CT
+    assert registry.select("CT", "HEAD") == tmp_path / "radbench6"
 
 
-def test_the_shipped_brain_model_takes_mr_head_as_brain_and_refers_nothing_for_it():
+def test_cr_is_checked_as_dx_but_mr_head_is_not_taken_for_a_brain():
     from radvault.analysis.inference import load_model, refer_reasons
     from radvault.imaging.vocabulary import model_pair
 
     registry = ModelRegistry()
-    brain = registry.select("MR", "HEAD")
-    assert brain.name == "brain_mri"
-    card = load_model(brain, keyring=registry.keyring).card
-    assert refer_reasons(0.99, 0.8, card, "MR", "HEAD", card.classes[0]) == ()
-    assert refer_reasons(0.99, 0.8, card, "MR", "KNEE", card.classes[0]) == (
+    chest = load_model(registry.select("CR", "CHEST"), keyring=registry.keyring).card
+    assert chest.task == "chest_xray"
+    assert refer_reasons(0.99, 0.8, chest, "CR", "CHEST", "normal") == ()
+    # HEAD also covers orbits, sinuses and face: never answered as a brain unflagged
+    assert registry.select("MR", "HEAD").name == "radbench6"
+    brain = load_model(registry.get("brain_mri").path, keyring=registry.keyring).card
+    assert refer_reasons(0.99, 0.8, brain, "MR", "HEAD", "glioma") == (
         "body_part_not_trained",)
     assert model_pair("cr", " chest ") == ("DX", "CHEST")
-    assert model_pair("MR", "HEAD") == ("MR", "BRAIN")
-    assert model_pair("CT", "HEAD") == ("CT", "HEAD")
+    assert model_pair("MR", "HEAD") == ("MR", "HEAD")

@@ -282,6 +282,10 @@ def test_a_second_preprocessing_joins_every_split_and_the_card_says_so(
     assert card["training"]["counts"]["val"] == [16, 16, 16]
     assert card["also_preprocessed_with"][0]["enhance"] is True
     assert card["preprocessing"]["enhance"] == tiny_settings.enhance  # serving: the first
+    assert card["copies_per_image"] == 2
     with pytest.raises(ModelError, match="keep the input size"):
         _config(toy_manifest, toy_task_file, tiny_settings, tmp_path,
                 also_preprocess=(replace(tiny_settings, size=64),))
+    with pytest.raises(ModelError, match="repeats a preprocessing"):
+        _config(toy_manifest, toy_task_file, tiny_settings, tmp_path,
+                also_preprocess=(tiny_settings,))

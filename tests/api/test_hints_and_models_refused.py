@@ -95,5 +95,6 @@ def test_a_malformed_model_name_is_refused_and_audited_too(world, north_study):
         ("refused", "malformed model name")]
     assert "Doe" not in repr(entries[0].to_dict())
     assert sum(world.service.jobs.counts().values()) == jobs
-    too_long = world.post("rad-n", path, json={"model": "m" * 129})
-    assert too_long.status_code == 422  # the schema's size bound
+    too_long = world.post("rad-n", path, json={"model": "m" * 200})
+    assert too_long.status_code == 400  # judged and audited by the service too
+    assert len(world.audit_since(mark, "analysis.request")) == 2

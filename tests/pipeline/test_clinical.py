@@ -336,7 +336,7 @@ def test_a_sign_off_never_replaces_another_or_lands_on_a_superseded_analysis(
     assert repeats == [{"signoff_id": signed.signoff_id, "decision": "overridden",
                         "comment": False, "repeated": True}]  # stored once, audited twice
     spaced = s.sign_off(rad, study, instance, decision="overridden", label="not_assessable",
-                        comment="  ", result_id=first.result_id)  # the API keeps spaces
+                        comment="  ", result_id=first.result_id)  # spaces only: none
     assert spaced.signoff_id == signed.signoff_id  # the page strips them: the same sign-off
 
     with pytest.raises(SignOffConflict, match=r"signed off by rad-n .* amend it"):

@@ -70,8 +70,10 @@ def test_a_report_names_what_the_image_check_took_the_image_for() -> None:
     ({"probability": 0.815, "unlike_declared": False, "matches_declared": False},
      "the image may be a brain MR (81.5 %), not the DX CHEST it is recorded as; under the "
      "check's threshold of 86.0 %, so not referred for it: look before you sign"),
+    ({"probability": 0.9, "unlike_declared": False, "matches_declared": True},
+     "the image looks like a brain MR (90.0 %), as recorded"),
     ({"probability": 0.5, "unlike_declared": False, "matches_declared": True},
-     "the image looks like a brain MR (50.0 %), as recorded"),
+     "its best guess, a brain MR (50.0 %), agrees with the record (under 86.0 %)"),
     ({"probability": 0.7, "unlike_declared": False, "matches_declared": None},
      "not sure what kind of image this is (best guess a brain MR (70.0 %), under 86.0 %)"),
     ({"probability": 0.9, "unlike_declared": False, "matches_declared": None},
@@ -82,3 +84,11 @@ def test_what_the_image_check_saw_is_told_as_sure_as_it_is(check, words) -> None
 
     full = {"looks_like": "brain_mri", "threshold": 0.86, **check}
     assert image_check_in_words(full, modality="DX", body_part="CHEST") == words
+
+
+def test_an_older_result_without_the_check_s_threshold_is_only_a_best_guess() -> None:
+    from radvault.reports import image_check_in_words
+
+    older = {"looks_like": "brain_mri", "probability": 0.3, "unlike_declared": False}
+    assert image_check_in_words(older, modality="DX", body_part="CHEST") == (
+        "its best guess: a brain MR (30.0 %)")

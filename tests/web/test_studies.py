@@ -199,8 +199,16 @@ def test_a_post_without_the_csrf_token_is_refused(
     assert [e.details["reason"] for e in web.world.audit_since(mark, "request_refused")] == [
         "csrf"] * 3
     assert not web.world.audit_since(mark, "report.sign")  # nothing was signed
-    signed = page.request.post(url, form={**form, "csrf_token": token}, max_redirects=0)
-    assert signed.status == 303 and web.world.audit_since(mark, "report.sign")
+    unnamed = page.request.post(url, form={**form, "csrf_token": token}, max_redirects=0)
+    assert unnamed.status == 303  # back to the study: no analysis named, nothing signed
+    assert [e.details for e in web.world.audit_since(mark, "report.sign")] == [
+        {"reason": "no analysis named"}]
+    reviewed = page.locator('input[name="result_id"]').first.input_value()
+    signed = page.request.post(url, form={**form, "csrf_token": token, "result_id": reviewed},
+                               max_redirects=0)
+    assert signed.status == 303
+    assert [e.details.get("decision") for e in web.world.audit_since(mark, "report.sign")
+            if e.outcome == "ok"] == ["accepted"]
 
 
 def test_the_viewer_works_without_javascript(web: Browsing,

@@ -112,7 +112,7 @@ class ImageCheck:
         self.threshold = float(threshold)
         self.size = int(card.preprocessing.get("size", 0))
         self._pairs = {c: tuple(card.class_trained_on.get(c, ())) for c in card.classes}
-        # compared as models are chosen: CR as DX, MR HEAD as MR BRAIN
+        # compared as models are chosen: CR as DX
         self._matching = {c: {model_pair(*p) for p in ps} for c, ps in self._pairs.items()}
         self._known = {p for ps in self._matching.values() for p in ps}
 

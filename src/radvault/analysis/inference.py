@@ -330,7 +330,7 @@ def refer_reasons(top_probability: float, threshold: float, card: ModelCard,
         reasons.append(REASON_LOW_CONFIDENCE)
     if modality is None or not card.trained_on:
         return tuple(reasons)
-    # compared as models are chosen: CR as DX, MR HEAD as MR BRAIN (vocabulary.model_pair)
+    # compared as models are chosen: CR as DX (vocabulary.model_pair)
     m, b = model_pair(modality.strip() or "OT", body_part)
     trained = {model_pair(*p) for p in card.trained_on}
     parts = {tb for tm, tb in trained if tm == m}

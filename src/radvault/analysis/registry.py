@@ -147,7 +147,7 @@ class ModelRegistry:
         ModelError
             If nothing matches and there is no default model.
         """
-        pair = model_pair(modality, body_part)  # CR as DX, MR HEAD as MR BRAIN
+        pair = model_pair(modality, body_part)  # CR as DX
         if pair[0]:
             for e in self.entries():
                 if e.is_specialist and model_pair(*e.trained_on[0]) == pair:

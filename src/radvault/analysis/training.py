@@ -244,6 +244,10 @@ class TrainConfig:
         if any(p.size != self.preprocess.size for p in self.also_preprocess):
             raise ModelError("also_preprocess must keep the input size "
                              f"({self.preprocess.size} px)")
+        if len({self.preprocess, *self.also_preprocess}) != 1 + len(self.also_preprocess):
+            raise ModelError("also_preprocess repeats a preprocessing: every image would "
+                             "only be counted twice (--also-enhanced needs --no-enhance "
+                             "--no-denoise)")
         if self.network != "resnet18" and self.width != 1.0:
             raise ModelError(f"width {self.width} applies to resnet18 only; {self.network} "
                              "has fixed channel counts (leave width at 1.0)")
@@ -682,7 +686,9 @@ def _finish(config: TrainConfig, model: nn.Module, tr: PreparedSplit, va: Prepar
                     "fp16_weights": config.fp16_weights},
         "input": input_spec(config.size),
         "preprocessing": settings_to_dict(config.preprocess),
-        **({"also_preprocessed_with": [settings_to_dict(p) for p in config.also_preprocess]}
+        # every split (its counts and metrics here too) holds one copy per preprocessing
+        **({"also_preprocessed_with": [settings_to_dict(p) for p in config.also_preprocess],
+            "copies_per_image": 1 + len(config.also_preprocess)}
            if config.also_preprocess else {}),
         "training": {
             "manifest_sha256": config.source.sha256, "seed": config.seed,

@@ -178,7 +178,7 @@ class AnalysisIn(_In):
     # no pattern here: the service judges the name, so that a malformed one is refused
     # and audited like an unknown one (a schema pattern refused it unaudited)
     model: str | None = Field(
-        default=None, max_length=128,
+        default=None, max_length=4096,
         description="A model of the service's registry (default: the registry chooses per "
                     "image); an unknown or malformed one is refused (422 unknown_model, "
                     "400 invalid_request) and audited before anything is queued")

@@ -60,30 +60,27 @@ BODY_PART_EDITION: Final = _body_parts.EDITION
 
 
 #: Modalities a model treats as another: CR (computed radiography) makes the same
-#: projection radiographs as DX (digital radiography).
+#: projection radiographs as DX (digital radiography). No body part is aliased: MR HEAD
+#: was tried as MR BRAIN and not kept, since HEAD also covers orbits, sinuses, face and
+#: inner ears, which the brain model would then answer unflagged.
 _MODALITY_ALIASES: Final = {"CR": "DX"}
-#: Body parts a model treats as another, per modality: a brain MR's header says HEAD
-#: at least as often as BRAIN.
-_BODY_PART_ALIASES: Final = {("MR", "HEAD"): "BRAIN"}
 
 
 def model_pair(modality: str | None, body_part: str | None) -> tuple[str, str]:
     """The (modality, body part) a model is chosen and checked by for this declaration.
 
-    Upper case, ``""`` for unknown, with two aliases: CR as DX, and MR HEAD as MR BRAIN,
-    so that a CR chest film reaches the chest model and a brain MR whose header says
-    HEAD the brain model (and neither is referred as not trained on). The stored
-    study keeps what was declared.
+    Upper case, ``""`` for unknown, with CR taken as DX, so that a CR chest film reaches
+    the chest model (and is not referred as not trained on). The stored study keeps
+    what was declared.
 
     Examples
     --------
-    >>> model_pair("cr", "CHEST"), model_pair("MR", "HEAD"), model_pair("CT", "HEAD")
-    (('DX', 'CHEST'), ('MR', 'BRAIN'), ('CT', 'HEAD'))
+    >>> model_pair("cr", "CHEST"), model_pair("MR", "HEAD")
+    (('DX', 'CHEST'), ('MR', 'HEAD'))
     """
     m = (modality or "").strip().upper()
     b = (body_part or "").strip().upper()
-    m = _MODALITY_ALIASES.get(m, m)
-    return m, _BODY_PART_ALIASES.get((m, b), b)
+    return _MODALITY_ALIASES.get(m, m), b
 
 
 def modality_term(value: str | None) -> str:

@@ -139,9 +139,11 @@ class ReportCases(ServiceCore):
             if label is not None and label != predicted:
                 raise InvalidRequest("an accepted prediction keeps the predicted label")
             final = predicted
-        if not isinstance(comment, str) or len(comment) > COMMENT_MAX:
+        if not isinstance(comment, str):
             raise InvalidRequest(f"comment must be text of at most {COMMENT_MAX} characters")
         comment = comment.strip()  # as the page sends it: the API and the page sign alike
+        if len(comment) > COMMENT_MAX:
+            raise InvalidRequest(f"comment must be text of at most {COMMENT_MAX} characters")
         if current is not None and (
                 current.signed_by, current.decision, current.final_label, current.comment
         ) == (principal.username, decision, final, comment):

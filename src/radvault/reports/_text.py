@@ -40,8 +40,10 @@ def image_check_in_words(check: Mapping[str, Any], *, modality: str | None = Non
                          body_part: str | None = None) -> str:
     """What the image check saw, in words, for the study page and the command line.
 
-    A guess under the check's threshold is given as a suspicion, never as what the
-    image is, and says that it refers nothing.
+    Only a guess at or over the check's threshold is told as what the image looks like;
+    one under it is a best guess, and one that contradicts the record a warning that
+    says it refers nothing. A result stored before the threshold was (session 11) gets
+    the neutral "best guess" unless it was referred.
 
     Examples
     --------
@@ -53,17 +55,19 @@ def image_check_in_words(check: Mapping[str, Any], *, modality: str | None = Non
     declared = " ".join(v for v in (modality, body_part) if v) or "kind of image"
     if check.get("unlike_declared"):
         return f"the image looks like {seen}, not the {declared} it is recorded as"
-    if check.get("matches_declared"):
-        return f"the image looks like {seen}, as recorded"
     threshold = check.get("threshold")
-    unsure = threshold is not None and float(check["probability"]) < float(threshold)
-    limit = percent(float(threshold), estimate=False) if threshold is not None else ""
-    if unsure and check.get("matches_declared") is False:
+    if threshold is None:
+        return f"its best guess: {seen}"
+    limit = percent(float(threshold), estimate=False)
+    matches = check.get("matches_declared")
+    if float(check["probability"]) >= float(threshold):
+        return f"the image looks like {seen}" + (", as recorded" if matches else "")
+    if matches is False:
         return (f"the image may be {seen}, not the {declared} it is recorded as; under the "
                 f"check's threshold of {limit}, so not referred for it: look before you sign")
-    if unsure:
-        return f"not sure what kind of image this is (best guess {seen}, under {limit})"
-    return f"the image looks like {seen}"
+    if matches:
+        return f"its best guess, {seen}, agrees with the record (under {limit})"
+    return f"not sure what kind of image this is (best guess {seen}, under {limit})"
 
 
 def percent(p: float, *, estimate: bool = True) -> str:

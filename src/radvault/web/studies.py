@@ -113,7 +113,21 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
             continue
         except IntegrityError:  # audited by the vault; the other studies still list
             tampered = True
-    lead = lead_image(results, refer=lambda r: r.refer, created=lambda r: r.created_at)
+    # the lead image by the service's rule over every analysed image (the study page and
+    # the default report open the same one), read and verified here like the others
+    lead_id = service.lead_instance(user.principal, study.study_id) if analysed else None
+    lead = next((r for r in results if r.instance_id == lead_id), None)
+    read = {v.instance.instance_id for v in analysed[:_SUMMARY_IMAGES]}
+    if lead is None and lead_id is not None and lead_id not in read:
+        try:
+            lead = service.latest_result(user.principal, study.study_id, lead_id)
+            results.append(lead)  # flagged beyond the first images read: it counts too
+        except ObjectNotFound:
+            lead = None
+        except IntegrityError:
+            tampered = True
+    if lead is None:  # the lead failed its check: the rule over the results that passed
+        lead = lead_image(results, refer=lambda r: r.refer, created=lambda r: r.created_at)
     prediction, probability = ((lead.predicted_class, lead.probability) if lead
                                else (None, None))
     reason = None
@@ -205,7 +219,10 @@ def study_page(
     image_query = {"wc": window_c, "ww": window_w,
                    "frame": int(frame_no) if frame_no is not None else None,
                    "size": _ZOOMS[zoom]}
-    view = {"instance": record.instance_id if instance else None, "wc": wc or None,
+    # links keep the image shown, also when it was chosen as the lead image (a newer
+    # analysis must not switch the image under a click)
+    view = {"instance": record.instance_id if instance or len(detail.instances) > 1 else None,
+            "wc": wc or None,
             "ww": ww or None, "frame": frame or None, "zoom": zoom if zoom != "fit" else None}
     modality = (detail.study.modality or "").upper()
     context = {
@@ -314,10 +331,16 @@ def sign_off(service: Service, user: FormUser, study_id: StudyId, instance_id: I
     A page older than what it signs (analysed again, or signed by someone else since it
     was shown) goes back to the study, which then shows the current state.
     """
+    if not result_id:  # the form always names the analysis shown: a post without it is
+        # no sign-off of anything reviewed (the API refuses it too), and is audited
+        service.vault.audit.append(user.principal.username, "report.sign", "refused",
+                                   object_ids=[study_id, instance_id],
+                                   details={"reason": "no analysis named"})
+        return see_other(_study_url(study_id, instance=instance_id, done="conflict"))
     try:
         service.sign_off(user.principal, study_id, instance_id, decision=decision,
                          label=(label or None) if decision == "overridden" else None,
-                         comment=comment.strip(), result_id=result_id or None,
+                         comment=comment.strip(), result_id=result_id,
                          amends=amends or None)
     except SignOffConflict:  # audited by the service
         return see_other(_study_url(study_id, instance=instance_id, done="conflict"))
