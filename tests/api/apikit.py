@@ -113,16 +113,19 @@ def tiny_model(root: Path, *, size: int = 32, seed: int = 0) -> Path:
     return root
 
 
-def fixed_image_check(root: Path, looks_like: str = "brain_mri") -> Path:
+def fixed_image_check(root: Path, looks_like: str = "brain_mri", *,
+                      probability: float = 0.99995) -> Path:
     """Write a signed image check into registry ``root`` that takes every image for
-    ``looks_like`` (> 99.9 %): the wiring of the check, without depending on pixels.
+    ``looks_like`` with ``probability`` (its threshold is 0.86): the wiring of the
+    check, without depending on pixels.
 
     It knows two sources: ``chest_film`` (DX, no body part: the tiny model's DX pair)
     and ``brain_mri`` (MR BRAIN).
     """
     sources = {"chest_film": ("DX", ""), "brain_mri": ("MR", "BRAIN")}
     classes = list(sources)
-    bias = np.array([10.0 if c == looks_like else 0.0 for c in classes], dtype=np.float32)
+    logit = float(np.log(probability / (1.0 - probability)))  # two classes: p = sigmoid
+    bias = np.array([logit if c == looks_like else 0.0 for c in classes], dtype=np.float32)
     arrays = {"fc_w": np.zeros((len(classes), 3), np.float32), "fc_b": bias}
     nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
              helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
@@ -259,9 +262,11 @@ def idp_jwks() -> dict[str, Any]:
     return {"keys": [{**jwk, "kid": "idp-1", "alg": "ES256", "use": "sig"}]}
 
 
-def build_world(home: Path, models: Path, **service_overrides: Any) -> World:
+def build_world(home: Path, models: Path, *, refer_threshold: float | None = None,
+                **service_overrides: Any) -> World:
     """Create a vault, its service and a live server with every role's user."""
-    settings = load_settings(env={}, home=home, preprocess=PREPROCESS)
+    env = {} if refer_threshold is None else {"RADVAULT_REFER_THRESHOLD": str(refer_threshold)}
+    settings = load_settings(env=env, home=home, preprocess=PREPROCESS)
     vault = Vault.init(settings, PASSPHRASE, kdf=KdfParams.fast())
     options: dict[str, Any] = {
         "argon2": (1, 8, 1), "workers": 1, "models_dir": models,

@@ -42,3 +42,43 @@ def test_a_film_taken_for_a_brain_mr_is_referred_in_words_on_the_study_page(
     finally:
         web.close()
     assert web.offsite == []
+
+
+@pytest.fixture(scope="module")
+def doubting_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A service whose check takes every image for a brain MR, but only at 75 %; the tiny
+    model's answers are not referred for confidence (threshold 0.1)."""
+    models = fixed_image_check(tiny_model(tmp_path_factory.mktemp("models")), "brain_mri",
+                               probability=0.75)
+    w = build_world(tmp_path_factory.mktemp("web-doubt") / "home", models,
+                    refer_threshold=0.1)
+    try:
+        yield w
+    finally:
+        w.server.stop()
+        w.vault.close()
+
+
+def test_a_doubt_under_the_threshold_is_a_warning_on_the_page_and_the_worklist(
+        browser: Any, doubting_world: World, shots: Path) -> None:
+    data = (SAMPLES / "chest_xray__normal__IM-0009-0001.jpeg").read_bytes()
+    up = doubting_world.upload("tech-n", data, "film.jpeg", modality="DX").json()
+    r = doubting_world.post("rad-n", f"/api/v1/studies/{up['study_id']}/analyses", json={})
+    assert doubting_world.wait_job("rad-n", r.json()["job_id"])["status"] == "succeeded"
+    web = Browsing(browser, doubting_world, shots)
+    try:
+        page = web.page("rad-n")
+        row = page.locator("tr", has=page.get_by_role("link", name=up["study_id"]))
+        assert ("image check: the image may be a brain MR (75.0 %), not the DX it is "
+                "recorded as") in " ".join(row.inner_text().split())
+        page.goto(f"/web/studies/{up['study_id']}")
+        seen = page.locator("#image-check").inner_text()
+        assert seen == ("Image check: the image may be a brain MR (75.0 %), not the DX it "
+                        "is recorded as; under the check's threshold of 86.0 %, so not "
+                        "referred for it: look before you sign.")
+        assert "image_unlike_declared" not in doubting_world.get(
+            "rad-n", f"/api/v1/studies/{up['study_id']}/instances/{up['instance_id']}/result"
+        ).json()["reasons"]
+    finally:
+        web.close()
+    assert web.offsite == []

@@ -140,6 +140,11 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
                                  refer_threshold=lead.refer_threshold,
                                  modality=study.modality, body_part=study.body_part,
                                  looks_like=(lead.image_check or {}).get("looks_like"))
+    elif lead is not None and lead.image_check and (
+            lead.image_check.get("matches_declared") is False):
+        # not referred, but the image check doubts the record: say so where triage happens
+        reason = "image check: " + image_check_in_words(
+            lead.image_check, modality=study.modality, body_part=study.body_part).split(";")[0]
     order = [v.instance.instance_id for v in detail.instances]
     return WorklistRow(
         study=study, analysed=len(analysed), refer=any(r.refer for r in results),
