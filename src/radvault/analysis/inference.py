@@ -222,7 +222,8 @@ class Prediction:
     model_id : str
     image_check : dict, optional
         What the image check took the image for (``model_id``, ``looks_like``,
-        ``probability``, ``unlike_declared``); ``None`` when no check ran.
+        ``probability``, ``threshold``, ``unlike_declared``, ``matches_declared``);
+        ``None`` when no check ran.
     """
 
     label: str
