@@ -162,7 +162,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for command in ("deid", "preprocess", "init", "ingest", "verify", "audit", "keys",
-                    "delete", "demo"):
+                    "delete", "relabel", "demo"):
         assert command in out
 
 

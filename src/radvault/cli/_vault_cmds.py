@@ -569,9 +569,40 @@ def delete(
     run()
 
 
+def relabel(
+    ctx: typer.Context,
+    study_id: Annotated[str, typer.Argument(help="The study to correct.")],
+    modality: Annotated[str, typer.Option(
+        "--modality", help="What the study is: a DICOM defined term (DX, CT, MR, US, ...).")],
+    body_part: Annotated[str | None, typer.Option(
+        "--body-part", help="A DICOM defined term (CHEST, BRAIN, ...); none: unknown.")] = None,
+) -> None:
+    """Correct the modality and body part a study was recorded as (audited).
+
+    For an image uploaded as something it is not, which the image check may have said
+    (image_unlike_declared). Its objects' catalog rows are signed again; earlier
+    results stay: run `radvault analyze STUDY_ID` for the answer of the right model.
+    """
+
+    @handle_errors
+    def run() -> None:
+        from radvault.pipeline.maintenance import relabel_study
+
+        typed_modality, typed_body_part = typed_hints(modality, body_part)
+        with opened_vault(settings_from_context(ctx)) as vault:
+            before = relabel_study(vault, study_id, modality=typed_modality or "",
+                                   body_part=typed_body_part, actor=ACTOR)
+        was = " ".join(v for v in before if v) or "nothing"
+        now = " ".join(v for v in (typed_modality, typed_body_part) if v)
+        console.print(f"study {study_id}: recorded as {now} (was {was}); analyse it again "
+                      f"for the answer of the right model: radvault analyze {study_id}")
+
+    run()
+
+
 def register(app: typer.Typer) -> None:
     """Add the vault commands to the root application."""
-    for command in (init, ingest, ls, show, export, verify, delete):
+    for command in (init, ingest, ls, show, export, verify, delete, relabel):
         app.command()(command)
     app.add_typer(audit_app, name="audit")
     app.add_typer(keys_app, name="keys")

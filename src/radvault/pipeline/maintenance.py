@@ -17,7 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from radvault.errors import IntegrityError, KeyProviderError, ObjectNotFound, RadVaultError
+from radvault.errors import (
+    IntegrityError,
+    InvalidRequest,
+    KeyProviderError,
+    ObjectNotFound,
+    RadVaultError,
+)
+from radvault.imaging.vocabulary import body_part_hint, modality_hint
 from radvault.vault.audit import Action, Outcome
 from radvault.vault.catalog import (
     STUDY_SHREDDED,
@@ -30,7 +37,8 @@ from radvault.vault.sealing import key_context, read_header
 from radvault.vault.secure_memory import zeroize
 from radvault.vault.vault import Vault
 
-__all__ = ["RotationReport", "VerifyReport", "rotate_keys", "shred_study", "verify_vault"]
+__all__ = ["RotationReport", "VerifyReport", "relabel_study", "rotate_keys", "shred_study",
+           "verify_vault"]
 
 
 @dataclass
@@ -320,3 +328,43 @@ def shred_study(vault: Vault, study_id: str, *, actor: str = "system") -> int:
     vault.audit.append(actor, Action.SHRED, Outcome.OK, object_ids=[study_id],
                        details={"objects": count})
     return count
+
+
+def relabel_study(vault: Vault, study_id: str, *, modality: str, body_part: str | None,
+                  actor: str = "system") -> tuple[str | None, str | None]:
+    """Correct what a study was declared as (a brain MR uploaded as DX CHEST, say). Audited.
+
+    The catalog's modality and body part change, and every object row is signed again
+    over them; stored results are kept (each names the model that made it), so analyse
+    the study again for an answer of the right model. Both values must be DICOM defined
+    terms; the audit entry records them before and after (defined terms, no PHI).
+
+    Returns
+    -------
+    tuple
+        The modality and body part before.
+
+    Raises
+    ------
+    InvalidRequest
+        If a value is not a defined term (audited).
+    ObjectNotFound
+        If there is no such study.
+    VaultError
+        If the study is shredded (audited).
+    """
+    vault.catalog.get_study(study_id)  # ObjectNotFound for an unknown id
+    try:
+        new_modality = modality_hint(modality)
+        new_body_part = body_part_hint(body_part)
+        if new_modality is None:
+            raise InvalidRequest("a modality is required (a DICOM defined term)")
+        before = vault.catalog.relabel_study(study_id, modality=new_modality,
+                                             body_part=new_body_part, signer=vault.signer)
+    except RadVaultError as exc:
+        vault.audit.append(actor, "study.relabel", Outcome.REFUSED, object_ids=[study_id],
+                           details={"error": type(exc).__name__})
+        raise
+    vault.audit.append(actor, "study.relabel", Outcome.OK, object_ids=[study_id],
+                       details={"from": list(before), "to": [new_modality, new_body_part]})
+    return before

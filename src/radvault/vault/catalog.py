@@ -52,6 +52,7 @@ from radvault.vault._catalog_models import (
     ObjectRow,
     PatientRow,
     ResultRow,
+    SeriesRow,
     StudyRow,
     utcnow,
 )
@@ -799,6 +800,45 @@ class Catalog:
         self._flush_journal()
         logger.info("shredded %d data keys of one study", count)
         return count
+
+    def relabel_study(self, study_id: str, *, modality: str | None, body_part: str | None,
+                      signer: Signer) -> tuple[str | None, str | None]:
+        """Record another modality and body part for a study, and sign its objects again.
+
+        Every object row's signature binds its study's modality and body part, so each
+        is signed again (current record format) in the same transaction as the change.
+        The sealed files are untouched (a DICOM header keeps what it said).
+
+        Returns
+        -------
+        tuple
+            The study's modality and body part before.
+
+        Raises
+        ------
+        ObjectNotFound
+            When no study has this id.
+        VaultError
+            When the study is shredded (nothing of it can be read again).
+        """
+        with self._writing() as session:
+            study = session.get(StudyRow, study_id)
+            if study is None:
+                raise ObjectNotFound(f"no study {study_id!r}")
+            if study.status == STUDY_SHREDDED:
+                raise VaultError("a shredded study cannot be relabelled")
+            before = (study.modality, study.body_part)
+            study.modality, study.body_part = modality, body_part
+            session.execute(update(SeriesRow).where(SeriesRow.study_id == study_id)
+                            .values(modality=modality, body_part=body_part))
+            session.flush()
+            ids = select(InstanceRow.instance_id).where(InstanceRow.study_id == study_id)
+            for obj in self._objects_where(session, ObjectRow.instance_id.in_(ids)):
+                session.execute(update(ObjectRow).where(ObjectRow.object_id == obj.object_id)
+                                .values(record_signature=signer.sign(object_record_message(obj)),
+                                        signer_key_id=signer.key_id))
+        logger.info("relabelled one study")
+        return before
 
     def _flush_journal(self) -> None:
         if self.dialect_name != "sqlite":
