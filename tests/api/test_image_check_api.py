@@ -59,3 +59,28 @@ def test_a_service_without_an_image_check_returns_none(world: World,
     assert result["image_check"] is None
     assert "image_unlike_declared" not in result["reasons"]
 
+
+
+def test_a_study_the_check_doubts_is_relabelled_and_analysed_again(
+        checked_world: World) -> None:
+    data = (SAMPLES / "brain_mri__glioma__Te-glTr_0008.jpg").read_bytes()
+    up = checked_world.upload("tech-n", data, "scan.jpeg", modality="DX").json()
+    study = up["study_id"]
+    path = f"/api/v1/studies/{study}/relabel"
+    mark = checked_world.mark()
+    assert checked_world.post("tech-n", path, json={"modality": "MR"}).status_code == 403
+    bad = checked_world.post("rad-n", path, json={"modality": "MR", "body_part": "Doe^J"})
+    assert bad.status_code == 400 and "Doe" not in bad.text
+    r = checked_world.post("rad-n", path, json={"modality": "mr", "body_part": "brain"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["modality"], r.json()["body_part"]) == ("MR", "BRAIN")
+    entries = checked_world.audit_since(mark, "study.relabel")
+    assert sorted(str(e.outcome) for e in entries) == ["ok", "refused"]
+    ok = next(e for e in entries if str(e.outcome) == "ok")
+    assert ok.details == {"from": ["DX", None], "to": ["MR", "BRAIN"]}
+    job = checked_world.post("rad-n", f"/api/v1/studies/{study}/analyses", json={})
+    assert checked_world.wait_job("rad-n", job.json()["job_id"])["status"] == "succeeded"
+    result = checked_world.get("rad-n", f"/api/v1/studies/{study}/instances/"
+                                        f"{up['instance_id']}/result").json()
+    assert result["image_check"]["matches_declared"] is True  # the record agrees now
+    assert "image_unlike_declared" not in result["reasons"]

@@ -575,3 +575,21 @@ def test_the_study_page_worklist_and_report_lead_with_the_same_image(clinic, tmp
     assert s.lead_instance(rad, study) == order[0]
     report = s.report(rad, study, "fhir").content.decode()
     assert order[0] in report and order[1] not in report
+
+
+def test_analyse_again_after_the_result_seen_runs_once_more_and_a_double_click_once(
+        clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 12)
+    s, rad = clinic.service, clinic.p["rad-n"]
+    first = s.start_analysis(rad, study)
+    s.run_pending_jobs()
+    instance = first.instance_ids[0]
+    seen = s.latest_result(rad, study, instance).result_id
+    assert s.start_analysis(rad, study).job_id == first.job_id  # the same request: same job
+    again = s.start_analysis(rad, study, after=seen)  # "Analyse again" on the page
+    assert again.job_id != first.job_id
+    assert s.start_analysis(rad, study, after=seen).job_id == again.job_id  # double click
+    s.run_pending_jobs()
+    assert len(s.results(rad, study, instance)) == 2
+    with pytest.raises(InvalidRequest, match="after"):
+        s.start_analysis(rad, study, after="../x y")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from radvault.errors import InvalidRequest, ObjectNotFound, VaultError
+from radvault.errors import InvalidRequest, ObjectNotFound, ObjectShredded
 from radvault.pipeline.analyse import Analyser
 from radvault.pipeline.ingest import Ingestor
 from radvault.pipeline.maintenance import relabel_study, shred_study, verify_vault
@@ -53,7 +53,7 @@ def test_a_relabel_to_no_defined_term_or_of_a_shredded_study_is_refused_and_audi
     with pytest.raises(ObjectNotFound):
         relabel_study(vault, "2.25.1", modality="MR", body_part="BRAIN", actor="admin")
     shred_study(vault, study, actor="admin")
-    with pytest.raises(VaultError, match="shredded"):
+    with pytest.raises(ObjectShredded, match="shredded"):
         relabel_study(vault, study, modality="MR", body_part="BRAIN", actor="admin")
     refused = vault.audit.query(action="study.relabel")
     assert [e.outcome for e in refused] == ["refused"] * 3

@@ -39,6 +39,15 @@ def test_a_film_taken_for_a_brain_mr_is_referred_in_words_on_the_study_page(
         seen = page.locator("#image-check").inner_text()
         assert seen == ("Image check: the image looks like a brain MR (> 99.9 %), "
                         "not the DX it is recorded as.")
+        # the page offers the check's kind of image as the record; one click corrects it
+        # and analyses again
+        form = page.locator("#relabel")
+        assert form.get_by_label("Modality").input_value() == "MR"
+        assert form.get_by_label("Body part").input_value() == "BRAIN"
+        form.get_by_role("button", name="Correct the record and analyse again").click()
+        page.wait_for_url(lambda url: "done=analysed" in url, timeout=60_000)
+        assert page.locator("#image-check").inner_text() == (
+            "Image check: the image looks like a brain MR (> 99.9 %), as recorded.")
     finally:
         web.close()
     assert web.offsite == []

@@ -74,6 +74,7 @@ class SourceGuess:
     def as_dict(self, model_id: str) -> dict[str, Any]:
         """JSON-ready form, as stored with a result (no pixel, no identifier)."""
         return {"model_id": model_id, "looks_like": self.source,
+                "looks_like_pair": list(self.pairs[0]) if self.pairs else None,
                 "probability": self.probability, "threshold": self.threshold,
                 "unlike_declared": self.unlike_declared,
                 "matches_declared": self.matches_declared}

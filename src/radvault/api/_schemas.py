@@ -175,6 +175,10 @@ class AnalysisIn(_In):
     """What to analyse: one instance of the study, or all (and optionally which model)."""
 
     instance_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    after: str | None = Field(
+        default=None, pattern=ID_PATTERN,
+        description="The newest result id the client has seen: analyse again after it "
+                    "(without it, asking again returns the job already made)")
     # no pattern here: the service judges the name, so that a malformed one is refused
     # and audited like an unknown one (a schema pattern refused it unaudited)
     model: str | None = Field(
@@ -255,6 +259,8 @@ class ImageCheckOut(_Out):
     #: Whether the guess is the source the image is recorded as (``None``: the check
     #: does not know that kind of image, or the result predates the field).
     matches_declared: bool | None = None
+    #: The (modality, body part) that source was trained on: what to relabel it as.
+    looks_like_pair: list[str] | None = None
 
 
 class ResultOut(_Out):
@@ -287,6 +293,13 @@ class ResultOut(_Out):
                    refer_threshold=r.refer_threshold, decision_support=flag,
                    signoff=SignOffOut.of(r.signoff) if r.signoff else None,
                    image_check=ImageCheckOut(**r.image_check) if r.image_check else None)
+
+
+class RelabelIn(_In):
+    """What a study really is: DICOM defined terms."""
+
+    modality: str = Field(max_length=16)
+    body_part: str | None = Field(default=None, max_length=64)
 
 
 class ReasonIn(_In):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from radvault.api._deps import API_PREFIX, CurrentPrincipal, InstanceId, JobId, Service, StudyId
-from radvault.api._schemas import AnalysisIn, JobOut, ResultOut
+from radvault.api._schemas import AnalysisIn, JobOut, RelabelIn, ResultOut, StudyOut
 
 __all__ = ["router"]
 
@@ -26,9 +26,22 @@ def start_analysis(service: Service, principal: CurrentPrincipal, study_id: Stud
     """
     body = body or AnalysisIn()
     job = service.start_analysis(principal, study_id, instance_id=body.instance_id,
-                                 model=body.model)
+                                 model=body.model, after=body.after)
     response.headers["Location"] = f"{API_PREFIX}/jobs/{job.job_id}"
     return JobOut.of(job)
+
+
+@router.post("/studies/{study_id}/relabel", response_model=StudyOut)
+def relabel_study(service: Service, principal: CurrentPrincipal, study_id: StudyId,
+                  body: RelabelIn) -> StudyOut:
+    """Correct what a study was recorded as (radiologists who may analyse it; audited).
+
+    For an image the image check takes for another kind than recorded
+    (``image_unlike_declared``). Analyse it again for the right model's answer; earlier
+    results stay. A value that is not a DICOM defined term is 400 (audited).
+    """
+    return StudyOut.of(service.relabel_study(principal, study_id, modality=body.modality,
+                                             body_part=body.body_part))
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)

@@ -41,7 +41,7 @@ from radvault.pipeline._clinical_tables import (
     AnalysisRunRow,
 )
 from radvault.vault.audit import Outcome
-from radvault.vault.catalog import ResultRecord, canonical_json
+from radvault.vault.catalog import ResultRecord, StudyRecord, canonical_json
 
 __all__ = ["ANALYSE_TASK", "AnalysisCases"]
 
@@ -49,6 +49,7 @@ ANALYSE_TASK = "clinical.analyse"
 """The job task that analyses the instances of one study."""
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_AFTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 
 
 class AnalysisCases(ServiceCore):
@@ -61,10 +62,11 @@ class AnalysisCases(ServiceCore):
     # ------------------------------------------------------------------ analysis
 
     def start_analysis(self, principal: Principal, study_id: str, *,
-                       instance_id: str | None = None, model: str | None = None) -> JobView:
+                       instance_id: str | None = None, model: str | None = None,
+                       after: str | None = None) -> JobView:
         """Queue the analysis of a study (or one of its instances); idempotent.
 
-        Asking again for the same instances and model returns the same job,
+        Asking again for the same instances, model and ``after`` returns the same job,
         whatever its state, unless it failed: then a new job is started.
 
         Parameters
@@ -79,6 +81,10 @@ class AnalysisCases(ServiceCore):
             A model folder name of the service's model registry; default the
             registry's choice per image. Checked here, before anything is queued
             (and again when the job runs: a model may disappear meanwhile).
+        after : str, optional
+            "Analyse again, after this": the newest result id the caller has seen (the
+            page's "Analyse again"), so that a finished analysis is done once more, while
+            the same request sent twice (a double click) still gets one job.
 
         Returns
         -------
@@ -111,6 +117,10 @@ class AnalysisCases(ServiceCore):
             self._check_model(principal, study.study_id, model)
         payload = {"study_id": study.study_id, "instance_ids": sorted(instance_ids),
                    "model": model}
+        if after is not None:
+            if not isinstance(after, str) or not _AFTER.fullmatch(after):
+                raise InvalidRequest("invalid 'after' (a result id)")
+            payload["after"] = after
         key = "clinical.analyse:" + hashlib.sha256(canonical_json(payload)).hexdigest()[:48]
         runner = self._runner()
         job = runner.submit(ANALYSE_TASK, payload, idempotency_key=key,
@@ -223,6 +233,30 @@ class AnalysisCases(ServiceCore):
         study = self._study(principal, Action.VIEW_RESULT, study_id)
         lead = self._lead_of(self.vault.catalog.instances_of_study(study.study_id))
         return lead.instance_id if lead is not None else None
+
+    def relabel_study(self, principal: Principal, study_id: str, *, modality: str,
+                      body_part: str | None) -> StudyRecord:
+        """Correct what a study was recorded as (a radiologist who may analyse it; audited).
+
+        For an image the image check takes for another kind than recorded: the catalog's
+        modality and body part change (its objects' rows signed again); analyse it again
+        for the right model's answer. Earlier results and sign-offs stay.
+
+        Raises
+        ------
+        AccessDenied
+            If not granted (audited).
+        InvalidRequest
+            If a value is not a DICOM defined term (audited).
+        ObjectShredded
+            If the study is shredded (audited).
+        """
+        from radvault.pipeline.maintenance import relabel_study
+
+        study = self._study(principal, Action.ANALYSE, study_id)
+        relabel_study(self.vault, study.study_id, modality=modality, body_part=body_part,
+                      actor=principal.username)
+        return self.vault.catalog.get_study(study.study_id)
 
     def heatmap(self, principal: Principal, study_id: str, instance_id: str) -> bytes:
         """The class-activation overlay of an analysed instance (PNG, computed in memory).
@@ -352,7 +386,9 @@ def _image_check_of(payload: dict[str, Any]) -> dict[str, Any] | None:
                           else None),
             "unlike_declared": bool(check.get("unlike_declared", False)),
             "matches_declared": (bool(check["matches_declared"])
-                                 if check.get("matches_declared") is not None else None)}
+                                 if check.get("matches_declared") is not None else None),
+            "looks_like_pair": ([str(v) for v in check["looks_like_pair"]][:2]
+                                if isinstance(check.get("looks_like_pair"), list) else None)}
 
 
 def _job_view(job: Job) -> JobView:

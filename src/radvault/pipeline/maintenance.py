@@ -350,7 +350,7 @@ def relabel_study(vault: Vault, study_id: str, *, modality: str, body_part: str 
         If a value is not a defined term (audited).
     ObjectNotFound
         If there is no such study.
-    VaultError
+    ObjectShredded
         If the study is shredded (audited).
     """
     vault.catalog.get_study(study_id)  # ObjectNotFound for an unknown id

@@ -43,6 +43,7 @@ from sqlalchemy.pool import StaticPool
 from radvault.errors import (
     ConfigurationError,
     ObjectNotFound,
+    ObjectShredded,
     VaultError,
 )
 from radvault.vault._catalog_models import (
@@ -818,7 +819,7 @@ class Catalog:
         ------
         ObjectNotFound
             When no study has this id.
-        VaultError
+        ObjectShredded
             When the study is shredded (nothing of it can be read again).
         """
         with self._writing() as session:
@@ -826,7 +827,7 @@ class Catalog:
             if study is None:
                 raise ObjectNotFound(f"no study {study_id!r}")
             if study.status == STUDY_SHREDDED:
-                raise VaultError("a shredded study cannot be relabelled")
+                raise ObjectShredded("a shredded study cannot be relabelled")
             before = (study.modality, study.body_part)
             study.modality, study.body_part = modality, body_part
             session.execute(update(SeriesRow).where(SeriesRow.study_id == study_id)

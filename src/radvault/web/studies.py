@@ -61,7 +61,10 @@ _CT_PRESETS = (("Soft tissue", 40, 400), ("Lung", -600, 1500), ("Bone", 400, 180
                ("Brain", 40, 80))
 _DONE = {"signed": "Sign-off saved and signed.", "analysed": "Analysis finished.",
          "conflict": "Not signed: this image was signed off or analysed again since your "
-                     "page was shown. Review what it shows now, and sign again if you must."}
+                     "page was shown. Review what it shows now, and sign again if you must.",
+         "relabel_refused": "Not corrected: give a DICOM modality (such as DX, CT, MR, US) "
+                            "and body part (such as CHEST, BRAIN), or leave the body part "
+                            "empty."}
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,8 @@ def study_page(
             for r in latest.reasons] if latest else [],
         # what the image check took the image for, shown beside every answer it checked
         "image_check_text": _image_check_text(latest, detail.study) if latest else None,
+        # when the check doubts the record: what to record the study as instead
+        "relabel_to": _relabel_to(latest) if latest and user.may("analyse") else None,
         "findings": list(RADIOLOGIST_FINDINGS.items()),
         "finding_words": RADIOLOGIST_FINDINGS,
     }
@@ -275,6 +280,16 @@ def _image_check_text(result: ResultView, study: StudyRecord) -> str | None:
         return None
     return image_check_in_words(result.image_check, modality=study.modality,
                                 body_part=study.body_part)
+
+
+def _relabel_to(result: ResultView) -> tuple[str, str] | None:
+    """The image check's kind of image, when it doubts the record (a form offers it)."""
+    check = result.image_check or {}
+    pair = check.get("looks_like_pair")
+    doubts = check.get("unlike_declared") or check.get("matches_declared") is False
+    if not doubts or not isinstance(pair, list) or len(pair) != 2:
+        return None
+    return str(pair[0]), str(pair[1])
 
 
 def _report_formats(source_format: str) -> list[tuple[str, str]]:
@@ -306,9 +321,28 @@ def heatmap_image(service: Service, user: CurrentUser, study_id: StudyId,
 
 @router.post("/studies/{study_id}/analyses")
 def start_analysis(service: Service, user: FormUser, study_id: StudyId,
-                   instance_id: Annotated[str, Form(max_length=128)] = "") -> Response:
+                   instance_id: Annotated[str, Form(max_length=128)] = "",
+                   after: Annotated[str, Form(max_length=128)] = "") -> Response:
     """Queue an analysis of the study (or one image) and follow its job."""
-    job = service.start_analysis(user.principal, study_id, instance_id=instance_id or None)
+    # "Analyse again" names the newest result the page showed: a fresh analysis, once
+    job = service.start_analysis(user.principal, study_id, instance_id=instance_id or None,
+                                 after=after or None)
+    return see_other(f"{WEB_PREFIX}/jobs/{job.job_id}")
+
+
+@router.post("/studies/{study_id}/relabel")
+def relabel(service: Service, user: FormUser, study_id: StudyId,
+            modality: Annotated[str, Form(max_length=16)],
+            body_part: Annotated[str, Form(max_length=64)] = "") -> Response:
+    """Correct what the study was recorded as, then analyse it again (both audited)."""
+    try:
+        study = service.relabel_study(user.principal, study_id, modality=modality,
+                                      body_part=body_part or None)
+    except InvalidRequest:  # audited by the service; the page says what was wrong
+        return see_other(_study_url(study_id, done="relabel_refused"))
+    # analysed anew as what it is now recorded as (not the job made under the old record)
+    recorded_as = f"relabel:{study.modality}/{study.body_part or ''}"
+    job = service.start_analysis(user.principal, study_id, after=recorded_as)
     return see_other(f"{WEB_PREFIX}/jobs/{job.job_id}")
 
 
