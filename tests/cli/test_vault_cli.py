@@ -201,7 +201,7 @@ def test_ingest_ls_show_export_verify_audit_rotate_and_shred(
 
     # a study recorded as something it is not is corrected, signed again and audited
     code, _, err = run("relabel", xray["study_id"], "--modality", "MR", "--body-part", "Doe")
-    assert code == 2 and "--body-part" in _one_error_line(err) and "Doe" not in err
+    assert code != 0 and "body part" in _one_error_line(err) and "Doe" not in err
     code, out, _ = run("relabel", xray["study_id"], "--modality", "mr", "--body-part", "brain")
     assert code == 0 and "recorded as MR BRAIN (was DX CHEST)" in " ".join(out.split())
     relabelled = next(s for s in _studies(run) if s["study_id"] == xray["study_id"])

@@ -56,7 +56,9 @@ def test_a_relabel_to_no_defined_term_or_of_a_shredded_study_is_refused_and_audi
     with pytest.raises(ObjectShredded, match="shredded"):
         relabel_study(vault, study, modality="MR", body_part="BRAIN", actor="admin")
     refused = vault.audit.query(action="study.relabel")
-    assert [e.outcome for e in refused] == ["refused"] * 3
+    assert [e.outcome for e in refused] == ["refused"] * 4
+    unknown = next(e for e in refused if e.details["error"] == "ObjectNotFound")
+    assert not unknown.object_ids and unknown.details["study_hmac"]  # typed: digest only
     assert "Doe" not in repr([e.to_dict() for e in refused])
     record = vault.catalog.get_study(study)
     assert (record.modality, record.body_part) == ("DX", "CHEST")

@@ -91,3 +91,25 @@ def test_a_doubt_under_the_threshold_is_a_warning_on_the_page_and_the_worklist(
     finally:
         web.close()
     assert web.offsite == []
+
+
+def test_an_analysis_made_before_a_relabel_says_so_and_offers_no_second_relabel(
+        browser: Any, checked_world: World, shots: Path) -> None:
+    data = (SAMPLES / "chest_xray__pneumonia__person117_bacteria_553.jpeg").read_bytes()
+    up = checked_world.upload("tech-n", data, "film2.jpeg", modality="DX").json()
+    study = up["study_id"]
+    r = checked_world.post("rad-n", f"/api/v1/studies/{study}/analyses", json={})
+    assert checked_world.wait_job("rad-n", r.json()["job_id"])["status"] == "succeeded"
+    assert checked_world.post("rad-n", f"/api/v1/studies/{study}/relabel", json={
+        "modality": "MR", "body_part": "BRAIN"}).status_code == 200
+    web = Browsing(browser, checked_world, shots)
+    try:
+        page = web.page("rad-n")
+        page.goto(f"/web/studies/{study}")
+        seen = page.locator("#image-check").inner_text()
+        assert "not the DX it is recorded as" in seen  # the words of its own time
+        assert ("this analysis was made when the study was recorded as DX; it is recorded "
+                "as MR BRAIN now: analyse it again") in seen
+        assert page.locator("#relabel").count() == 0
+    finally:
+        web.close()

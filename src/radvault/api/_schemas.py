@@ -298,8 +298,9 @@ class ResultOut(_Out):
 class RelabelIn(_In):
     """What a study really is: DICOM defined terms."""
 
-    modality: str = Field(max_length=16)
-    body_part: str | None = Field(default=None, max_length=64)
+    # only bounded here: the service judges the terms, and audits a refusal
+    modality: str = Field(max_length=4096)
+    body_part: str | None = Field(default=None, max_length=4096)
 
 
 class ReasonIn(_In):

@@ -588,12 +588,12 @@ def relabel(
     def run() -> None:
         from radvault.pipeline.maintenance import relabel_study
 
-        typed_modality, typed_body_part = typed_hints(modality, body_part)
-        with opened_vault(settings_from_context(ctx)) as vault:
-            before = relabel_study(vault, study_id, modality=typed_modality or "",
-                                   body_part=typed_body_part, actor=ACTOR)
+        with opened_vault(settings_from_context(ctx)) as vault:  # it judges the terms
+            before = relabel_study(vault, study_id, modality=modality, body_part=body_part,
+                                   actor=ACTOR)  # (a refusal is audited there)
+            after = vault.catalog.get_study(study_id)
         was = " ".join(v for v in before if v) or "nothing"
-        now = " ".join(v for v in (typed_modality, typed_body_part) if v)
+        now = " ".join(v for v in (after.modality, after.body_part) if v)
         console.print(f"study {study_id}: recorded as {now} (was {was}); analyse it again "
                       f"for the answer of the right model: radvault analyze {study_id}")
 

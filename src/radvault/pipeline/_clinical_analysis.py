@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,6 @@ ANALYSE_TASK = "clinical.analyse"
 """The job task that analyses the instances of one study."""
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_AFTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 
 
 class AnalysisCases(ServiceCore):
@@ -63,11 +63,12 @@ class AnalysisCases(ServiceCore):
 
     def start_analysis(self, principal: Principal, study_id: str, *,
                        instance_id: str | None = None, model: str | None = None,
-                       after: str | None = None) -> JobView:
+                       after: str | None = None, fresh: bool = False) -> JobView:
         """Queue the analysis of a study (or one of its instances); idempotent.
 
-        Asking again for the same instances, model and ``after`` returns the same job,
-        whatever its state, unless it failed: then a new job is started.
+        Asking again for the same instances, model and ``after``, while the study is
+        recorded as the same modality and body part, returns the same job, whatever its
+        state, unless it failed: then a new job is started.
 
         Parameters
         ----------
@@ -84,7 +85,10 @@ class AnalysisCases(ServiceCore):
         after : str, optional
             "Analyse again, after this": the newest result id the caller has seen (the
             page's "Analyse again"), so that a finished analysis is done once more, while
-            the same request sent twice (a double click) still gets one job.
+            the same request sent twice (a double click) still gets one job. It must be
+            a result id of the images asked for.
+        fresh : bool
+            A new job whatever was asked before (after a relabel: the record changed).
 
         Returns
         -------
@@ -117,11 +121,19 @@ class AnalysisCases(ServiceCore):
             self._check_model(principal, study.study_id, model)
         payload = {"study_id": study.study_id, "instance_ids": sorted(instance_ids),
                    "model": model}
+        # the job is the same while the request and the study's record are: a relabel
+        # (another modality or body part) makes the same request a new analysis
+        material: dict[str, Any] = {**payload,
+                                    "recorded_as": [study.modality, study.body_part]}
         if after is not None:
-            if not isinstance(after, str) or not _AFTER.fullmatch(after):
-                raise InvalidRequest("invalid 'after' (a result id)")
-            payload["after"] = after
-        key = "clinical.analyse:" + hashlib.sha256(canonical_json(payload)).hexdigest()[:48]
+            seen = {r.result_id for i in instance_ids
+                    for r in self.vault.catalog.results_of_instance(i)}
+            if not isinstance(after, str) or after not in seen:
+                raise InvalidRequest("'after' must name a result of the images asked for")
+            material["after"] = after
+        if fresh:
+            material["fresh"] = secrets.token_hex(16)
+        key = "clinical.analyse:" + hashlib.sha256(canonical_json(material)).hexdigest()[:48]
         runner = self._runner()
         job = runner.submit(ANALYSE_TASK, payload, idempotency_key=key,
                             actor=principal.username)
@@ -371,7 +383,10 @@ def _result_view(study_id: str, record: ResultRecord, signoff: SignOffView | Non
         refer=bool(p.get("refer", False)), reasons=tuple(str(r) for r in p.get("reasons", [])),
         refer_threshold=(float(p["refer_threshold"]) if p.get("refer_threshold") is not None
                          else None),
-        signoff=signoff, image_check=_image_check_of(p))
+        signoff=signoff, image_check=_image_check_of(p),
+        recorded_as=(tuple(str(v or "") for v in p["recorded_as"][:2])  # type: ignore[arg-type]
+                     if isinstance(p.get("recorded_as"), list)
+                     and len(p["recorded_as"]) >= 2 else None))
 
 
 def _image_check_of(payload: dict[str, Any]) -> dict[str, Any] | None:

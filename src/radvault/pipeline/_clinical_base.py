@@ -240,6 +240,9 @@ class ResultView:
     #: What the image check took the image for (``looks_like``, ``probability``,
     #: ``unlike_declared``, ``model_id``); ``None`` for a result made without one.
     image_check: dict[str, Any] | None = None
+    #: The modality and body part the study was recorded as when it was analysed
+    #: (``None`` for results before session 11); a relabel changes the study's only.
+    recorded_as: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,8 @@ def _from_record(record: Any, study_id: str) -> AnalysisResult:
         model_id=record.model_id, task=p.get("task", ""), predicted_class=p["predicted_class"],
         probability=float(p["probability"]), probabilities=dict(p["probabilities"]),
         refer=bool(p["refer"]), reasons=tuple(p.get("reasons", ())),
-        extra={k: v for k, v in p.items() if k in ("input", "refer_threshold", "image_check")},
+        extra={k: v for k, v in p.items()
+               if k in ("input", "refer_threshold", "image_check", "recorded_as")},
     )
 
 
@@ -458,7 +459,9 @@ class Analyser:
                 model_id=pred.model_id, task=model.card.task, predicted_class=pred.label,
                 probability=pred.probability, probabilities=dict(pred.probabilities),
                 refer=pred.refer, reasons=tuple(pred.reasons),
+                # what the study was recorded as when analysed (a relabel may follow)
                 extra={"input": p.source, "refer_threshold": model.refer_threshold,
+                       "recorded_as": [p.modality, p.body_part],
                        **({} if pred.image_check is None
                           else {"image_check": dict(pred.image_check)})},
             )

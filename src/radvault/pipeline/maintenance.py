@@ -353,8 +353,8 @@ def relabel_study(vault: Vault, study_id: str, *, modality: str, body_part: str 
     ObjectShredded
         If the study is shredded (audited).
     """
-    vault.catalog.get_study(study_id)  # ObjectNotFound for an unknown id
     try:
+        vault.catalog.get_study(study_id)  # ObjectNotFound for an unknown id
         new_modality = modality_hint(modality)
         new_body_part = body_part_hint(body_part)
         if new_modality is None:
@@ -362,8 +362,12 @@ def relabel_study(vault: Vault, study_id: str, *, modality: str, body_part: str 
         before = vault.catalog.relabel_study(study_id, modality=new_modality,
                                              body_part=new_body_part, signer=vault.signer)
     except RadVaultError as exc:
-        vault.audit.append(actor, "study.relabel", Outcome.REFUSED, object_ids=[study_id],
-                           details={"error": type(exc).__name__})
+        known = not isinstance(exc, ObjectNotFound)  # an unknown id is named by digest only
+        vault.audit.append(actor, "study.relabel", Outcome.REFUSED,
+                           object_ids=[study_id] if known else [],
+                           details={"error": type(exc).__name__,
+                                    **({} if known else
+                                       {"study_hmac": vault.audit_digest(study_id)})})
         raise
     vault.audit.append(actor, "study.relabel", Outcome.OK, object_ids=[study_id],
                        details={"from": list(before), "to": [new_modality, new_body_part]})

@@ -211,6 +211,9 @@ class AnalysisSummary:
     result_id: str = ""
     #: The image check's source for the image (``brain_mri``), when one looked at it.
     looks_like: str | None = None
+    #: The modality and body part the image was recorded as when analysed, when the
+    #: result says (a relabel since changes the study's, not the analysis's).
+    recorded_as: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         _require_text("model_id", self.model_id)
@@ -263,7 +266,8 @@ class AnalysisSummary:
                        probabilities=dict(payload["probabilities"]),
                        refer=payload["refer"], reasons=tuple(payload.get("reasons", ())),
                        refer_threshold=payload.get("refer_threshold"), result_id=result_id,
-                       looks_like=_looks_like(payload.get("image_check")))
+                       looks_like=_looks_like(payload.get("image_check")),
+                       recorded_as=_recorded_as(payload.get("recorded_as")))
         except (KeyError, TypeError) as exc:
             raise ReportInputError(f"analysis payload is malformed ({type(exc).__name__}: "
                                    f"{exc})") from None
@@ -601,6 +605,13 @@ def _as_tuple(values: Iterable[str] | str) -> tuple[str, ...]:
         return tuple(values)
     except TypeError:
         raise ReportInputError("instance_ids must be a sequence of strings") from None
+
+
+def _recorded_as(value: Any) -> tuple[str, str] | None:
+    """A stored result's ``recorded_as`` ([modality, body part]), if it has one."""
+    if isinstance(value, list | tuple) and len(value) >= 2:
+        return str(value[0] or ""), str(value[1] or "")
+    return None
 
 
 def _looks_like(check: Any) -> str | None:

@@ -109,10 +109,10 @@ def _threshold(p: float) -> str:
 def reason_text(report: ReportInput, reason: str) -> str:
     """One referral reason in words."""
     a = report.analysis
+    modality, body_part = a.recorded_as or (report.modality, report.body_part)
     return reason_in_words(reason, predicted_class=a.predicted_class,
                            probability=a.probability, refer_threshold=a.refer_threshold,
-                           modality=report.modality, body_part=report.body_part,
-                           looks_like=a.looks_like)
+                           modality=modality, body_part=body_part, looks_like=a.looks_like)
 
 
 def reason_in_words(reason: str, *, predicted_class: str, probability: float,

@@ -96,8 +96,14 @@ class _Known:
                 record, objs, created=False, duplicate_of="source_sha256")
             known.by_id[instance_id] = AddInstanceResult(
                 record, objs, created=False, duplicate_of="instance_id")
+        studies = STUDY_ROWS
+        if conn.dialect.name == "postgresql":
+            # the new objects' signatures bind the study's modality and body part: hold
+            # its row until this batch commits, so a relabel (Catalog.relabel_study)
+            # waits, then signs these objects again too (SQLite: one writer at a time)
+            studies = STUDY_ROWS.with_for_update(read=True)
         known.studies = {row.study_id: row for row in rows_where_in(
-            conn, STUDY_ROWS, STUDIES.c.study_id, {i.study_id for i in instances})}
+            conn, studies, STUDIES.c.study_id, {i.study_id for i in instances})}
         known.series = {row.series_id: row.study_id for row in rows_where_in(
             conn, select(SERIES.c.series_id, SERIES.c.study_id), SERIES.c.series_id,
             {i.series_id for i in instances})}

@@ -138,16 +138,18 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
         final = lead.signoff.final_label
         prediction, probability = f"{RADIOLOGIST_FINDINGS.get(final, final)} (signed)", None
     elif lead is not None and lead.reasons:  # why it is flagged, so the list can be triaged
+        modality, body_part = _recorded_as(lead, study)  # as when it was analysed
         reason = reason_in_words(lead.reasons[0], predicted_class=lead.predicted_class,
                                  probability=lead.probability,
                                  refer_threshold=lead.refer_threshold,
-                                 modality=study.modality, body_part=study.body_part,
+                                 modality=modality, body_part=body_part,
                                  looks_like=(lead.image_check or {}).get("looks_like"))
     elif lead is not None and lead.image_check and (
             lead.image_check.get("matches_declared") is False):
         # not referred, but the image check doubts the record: say so where triage happens
+        modality, body_part = _recorded_as(lead, study)
         reason = "image check: " + image_check_in_words(
-            lead.image_check, modality=study.modality, body_part=study.body_part).split(";")[0]
+            lead.image_check, modality=modality, body_part=body_part).split(";")[0]
     order = [v.instance.instance_id for v in detail.instances]
     return WorklistRow(
         study=study, analysed=len(analysed), refer=any(r.refer for r in results),
@@ -260,34 +262,55 @@ def study_page(
         # besides the model's classes (radbench6 has no "normal" class)
         "reason_texts": [reason_in_words(
             r, predicted_class=latest.predicted_class, probability=latest.probability,
-            refer_threshold=latest.refer_threshold, modality=detail.study.modality,
-            body_part=detail.study.body_part,
+            refer_threshold=latest.refer_threshold,
+            modality=_recorded_as(latest, detail.study)[0],
+            body_part=_recorded_as(latest, detail.study)[1],
             looks_like=(latest.image_check or {}).get("looks_like"))
             for r in latest.reasons] if latest else [],
         # what the image check took the image for, shown beside every answer it checked
         "image_check_text": _image_check_text(latest, detail.study) if latest else None,
         # when the check doubts the record: what to record the study as instead
-        "relabel_to": _relabel_to(latest) if latest and user.may("analyse") else None,
+        "relabel_to": (_relabel_to(latest, detail.study)
+                       if latest and user.may("analyse") else None),
         "findings": list(RADIOLOGIST_FINDINGS.items()),
         "finding_words": RADIOLOGIST_FINDINGS,
     }
     return render(request, "study.html", context)
 
 
+def _recorded_as(result: ResultView, study: StudyRecord) -> tuple[str, str]:
+    """What the study was recorded as when ``result`` was made (older results: now)."""
+    return result.recorded_as or (study.modality or "", study.body_part or "")
+
+
+def _stale(result: ResultView, study: StudyRecord) -> bool:
+    """The study was relabelled after this result: it answers for the old record."""
+    return _recorded_as(result, study) != (study.modality or "", study.body_part or "")
+
+
 def _image_check_text(result: ResultView, study: StudyRecord) -> str | None:
     """What the image check saw, in the words the command line uses too."""
     if not result.image_check:
         return None
-    return image_check_in_words(result.image_check, modality=study.modality,
-                                body_part=study.body_part)
+    modality, body_part = _recorded_as(result, study)
+    text = image_check_in_words(result.image_check, modality=modality, body_part=body_part)
+    if _stale(result, study):
+        then = " ".join(v for v in (modality, body_part) if v) or "nothing"
+        now = " ".join(v for v in (study.modality, study.body_part) if v) or "nothing"
+        text += (f" (this analysis was made when the study was recorded as {then}; it is "
+                 f"recorded as {now} now: analyse it again)")
+    return text
 
 
-def _relabel_to(result: ResultView) -> tuple[str, str] | None:
-    """The image check's kind of image, when it doubts the record (a form offers it)."""
+def _relabel_to(result: ResultView, study: StudyRecord) -> tuple[str, str] | None:
+    """The image check's kind of image, when it doubts the study's current record (a
+    form offers it); nothing for a result made under an older record."""
     check = result.image_check or {}
     pair = check.get("looks_like_pair")
     doubts = check.get("unlike_declared") or check.get("matches_declared") is False
-    if not doubts or not isinstance(pair, list) or len(pair) != 2:
+    if not doubts or _stale(result, study) or not isinstance(pair, list) or len(pair) != 2:
+        return None
+    if (str(pair[0]), str(pair[1])) == (study.modality or "", study.body_part or ""):
         return None
     return str(pair[0]), str(pair[1])
 
@@ -332,17 +355,16 @@ def start_analysis(service: Service, user: FormUser, study_id: StudyId,
 
 @router.post("/studies/{study_id}/relabel")
 def relabel(service: Service, user: FormUser, study_id: StudyId,
-            modality: Annotated[str, Form(max_length=16)],
-            body_part: Annotated[str, Form(max_length=64)] = "") -> Response:
+            modality: Annotated[str, Form(max_length=4096)],
+            body_part: Annotated[str, Form(max_length=4096)] = "") -> Response:
     """Correct what the study was recorded as, then analyse it again (both audited)."""
     try:
         study = service.relabel_study(user.principal, study_id, modality=modality,
                                       body_part=body_part or None)
     except InvalidRequest:  # audited by the service; the page says what was wrong
         return see_other(_study_url(study_id, done="relabel_refused"))
-    # analysed anew as what it is now recorded as (not the job made under the old record)
-    recorded_as = f"relabel:{study.modality}/{study.body_part or ''}"
-    job = service.start_analysis(user.principal, study_id, after=recorded_as)
+    # analysed anew as what it is now recorded as (never a job made under an older record)
+    job = service.start_analysis(user.principal, study.study_id, fresh=True)
     return see_other(f"{WEB_PREFIX}/jobs/{job.job_id}")
 
 
