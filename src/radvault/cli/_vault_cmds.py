@@ -290,8 +290,10 @@ def show(
                     if isinstance(check, dict):  # what the image check took it for
                         from radvault.reports import image_check_in_words
 
+                        recorded = res.payload.get("recorded_as") or [study.modality,
+                                                                      study.body_part]
                         console.print("      image check: " + image_check_in_words(
-                            check, modality=study.modality, body_part=study.body_part))
+                            check, modality=recorded[0], body_part=recorded[1]))
             vault.audit.append(ACTOR, "show", object_ids=[study.study_id])
 
     run()
