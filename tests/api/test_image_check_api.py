@@ -83,4 +83,5 @@ def test_a_study_the_check_doubts_is_relabelled_and_analysed_again(
     result = checked_world.get("rad-n", f"/api/v1/studies/{study}/instances/"
                                         f"{up['instance_id']}/result").json()
     assert result["image_check"]["matches_declared"] is True  # the record agrees now
+    assert result["recorded_as"] == ["MR", "BRAIN"]
     assert "image_unlike_declared" not in result["reasons"]

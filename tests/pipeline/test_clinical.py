@@ -593,3 +593,23 @@ def test_analyse_again_after_the_result_seen_runs_once_more_and_a_double_click_o
     assert len(s.results(rad, study, instance)) == 2
     with pytest.raises(InvalidRequest, match="after"):
         s.start_analysis(rad, study, after="../x y")
+
+
+def test_a_study_relabelled_there_and_back_is_analysed_again_not_given_its_old_job(
+        clinic, kit, tmp_path):
+    study = clinic.upload_png(kit, tmp_path, 13)  # recorded as DX, no body part
+    s, rad = clinic.service, clinic.p["rad-n"]
+    first = s.start_analysis(rad, study)
+    s.run_pending_jobs()
+    s.relabel_study(rad, study, modality="CT", body_part=None)
+    second = s.start_analysis(rad, study)  # the record changed: a new job
+    assert second.job_id != first.job_id
+    s.run_pending_jobs()
+    s.relabel_study(rad, study, modality="DX", body_part=None)  # back to the first record
+    third = s.start_analysis(rad, study)  # its newest result is CT's: analysed again
+    assert third.job_id not in (first.job_id, second.job_id)
+    s.run_pending_jobs()
+    latest = s.latest_result(rad, study, first.instance_ids[0])
+    assert latest.recorded_as == ("DX", "")
+    with pytest.raises(InvalidRequest, match="already recorded as DX"):
+        s.relabel_study(rad, study, modality="dx", body_part=None)

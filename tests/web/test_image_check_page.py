@@ -85,6 +85,7 @@ def test_a_doubt_under_the_threshold_is_a_warning_on_the_page_and_the_worklist(
         assert seen == ("Image check: the image may be a brain MR (75.0 %), not the DX it "
                         "is recorded as; under the check's threshold of 86.0 %, so not "
                         "referred for it: look before you sign.")
+        assert page.locator("#relabel").count() == 0  # a warning offers no one-click fix
         assert "image_unlike_declared" not in doubting_world.get(
             "rad-n", f"/api/v1/studies/{up['study_id']}/instances/{up['instance_id']}/result"
         ).json()["reasons"]
@@ -111,5 +112,8 @@ def test_an_analysis_made_before_a_relabel_says_so_and_offers_no_second_relabel(
         assert ("this analysis was made when the study was recorded as DX; it is recorded "
                 "as MR BRAIN now: analyse it again") in seen
         assert page.locator("#relabel").count() == 0
+        page.goto("/web/")
+        row = page.locator("tr", has=page.get_by_role("link", name=study))
+        assert "analysed as DX before a relabel: analyse it again" in row.inner_text()
     finally:
         web.close()

@@ -281,6 +281,9 @@ class ResultOut(_Out):
     decision_support: str
     signoff: SignOffOut | None
     image_check: ImageCheckOut | None = None
+    #: [modality, body part] the study was recorded as when this analysis was made
+    #: (``None`` before session 11); another than the study's now: relabelled since.
+    recorded_as: list[str] | None = None
 
     @classmethod
     def of(cls, r: ResultView) -> ResultOut:
@@ -292,7 +295,8 @@ class ResultOut(_Out):
                    probabilities=r.probabilities, refer=r.refer, reasons=list(r.reasons),
                    refer_threshold=r.refer_threshold, decision_support=flag,
                    signoff=SignOffOut.of(r.signoff) if r.signoff else None,
-                   image_check=ImageCheckOut(**r.image_check) if r.image_check else None)
+                   image_check=ImageCheckOut(**r.image_check) if r.image_check else None,
+                   recorded_as=list(r.recorded_as) if r.recorded_as else None)
 
 
 class RelabelIn(_In):

@@ -292,8 +292,13 @@ def show(
 
                         recorded = res.payload.get("recorded_as") or [study.modality,
                                                                       study.body_part]
-                        console.print("      image check: " + image_check_in_words(
-                            check, modality=recorded[0], body_part=recorded[1]))
+                        line = image_check_in_words(check, modality=recorded[0],
+                                                    body_part=recorded[1])
+                        now = [study.modality or "", study.body_part or ""]
+                        if [v or "" for v in recorded[:2]] != now:
+                            then = " ".join(v for v in recorded[:2] if v) or "nothing"
+                            line += f" (made when recorded as {then}; relabelled since)"
+                        console.print("      image check: " + line)
             vault.audit.append(ACTOR, "show", object_ids=[study.study_id])
 
     run()

@@ -359,6 +359,10 @@ def relabel_study(vault: Vault, study_id: str, *, modality: str, body_part: str 
         new_body_part = body_part_hint(body_part)
         if new_modality is None:
             raise InvalidRequest("a modality is required (a DICOM defined term)")
+        current = vault.catalog.get_study(study_id)
+        if (current.modality, current.body_part) == (new_modality, new_body_part):
+            raise InvalidRequest("the study is already recorded as "
+                                 f"{' '.join(v for v in (new_modality, new_body_part) if v)}")
         before = vault.catalog.relabel_study(study_id, modality=new_modality,
                                              body_part=new_body_part, signer=vault.signer)
     except RadVaultError as exc:

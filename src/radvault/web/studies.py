@@ -134,7 +134,12 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
     prediction, probability = ((lead.predicted_class, lead.probability) if lead
                                else (None, None))
     reason = None
-    if lead is not None and lead.signoff is not None:  # the radiologist's word comes first
+    stale = False
+    if lead is not None and _stale(lead, study):  # relabelled since: its answer (and its
+        stale = True                               # sign-off) is for the old record
+        then = " ".join(v for v in _recorded_as(lead, study) if v) or "nothing"
+        reason = f"analysed as {then} before a relabel: analyse it again"
+    elif lead is not None and lead.signoff is not None:  # the radiologist's word comes first
         final = lead.signoff.final_label
         prediction, probability = f"{RADIOLOGIST_FINDINGS.get(final, final)} (signed)", None
     elif lead is not None and lead.reasons:  # why it is flagged, so the list can be triaged
@@ -153,7 +158,8 @@ def _summarise(service: ClinicalService, user: WebUser, study: StudyRecord) -> W
     order = [v.instance.instance_id for v in detail.instances]
     return WorklistRow(
         study=study, analysed=len(analysed), refer=any(r.refer for r in results),
-        signed=bool(results) and all(r.signoff is not None for r in results),
+        signed=(bool(results) and not stale
+                and all(r.signoff is not None for r in results)),
         prediction=prediction, probability=probability, tampered=tampered, reason=reason,
         lead_instance=lead.instance_id if lead else None,
         lead_position=(order.index(lead.instance_id) + 1
@@ -307,7 +313,9 @@ def _relabel_to(result: ResultView, study: StudyRecord) -> tuple[str, str] | Non
     form offers it); nothing for a result made under an older record."""
     check = result.image_check or {}
     pair = check.get("looks_like_pair")
-    doubts = check.get("unlike_declared") or check.get("matches_declared") is False
+    # only a doubt sure enough to refer: a guess under the threshold is a warning, never
+    # a one-click correction (a CT taken for an ultrasound at 58 % must not become one)
+    doubts = bool(check.get("unlike_declared"))
     if not doubts or _stale(result, study) or not isinstance(pair, list) or len(pair) != 2:
         return None
     if (str(pair[0]), str(pair[1])) == (study.modality or "", study.body_part or ""):
@@ -355,7 +363,7 @@ def start_analysis(service: Service, user: FormUser, study_id: StudyId,
 
 @router.post("/studies/{study_id}/relabel")
 def relabel(service: Service, user: FormUser, study_id: StudyId,
-            modality: Annotated[str, Form(max_length=4096)],
+            modality: Annotated[str, Form(max_length=4096)] = "",
             body_part: Annotated[str, Form(max_length=4096)] = "") -> Response:
     """Correct what the study was recorded as, then analyse it again (both audited)."""
     try:
