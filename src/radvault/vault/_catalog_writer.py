@@ -362,13 +362,15 @@ class CatalogWriter:
             )
             found.created(instance, result)
             results.append(result)
+        # Rows go in sorted by key: two writers whose batches share rows (PostgreSQL)
+        # then wait for each other in one order, never in a cycle (a deadlock)
         for name, rows in (("patients", patients), ("studies", studies), ("series", series)):
             if rows:
-                conn.execute(INSERT_IGNORE[self._dialect, name], list(rows.values()))
+                conn.execute(INSERT_IGNORE[self._dialect, name], [rows[k] for k in sorted(rows)])
         if instance_rows:
-            conn.execute(INSERT_INSTANCE, instance_rows)
+            conn.execute(INSERT_INSTANCE, sorted(instance_rows, key=lambda r: r["instance_id"]))
         if object_rows:
-            conn.execute(INSERT_OBJECT, object_rows)
+            conn.execute(INSERT_OBJECT, sorted(object_rows, key=lambda r: r["object_id"]))
         if studies or series:
             _check_no_concurrent_parents(conn, studies, series)
         return results
