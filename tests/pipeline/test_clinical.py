@@ -613,3 +613,17 @@ def test_a_study_relabelled_there_and_back_is_analysed_again_not_given_its_old_j
     assert latest.recorded_as == ("DX", "")
     with pytest.raises(InvalidRequest, match="already recorded as DX"):
         s.relabel_study(rad, study, modality="dx", body_part=None)
+
+
+def test_a_shredded_study_is_refused_analysis_at_once_and_audited(clinic, kit, tmp_path):
+    from radvault.errors import ObjectShredded
+    from radvault.pipeline.maintenance import shred_study
+
+    study = clinic.upload_png(kit, tmp_path, 14)
+    s, rad = clinic.service, clinic.p["rad-n"]
+    shred_study(s.vault, study, actor="admin")
+    with pytest.raises(ObjectShredded):
+        s.start_analysis(rad, study)
+    assert s.run_pending_jobs() == 0  # nothing was queued
+    refused = s.vault.audit.query(action="analysis.request", object_id=study)
+    assert [(e.outcome, e.details["reason"]) for e in refused] == [("refused", "shredded")]

@@ -27,6 +27,7 @@ from radvault.errors import (
     IntegrityError,
     ModelError,
     ObjectNotFound,
+    ObjectShredded,
     UnknownModel,
 )
 from radvault.jobs import Job, JobStatus, current_job
@@ -103,6 +104,8 @@ class AnalysisCases(ServiceCore):
             If the instance is not in the study.
         InvalidRequest
             If the study has no images or the model name is malformed (audited).
+        ObjectShredded
+            If the study was shredded (audited; nothing is queued).
         UnknownModel
             If the registry holds no model of that name (audited; nothing queued).
         ModelError
@@ -115,6 +118,11 @@ class AnalysisCases(ServiceCore):
             study = self._study(principal, Action.ANALYSE, study_id)
             instance_ids = [i.instance_id for i in self.vault.catalog.instances_of_study(
                 study.study_id)]
+        if study.shredded_at is not None:  # nothing of it can be opened: refused now,
+            # not as a job that fails later
+            self.vault.audit.append(principal.username, "analysis.request", Outcome.REFUSED,
+                                    object_ids=[study.study_id], details={"reason": "shredded"})
+            raise ObjectShredded(f"study {study.study_id} was shredded")
         if not instance_ids:
             raise InvalidRequest("the study has no images to analyse")
         if model is not None:
