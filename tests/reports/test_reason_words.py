@@ -92,3 +92,24 @@ def test_an_older_result_without_the_check_s_threshold_is_only_a_best_guess() ->
     older = {"looks_like": "brain_mri", "probability": 0.3, "unlike_declared": False}
     assert image_check_in_words(older, modality="DX", body_part="CHEST") == (
         "its best guess: a brain MR (30.0 %)")
+
+
+def test_a_report_of_an_analysis_made_before_a_relabel_says_so() -> None:
+    from radvault.reports import render_fhir
+
+    card = json.loads(CARD.read_text())
+    payload = {"task": card["task"], "predicted_class": "pneumonia", "probability": 1.0,
+               "probabilities": dict.fromkeys(card["classes"], 0.0) | {"pneumonia": 1.0},
+               "refer": True, "reasons": ["no_normal_class"], "refer_threshold": 0.8,
+               "recorded_as": ["DX", "CHEST"]}
+    report = ReportInput(
+        study_id="1.2.3", instance_ids=("1.2.3.4",), patient_pseudonym="PSEUDO",
+        site="default", modality="MR", body_part="BRAIN",
+        analysis=AnalysisSummary.from_payload(payload, model_id=card["model_id"]),
+        model=ModelSummary.from_card(ModelCard.from_dict(card)))
+    words = ("This analysis was made when the study was recorded as DX CHEST; it is "
+             "recorded as MR BRAIN now: analyse it again")
+    assert words in _text.conclusion(report)
+    assert words in json.dumps(render_fhir(report))
+    same = ReportInput(**{**report.__dict__, "modality": "DX", "body_part": "CHEST"})
+    assert "recorded as" not in _text.conclusion(same)

@@ -230,11 +230,25 @@ def finding_text(name: str) -> str:
     return RADIOLOGIST_FINDINGS.get(name, name)
 
 
+def record_sentence(report: ReportInput) -> str:
+    """That the analysis predates a relabel of the study, when it does ("" otherwise)."""
+    then = report.analysis.recorded_as
+    now = (report.modality or "", report.body_part or "")
+    if then is None or tuple(then) == now:
+        return ""
+    was = " ".join(v for v in then if v) or "nothing"
+    is_now = " ".join(v for v in now if v) or "nothing"
+    return (f"This analysis was made when the study was recorded as {was}; it is recorded "
+            f"as {is_now} now: analyse it again for the answer of the right model")
+
+
 def conclusion(report: ReportInput) -> str:
     """The report's conclusion: prediction, flag, sign-off and comment."""
     parts = [prediction_sentence(report), flag_sentence(report), sign_off_sentence(report)]
     if coverage := coverage_sentence(report):
         parts.insert(0, coverage)
+    if record := record_sentence(report):
+        parts.insert(0, record)
     if report.sign_off is not None and report.sign_off.comment.strip():
         parts.append(f"Radiologist comment: {report.sign_off.comment.strip()}")
     return ". ".join(p.rstrip(".") for p in parts) + "."
@@ -296,5 +310,7 @@ def study_rows(report: ReportInput) -> list[tuple[str, str]]:
              ("Study date (shifted)", date_text(report.study_date))]
     if report.analysis.result_id:
         rows.append(("Analysis result", report.analysis.result_id))
+    if record := record_sentence(report):
+        rows.append(("Analysed as", record))
     rows.append(("Report generated", timestamp(report.generated_at)))
     return rows
