@@ -62,3 +62,23 @@ def test_a_relabel_to_no_defined_term_or_of_a_shredded_study_is_refused_and_audi
     assert "Doe" not in repr([e.to_dict() for e in refused])
     record = vault.catalog.get_study(study)
     assert (record.modality, record.body_part) == ("DX", "CHEST")
+
+
+def test_a_relabel_whose_audit_entry_cannot_be_written_changes_nothing(
+        vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+    from radvault.errors import AuditChainError
+    from radvault.vault.audit import AuditAppender
+
+    outcome = Ingestor(vault, actor="tech").ingest_file(BRAIN, modality="DX", body_part="CHEST")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise AuditChainError("the audit trail cannot be written")
+
+    monkeypatch.setattr(AuditAppender, "append", broken)
+    with pytest.raises(AuditChainError):
+        relabel_study(vault, outcome.study_id, modality="MR", body_part="BRAIN",
+                      actor="admin")
+    monkeypatch.undo()
+    record = vault.catalog.get_study(outcome.study_id)
+    assert (record.modality, record.body_part) == ("DX", "CHEST")  # rolled back with it
+    assert verify_vault(vault).ok

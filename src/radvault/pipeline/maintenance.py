@@ -363,8 +363,13 @@ def relabel_study(vault: Vault, study_id: str, *, modality: str, body_part: str 
         if (current.modality, current.body_part) == (new_modality, new_body_part):
             raise InvalidRequest("the study is already recorded as "
                                  f"{' '.join(v for v in (new_modality, new_body_part) if v)}")
-        before = vault.catalog.relabel_study(study_id, modality=new_modality,
-                                             body_part=new_body_part, signer=vault.signer)
+        # the change and its audit entry commit together, or neither does
+        with vault.audit.appending() as chain, vault.catalog.writing() as writer:
+            before = writer.relabel_study(study_id, modality=new_modality,
+                                          body_part=new_body_part, signer=vault.signer)
+            chain.append(writer.connection, actor, "study.relabel", Outcome.OK,
+                         object_ids=[study_id],
+                         details={"from": list(before), "to": [new_modality, new_body_part]})
     except RadVaultError as exc:
         known = not isinstance(exc, ObjectNotFound)  # an unknown id is named by digest only
         vault.audit.append(actor, "study.relabel", Outcome.REFUSED,
@@ -373,6 +378,4 @@ def relabel_study(vault: Vault, study_id: str, *, modality: str, body_part: str 
                                     **({} if known else
                                        {"study_hmac": vault.audit_digest(study_id)})})
         raise
-    vault.audit.append(actor, "study.relabel", Outcome.OK, object_ids=[study_id],
-                       details={"from": list(before), "to": [new_modality, new_body_part]})
     return before

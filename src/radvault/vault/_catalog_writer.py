@@ -15,11 +15,12 @@ from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from radvault.errors import (
     ConcurrentWriteConflict,
     ObjectNotFound,
+    ObjectShredded,
     VaultError,
 )
 from radvault.vault._catalog_models import (
@@ -40,6 +41,7 @@ from radvault.vault._catalog_records import (
     StudyBinding,
     canonical_json,
     check,
+    object_record_message,
     result_record_message,
 )
 from radvault.vault._catalog_sql import (
@@ -183,6 +185,51 @@ class CatalogWriter:
     def connection(self) -> Any:
         """The transaction's connection (for the audit trail's appends)."""
         return self._conn
+
+    def relabel_study(self, study_id: str, *, modality: str | None, body_part: str | None,
+                      signer: Signer) -> tuple[str | None, str | None]:
+        """Record another modality and body part for a study, and sign its objects again.
+
+        Every object row's signature binds its study's modality and body part, so each
+        is signed again (current record format) in this transaction. On PostgreSQL the
+        study's row is locked first: an ingest into the study holds it (``FOR SHARE``)
+        until it commits, and its new objects are then signed again here too.
+
+        Returns
+        -------
+        tuple
+            The study's modality and body part before.
+
+        Raises
+        ------
+        ObjectNotFound
+            When no study has this id.
+        ObjectShredded
+            When the study is shredded (nothing of it can be read again).
+        """
+        conn = self._conn
+        query = select(STUDIES.c.modality, STUDIES.c.body_part, STUDIES.c.status).where(
+            STUDIES.c.study_id == study_id)
+        if self._dialect == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise ObjectNotFound(f"no study {study_id!r}")
+        if row.status == STUDY_SHREDDED:
+            raise ObjectShredded("a shredded study cannot be relabelled")
+        conn.execute(update(STUDIES).where(STUDIES.c.study_id == study_id)
+                     .values(modality=modality, body_part=body_part))
+        conn.execute(update(SERIES).where(SERIES.c.study_id == study_id)
+                     .values(modality=modality, body_part=body_part))
+        ids = select(INSTANCES.c.instance_id).where(INSTANCES.c.study_id == study_id)
+        hits = conn.execute(OBJECT_WITH_BINDING.where(OBJECTS.c.instance_id.in_(ids))
+                            .order_by(OBJECTS.c.object_id)).all()
+        for hit in hits:
+            obj = to_object(hit, hit, hit)
+            conn.execute(update(OBJECTS).where(OBJECTS.c.object_id == obj.object_id)
+                         .values(record_signature=signer.sign(object_record_message(obj)),
+                                 signer_key_id=signer.key_id))
+        return row.modality, row.body_part
 
     def add_result(self, instance_id: str, model_id: str, payload: Mapping[str, Any], *,
                    result_id: str | None = None, signer: Signer | None = None) -> ResultRecord:

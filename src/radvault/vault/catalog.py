@@ -43,7 +43,6 @@ from sqlalchemy.pool import StaticPool
 from radvault.errors import (
     ConfigurationError,
     ObjectNotFound,
-    ObjectShredded,
     VaultError,
 )
 from radvault.vault._catalog_models import (
@@ -53,7 +52,6 @@ from radvault.vault._catalog_models import (
     ObjectRow,
     PatientRow,
     ResultRow,
-    SeriesRow,
     StudyRow,
     utcnow,
 )
@@ -804,40 +802,17 @@ class Catalog:
 
     def relabel_study(self, study_id: str, *, modality: str | None, body_part: str | None,
                       signer: Signer) -> tuple[str | None, str | None]:
-        """Record another modality and body part for a study, and sign its objects again.
-
-        Every object row's signature binds its study's modality and body part, so each
-        is signed again (current record format) in the same transaction as the change.
-        The sealed files are untouched (a DICOM header keeps what it said).
-
-        Returns
-        -------
-        tuple
-            The study's modality and body part before.
+        """Record another modality and body part for a study, and sign its objects again,
+        in a transaction of its own (:meth:`CatalogWriter.relabel_study` says more).
 
         Raises
         ------
-        ObjectNotFound
-            When no study has this id.
-        ObjectShredded
-            When the study is shredded (nothing of it can be read again).
+        ObjectNotFound, ObjectShredded
+            An unknown or shredded study.
         """
-        with self._writing() as session:
-            study = session.get(StudyRow, study_id)
-            if study is None:
-                raise ObjectNotFound(f"no study {study_id!r}")
-            if study.status == STUDY_SHREDDED:
-                raise ObjectShredded("a shredded study cannot be relabelled")
-            before = (study.modality, study.body_part)
-            study.modality, study.body_part = modality, body_part
-            session.execute(update(SeriesRow).where(SeriesRow.study_id == study_id)
-                            .values(modality=modality, body_part=body_part))
-            session.flush()
-            ids = select(InstanceRow.instance_id).where(InstanceRow.study_id == study_id)
-            for obj in self._objects_where(session, ObjectRow.instance_id.in_(ids)):
-                session.execute(update(ObjectRow).where(ObjectRow.object_id == obj.object_id)
-                                .values(record_signature=signer.sign(object_record_message(obj)),
-                                        signer_key_id=signer.key_id))
+        with self.writing() as writer:
+            before = writer.relabel_study(study_id, modality=modality, body_part=body_part,
+                                          signer=signer)
         logger.info("relabelled one study")
         return before
 
