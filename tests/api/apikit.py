@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -260,6 +262,17 @@ def idp_jwks() -> dict[str, Any]:
 
     jwk = jwt.algorithms.ECAlgorithm.to_jwk(IDP_KEY.public_key(), as_dict=True)
     return {"keys": [{**jwk, "kid": "idp-1", "alg": "ES256", "use": "sig"}]}
+
+
+@contextmanager
+def served_world(home: Path, models: Path, **options: Any) -> Iterator[World]:
+    """:func:`build_world`, stopped and closed when the block ends (for fixtures)."""
+    w = build_world(home, models, **options)
+    try:
+        yield w
+    finally:
+        w.server.stop()
+        w.vault.close()
 
 
 def build_world(home: Path, models: Path, *, refer_threshold: float | None = None,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apikit import SAMPLES, World, build_world, pydicom_file, tiny_model
+from apikit import SAMPLES, World, pydicom_file, served_world, tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +19,8 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[World]:
     """The shared running service (tests that change users make their own)."""
-    w = build_world(tmp_path_factory.mktemp("api") / "home", models_dir)
-    try:
+    with served_world(tmp_path_factory.mktemp("api") / "home", models_dir) as w:
         yield w
-    finally:
-        w.server.stop()
-        w.vault.close()
 
 
 @pytest.fixture(scope="session")

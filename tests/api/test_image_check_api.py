@@ -6,19 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from apikit import SAMPLES, World, build_world, fixed_image_check, tiny_model
+from apikit import SAMPLES, World, fixed_image_check, served_world, tiny_model
 
 
 @pytest.fixture(scope="module")
 def checked_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """A service whose registry holds the tiny model and a check that sees only brain MR."""
     models = fixed_image_check(tiny_model(tmp_path_factory.mktemp("models")), "brain_mri")
-    w = build_world(tmp_path_factory.mktemp("api-check") / "home", models)
-    try:
+    with served_world(tmp_path_factory.mktemp("api-check") / "home", models) as w:
         yield w
-    finally:
-        w.server.stop()
-        w.vault.close()
 
 
 def _analysed(world: World, sample: str, modality: str, body_part: str | None) -> dict:

@@ -11,10 +11,10 @@ from webkit import (
     SAMPLES,
     Browsing,
     World,
-    build_world,
     launch_browser,
     pydicom_file,
     screenshot_dir,
+    served_world,
     tiny_model,
 )
 
@@ -23,12 +23,8 @@ from webkit import (
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """A running RadVault (API and pages) with every role's user."""
     models = tiny_model(tmp_path_factory.mktemp("models"))
-    w = build_world(tmp_path_factory.mktemp("web") / "home", models)
-    try:
+    with served_world(tmp_path_factory.mktemp("web") / "home", models) as w:
         yield w
-    finally:
-        w.server.stop()
-        w.vault.close()
 
 
 @pytest.fixture(scope="session")

@@ -7,19 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from webkit import SAMPLES, Browsing, World, build_world, fixed_image_check, tiny_model
+from webkit import SAMPLES, Browsing, World, fixed_image_check, served_world, tiny_model
 
 
 @pytest.fixture(scope="module")
 def checked_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """A service whose registry holds the tiny model and a check that sees only brain MR."""
     models = fixed_image_check(tiny_model(tmp_path_factory.mktemp("models")), "brain_mri")
-    w = build_world(tmp_path_factory.mktemp("web-check") / "home", models)
-    try:
+    with served_world(tmp_path_factory.mktemp("web-check") / "home", models) as w:
         yield w
-    finally:
-        w.server.stop()
-        w.vault.close()
 
 
 def test_a_film_taken_for_a_brain_mr_is_referred_in_words_on_the_study_page(
@@ -59,13 +55,9 @@ def doubting_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     model's answers are not referred for confidence (threshold 0.1)."""
     models = fixed_image_check(tiny_model(tmp_path_factory.mktemp("models")), "brain_mri",
                                probability=0.75)
-    w = build_world(tmp_path_factory.mktemp("web-doubt") / "home", models,
-                    refer_threshold=0.1)
-    try:
+    with served_world(tmp_path_factory.mktemp("web-doubt") / "home", models,
+                      refer_threshold=0.1) as w:
         yield w
-    finally:
-        w.server.stop()
-        w.vault.close()
 
 
 def test_a_doubt_under_the_threshold_is_a_warning_on_the_page_and_the_worklist(

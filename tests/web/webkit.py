@@ -32,12 +32,13 @@ from apikit import (  # the API tests' kit, handed on (see __all__)
     build_world,
     fixed_image_check,
     pydicom_file,
+    served_world,
     tiny_model,
 )
 
 __all__ = ["PASSWORD", "SAMPLES", "Browsing", "ServerThread", "World", "build_world", "csrf_of",
            "fixed_image_check", "launch_browser", "no_page_scroll", "pydicom_file",
-           "screenshot_dir", "tiny_model"]
+           "screenshot_dir", "served_world", "tiny_model"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",

@@ -288,16 +288,14 @@ def show(
                                   f"{json.dumps(summary)}")
                     check = res.payload.get("image_check")
                     if isinstance(check, dict):  # what the image check took it for
-                        from radvault.reports import image_check_in_words
+                        from radvault.reports import image_check_in_words, relabel_note
 
-                        recorded = res.payload.get("recorded_as") or [study.modality,
-                                                                      study.body_part]
-                        line = image_check_in_words(check, modality=recorded[0],
-                                                    body_part=recorded[1])
-                        now = [study.modality or "", study.body_part or ""]
-                        if [v or "" for v in recorded[:2]] != now:
-                            then = " ".join(v for v in recorded[:2] if v) or "nothing"
-                            line += f" (made when recorded as {then}; relabelled since)"
+                        recorded = res.payload.get("recorded_as")
+                        then = recorded or [study.modality, study.body_part]
+                        line = image_check_in_words(check, modality=then[0],
+                                                    body_part=then[1])
+                        if note := relabel_note(recorded, study.modality, study.body_part):
+                            line += f" ({note})"
                         console.print("      image check: " + line)
             vault.audit.append(ACTOR, "show", object_ids=[study.study_id])
 

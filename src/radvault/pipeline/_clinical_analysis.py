@@ -136,15 +136,14 @@ class AnalysisCases(ServiceCore):
         # and an image whose newest result was made under another record (relabelled
         # there and back) is analysed again: the old job of this record is not its answer
         now = [study.modality or "", study.body_part or ""]
-        stale = sorted(rows[-1].result_id for i in instance_ids
-                       if (rows := self.vault.catalog.results_of_instance(i))
-                       and isinstance(rows[-1].payload.get("recorded_as"), list)
+        results = [self.vault.catalog.results_of_instance(i) for i in instance_ids]
+        stale = sorted(rows[-1].result_id for rows in results
+                       if rows and isinstance(rows[-1].payload.get("recorded_as"), list)
                        and [v or "" for v in rows[-1].payload["recorded_as"][:2]] != now)
         if stale:
             material["stale"] = stale
         if after is not None:
-            seen = {r.result_id for i in instance_ids
-                    for r in self.vault.catalog.results_of_instance(i)}
+            seen = {r.result_id for rows in results for r in rows}
             if not isinstance(after, str) or after not in seen:
                 raise InvalidRequest("'after' must name a result of the images asked for")
             material["after"] = after

@@ -38,6 +38,7 @@ from radvault.reports._text import (
     image_check_in_words,
     percent,
     reason_in_words,
+    relabel_note,
     source_in_words,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "image_check_in_words",
     "percent",
     "reason_in_words",
+    "relabel_note",
     "render_fhir",
     "render_fhir_json",
     "render_html",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -230,16 +230,27 @@ def finding_text(name: str) -> str:
     return RADIOLOGIST_FINDINGS.get(name, name)
 
 
-def record_sentence(report: ReportInput) -> str:
-    """That the analysis predates a relabel of the study, when it does ("" otherwise)."""
-    then = report.analysis.recorded_as
-    now = (report.modality or "", report.body_part or "")
-    if then is None or tuple(then) == now:
+def relabel_note(recorded_as: Sequence[str | None] | None, modality: str | None,
+                 body_part: str | None) -> str:
+    """That an analysis made when the study was ``recorded_as`` predates a relabel to
+    ``modality`` and ``body_part`` ("" when it does not, or the result does not say):
+    one sentence for the reports, the study page and the command line."""
+    now = (modality or "", body_part or "")
+    if not recorded_as:
+        return ""
+    then = (recorded_as[0] or "", recorded_as[1] or "")
+    if then == now:
         return ""
     was = " ".join(v for v in then if v) or "nothing"
     is_now = " ".join(v for v in now if v) or "nothing"
-    return (f"This analysis was made when the study was recorded as {was}; it is recorded "
-            f"as {is_now} now: analyse it again for the answer of the right model")
+    return (f"this analysis was made when the study was recorded as {was}; it is recorded "
+            f"as {is_now} now: analyse it again")
+
+
+def record_sentence(report: ReportInput) -> str:
+    """That the analysis predates a relabel of the study, when it does ("" otherwise)."""
+    note = relabel_note(report.analysis.recorded_as, report.modality, report.body_part)
+    return f"{note[:1].upper()}{note[1:]} for the answer of the right model" if note else ""
 
 
 def conclusion(report: ReportInput) -> str:

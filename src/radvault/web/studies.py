@@ -33,7 +33,12 @@ from radvault.pipeline.clinical import (
     ResultView,
     lead_image,
 )
-from radvault.reports import RADIOLOGIST_FINDINGS, image_check_in_words, reason_in_words
+from radvault.reports import (
+    RADIOLOGIST_FINDINGS,
+    image_check_in_words,
+    reason_in_words,
+    relabel_note,
+)
 from radvault.vault.catalog import StudyRecord
 from radvault.web._core import (
     WEB_PREFIX,
@@ -266,13 +271,7 @@ def study_page(
         "notice": notice, "done": _DONE.get(done or ""),
         # the referral reasons in the reports' own words, and what a radiologist may sign
         # besides the model's classes (radbench6 has no "normal" class)
-        "reason_texts": [reason_in_words(
-            r, predicted_class=latest.predicted_class, probability=latest.probability,
-            refer_threshold=latest.refer_threshold,
-            modality=_recorded_as(latest, detail.study)[0],
-            body_part=_recorded_as(latest, detail.study)[1],
-            looks_like=(latest.image_check or {}).get("looks_like"))
-            for r in latest.reasons] if latest else [],
+        "reason_texts": _reason_texts(latest, detail.study) if latest else [],
         # what the image check took the image for, shown beside every answer it checked
         "image_check_text": _image_check_text(latest, detail.study) if latest else None,
         # when the check doubts the record: what to record the study as instead
@@ -284,6 +283,18 @@ def study_page(
     return render(request, "study.html", context)
 
 
+def _reason_texts(result: ResultView, study: StudyRecord) -> list[str]:
+    """The referral reasons in the reports' words, for what the study was recorded as
+    when analysed."""
+    modality, body_part = _recorded_as(result, study)
+    return [reason_in_words(r, predicted_class=result.predicted_class,
+                            probability=result.probability,
+                            refer_threshold=result.refer_threshold, modality=modality,
+                            body_part=body_part,
+                            looks_like=(result.image_check or {}).get("looks_like"))
+            for r in result.reasons]
+
+
 def _recorded_as(result: ResultView, study: StudyRecord) -> tuple[str, str]:
     """What the study was recorded as when ``result`` was made (older results: now)."""
     return result.recorded_as or (study.modality or "", study.body_part or "")
@@ -291,7 +302,7 @@ def _recorded_as(result: ResultView, study: StudyRecord) -> tuple[str, str]:
 
 def _stale(result: ResultView, study: StudyRecord) -> bool:
     """The study was relabelled after this result: it answers for the old record."""
-    return _recorded_as(result, study) != (study.modality or "", study.body_part or "")
+    return bool(relabel_note(result.recorded_as, study.modality, study.body_part))
 
 
 def _image_check_text(result: ResultView, study: StudyRecord) -> str | None:
@@ -300,11 +311,8 @@ def _image_check_text(result: ResultView, study: StudyRecord) -> str | None:
         return None
     modality, body_part = _recorded_as(result, study)
     text = image_check_in_words(result.image_check, modality=modality, body_part=body_part)
-    if _stale(result, study):
-        then = " ".join(v for v in (modality, body_part) if v) or "nothing"
-        now = " ".join(v for v in (study.modality, study.body_part) if v) or "nothing"
-        text += (f" (this analysis was made when the study was recorded as {then}; it is "
-                 f"recorded as {now} now: analyse it again)")
+    if note := relabel_note(result.recorded_as, study.modality, study.body_part):
+        text += f" ({note})"
     return text
 
 
